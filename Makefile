@@ -1,0 +1,21 @@
+# Targets named in README.md.
+PY ?= python3
+SEEDS ?= 500
+MANY_SEEDS ?= 20000
+
+.PHONY: install test test-slow sim-many bench-raft cluster-up cluster-down
+
+install:            ## install orch and its test dependencies (system packages: see .ci/run)
+	$(PY) -m pip install -e '.[test]'
+
+test:               ## the default test suite (what CI runs)
+	$(PY) -m pytest -q
+
+test-slow:          ## long soak and simulation runs
+	$(PY) -m pytest -q -m slow
+
+sim-many:           ## deterministic Raft simulation over many more seeds
+	ORCH_SIM_SEEDS=$(MANY_SEEDS) $(PY) -m pytest -q -m slow tests/raft/test_simulation.py
+
+bench-raft:         ## Raft write benchmark against etcd
+	$(PY) bench/raft_writes.py

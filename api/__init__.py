@@ -1,0 +1,1 @@
+"""The object model of orch: objects, task states, validation and wire codecs."""

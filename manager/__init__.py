@@ -1,0 +1,1 @@
+"""Manager components: Raft consensus, the replicated store, the control API."""

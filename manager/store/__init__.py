@@ -1,0 +1,1 @@
+"""The replicated object store: in-memory tables, transactions, watches."""

@@ -1,0 +1,1 @@
+"""VXLAN overlay networks built with netlink (pyroute2)."""

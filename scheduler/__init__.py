@@ -1,0 +1,1 @@
+"""Pure task placement: filters, preferences, spread. No I/O."""
