@@ -1,0 +1,84 @@
+"""`orch daemon`: run this host's node daemon (for now: the manager)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import click
+
+from .output import fail
+
+
+def _parse_cluster(spec: str) -> dict[int, str]:
+    members: dict[int, str] = {}
+    for i, part in enumerate(p for p in spec.split(",") if p.strip()):
+        nid, sep, addr = part.strip().partition("=")
+        if not sep or not nid.isdigit() or int(nid) < 1 or not addr:
+            raise click.BadParameter(
+                f"member {i + 1} ({part.strip()!r}): expected ID=HOST:PORT with ID >= 1",
+                param_hint="--initial-cluster",
+            )
+        if int(nid) in members:
+            raise click.BadParameter(f"node id {nid} listed twice", param_hint="--initial-cluster")
+        members[int(nid)] = addr
+    return members
+
+
+@click.command()
+@click.option("--data-dir", default="/var/lib/orch", show_default=True, help="State directory.")
+@click.option("--node-id", type=click.IntRange(min=1), required=True, help="This manager's Raft id.")
+@click.option("--listen-addr", default="0.0.0.0:4242", show_default=True, help="HOST:PORT for the control API and Raft peers.")
+@click.option("--initial-cluster", default="", help="ID=HOST:PORT,... of the founding managers (first start only).")
+@click.option("--socket", "socket_path", default="/run/orch/orch.sock", show_default=True, help="Unix socket for the local CLI.")
+@click.option("--tick-ms", type=click.IntRange(min=1), default=100, show_default=True, help="Raft tick interval.")
+@click.option("--election-ticks", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option("--snapshot-every", type=click.IntRange(min=1), default=10_000, show_default=True, help="Snapshot after this many applied entries.")
+@click.option("--keep-entries", type=click.IntRange(min=0), default=5_000, show_default=True, help="Entries kept after a snapshot for slow followers.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
+def daemon(
+    data_dir: str,
+    node_id: int,
+    listen_addr: str,
+    initial_cluster: str,
+    socket_path: str,
+    tick_ms: int,
+    election_ticks: int,
+    snapshot_every: int,
+    keep_entries: int,
+    log_level: str,
+) -> None:
+    """Run the orch daemon on this host."""
+    from manager.process import ManagerOptions, ManagerProcess, parse_addr
+    from manager.raft.driver import RaftSettings
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    members = _parse_cluster(initial_cluster)
+    if members and node_id not in members:
+        fail(f"--initial-cluster does not list this node's id {node_id}")
+    try:
+        parse_addr(listen_addr)
+        for a in members.values():
+            parse_addr(a)
+    except ValueError as e:
+        fail(str(e))
+    settings = RaftSettings(
+        tick_interval=tick_ms / 1000,
+        election_tick=election_ticks,
+        snapshot_every=snapshot_every,
+        keep_entries=keep_entries,
+    )
+    opts = ManagerOptions(
+        node_id=node_id,
+        data_dir=data_dir,
+        listen_addr=listen_addr,
+        initial_cluster=members,
+        socket_path=socket_path or None,
+        settings=settings,
+    )
+    try:
+        asyncio.run(ManagerProcess(opts).run_forever())
+    except OSError as e:
+        fail(f"daemon: {e}")

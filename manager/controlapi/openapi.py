@@ -1,0 +1,56 @@
+"""The OpenAPI document of the control API, generated from the `api/` models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+
+from api.objects import Config, ConfigSpec
+
+
+def document() -> dict[str, Any]:
+    _, schemas = models_json_schema(
+        [(Config, "serialization"), (ConfigSpec, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    err = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    components = dict(schemas.get("$defs", {}))
+    components["Error"] = {
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                },
+                "required": ["code", "message"],
+            }
+        },
+    }
+    ref = {"$ref": "#/components/schemas/Config"}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "orch control API", "version": "1"},
+        "paths": {
+            "/v1/cluster/status": {"get": {"responses": {"200": {"description": "Raft and store status"}}}},
+            "/v1/configs": {
+                "get": {"responses": {"200": {"description": "all configs", "content": {"application/json": {"schema": {"type": "array", "items": ref}}}}}},
+                "post": {
+                    "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ConfigSpec"}}}},
+                    "responses": {"201": {"description": "created", "content": {"application/json": {"schema": ref}}}, "400": err, "409": err, "413": err, "503": err},
+                },
+            },
+            "/v1/configs/{ref}": {
+                "parameters": [{"name": "ref", "in": "path", "required": True, "schema": {"type": "string"}, "description": "id, name or unique id prefix"}],
+                "get": {"responses": {"200": {"description": "one config", "content": {"application/json": {"schema": ref}}}, "404": err}},
+                "delete": {"responses": {"204": {"description": "removed"}, "404": err, "409": err}},
+            },
+        },
+        "components": {"schemas": components},
+    }
