@@ -19,3 +19,9 @@ sim-many:           ## deterministic Raft simulation over many more seeds
 
 bench-raft:         ## Raft write benchmark against etcd
 	$(PY) bench/raft_writes.py
+
+cluster-up:         ## a local 3-manager cluster on loopback (ports 4242-4244), state in .fleet/
+	$(PY) -m tests.harness.local_cluster up
+
+cluster-down:       ## stop it and remove .fleet/
+	$(PY) -m tests.harness.local_cluster down
