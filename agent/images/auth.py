@@ -134,7 +134,9 @@ def parse_docker_config(text: str, path: Path | None = None) -> DockerAuthConfig
         raise ConfigError(f"{where}: not valid JSON: {e}") from None
     if not isinstance(obj, dict):
         raise ConfigError(f"{where}: top level must be an object")
-    auths = obj.get("auths") or {}
+    auths = obj.get("auths")
+    if auths is None:
+        auths = {}
     if not isinstance(auths, dict):
         raise ConfigError(f"{where}: 'auths' must be an object")
     entries: dict[str, Credentials] = {}

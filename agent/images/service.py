@@ -101,7 +101,7 @@ class Image:
     names: tuple[str, ...]
     manifest_digest: str
     manifest_media_type: str
-    index_digest: str | None
+    index_digests: tuple[str, ...]
     platform: str
     layers: tuple[LayerInfo, ...]
     size: int  # sum of compressed layer sizes
@@ -245,13 +245,17 @@ class ImageService:
                         tg.create_task(self._ensure_layer(r, desc, layer, ev))
             except BaseExceptionGroup as eg:
                 raise _first_error(eg) from None
+            previous = self.store.get_image(manifest_digest)
+            indexes = set(previous.index_digests) if previous else set()
+            if index_digest:
+                indexes.add(index_digest)
             record = ImageRecord(
                 manifest_digest=manifest_digest,
                 manifest_media_type=parsed.media_type,
                 config_digest=cfg_desc.digest,
                 layers=tuple(layers),
                 platform=str(Platform("linux", cfg.architecture or self.platform.architecture, cfg.variant)),
-                index_digest=index_digest,
+                index_digests=tuple(sorted(indexes)),
                 created=cfg.created,
                 pulled_at=time.time(),
             )
@@ -363,7 +367,7 @@ class ImageService:
             names=names,
             manifest_digest=rec.manifest_digest,
             manifest_media_type=rec.manifest_media_type,
-            index_digest=rec.index_digest,
+            index_digests=rec.index_digests,
             platform=rec.platform,
             layers=tuple(LayerInfo(**asdict(layer)) for layer in rec.layers),
             size=sum(layer.size for layer in rec.layers),
@@ -391,7 +395,7 @@ class ImageService:
                     rec = self.store.get_image(d)
                     if rec is None or not n.startswith(parsed.name + ":") and not n.startswith(parsed.name + "@"):
                         continue
-                    if parsed.digest in (rec.manifest_digest, rec.index_digest):
+                    if parsed.digest == rec.manifest_digest or parsed.digest in rec.index_digests:
                         return rec, [], "digest"
         if _HEX_PREFIX.match(ref):
             prefix = ref if ref.startswith("sha256:") else "sha256:" + ref

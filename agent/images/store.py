@@ -179,7 +179,9 @@ class ImageRecord:
     config_digest: str
     layers: tuple[LayerRecord, ...]
     platform: str
-    index_digest: str | None = None
+    # Indexes this manifest was reached through (one image can be pulled by
+    # a plain tag and via several indexes); held as long as the image is.
+    index_digests: tuple[str, ...] = ()
     created: str | None = None
     pulled_at: float = 0.0
 
@@ -190,8 +192,7 @@ class ImageRecord:
 
     def blobs(self) -> list[str]:
         out = [self.manifest_digest, self.config_digest, *(layer.digest for layer in self.layers)]
-        if self.index_digest:
-            out.append(self.index_digest)
+        out.extend(self.index_digests)
         return out
 
     def chain_ids(self) -> list[str]:
@@ -204,6 +205,7 @@ class ImageRecord:
     def from_json(cls, data: bytes) -> "ImageRecord":
         obj = json.loads(data)
         obj["layers"] = tuple(LayerRecord(**layer) for layer in obj["layers"])
+        obj["index_digests"] = tuple(obj.get("index_digests", ()))
         return cls(**obj)
 
 

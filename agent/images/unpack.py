@@ -91,6 +91,72 @@ def sniff_compression(head: bytes) -> str:
     return Compression.NONE
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def check_zstd_framing(f: BinaryIO, layer: str) -> None:
+    """Walk the frame and block headers of a seekable zstd stream without decompressing.
+
+    The zstandard stream reader treats a stream that ends mid-frame as a
+    clean end of data; this catches truncation and trailing garbage up front.
+    Cost: one small read per 128 KiB block.
+    """
+
+    def bad(why: str) -> LayerFormatError:
+        return LayerFormatError(f"layer {layer}: corrupt zstd stream: {why}")
+
+    start = f.tell()
+    end = f.seek(0, os.SEEK_END)
+    pos = start
+    frames = 0
+    while pos < end:
+        f.seek(pos)
+        magic = f.read(4)
+        if len(magic) < 4:
+            raise bad(f"trailing {len(magic)} bytes after frame {frames}")
+        if magic[1:] == b"\x2a\x4d\x18" and magic[0] & 0xF0 == 0x50:  # skippable frame
+            size_raw = f.read(4)
+            if len(size_raw) < 4:
+                raise bad("truncated skippable frame header")
+            pos += 8 + int.from_bytes(size_raw, "little")
+            if pos > end:
+                raise bad("truncated skippable frame")
+            frames += 1
+            continue
+        if magic != _ZSTD_MAGIC:
+            raise bad(f"bad frame magic {magic.hex()} at offset {pos}")
+        fhd_raw = f.read(1)
+        if not fhd_raw:
+            raise bad("truncated frame header")
+        fhd = fhd_raw[0]
+        if fhd & 0x08:
+            raise bad("reserved bit set in frame header")
+        single_segment = bool(fhd & 0x20)
+        checksum = bool(fhd & 0x04)
+        did_len = (0, 1, 2, 4)[fhd & 0x03]
+        fcs_len = (1 if single_segment else 0, 2, 4, 8)[fhd >> 6]
+        pos += 5 + (0 if single_segment else 1) + did_len + fcs_len
+        while True:
+            if pos + 3 > end:
+                raise bad(f"stream ends inside frame {frames} (truncated)")
+            f.seek(pos)
+            hdr = int.from_bytes(f.read(3), "little")
+            last, btype, bsize = hdr & 1, (hdr >> 1) & 3, hdr >> 3
+            if btype == 3:
+                raise bad(f"reserved block type at offset {pos}")
+            pos += 3 + (1 if btype == 1 else bsize)
+            if pos > end:
+                raise bad(f"stream ends inside frame {frames} (truncated)")
+            if last:
+                break
+        if checksum:
+            pos += 4
+            if pos > end:
+                raise bad(f"stream ends inside frame {frames} checksum (truncated)")
+        frames += 1
+    f.seek(start)
+
+
 class _HashingReader:
     """Decompressing reader that hashes what it returns and maps codec errors."""
 
@@ -102,6 +168,8 @@ class _HashingReader:
         if compression == Compression.GZIP:
             self._stream = gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[assignment]
         elif compression == Compression.ZSTD:
+            if raw.seekable():
+                check_zstd_framing(raw, layer)
             self._stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)  # type: ignore[assignment]
         else:
             self._stream = raw
