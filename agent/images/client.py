@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import random
 import ssl
 from collections.abc import Callable
@@ -131,7 +132,9 @@ def _error_detail(body: bytes) -> tuple[str | None, str]:
 def _describe(e: BaseException) -> str:
     if isinstance(e, aiohttp.ClientConnectorError):
         err = e.os_error
-        return err.strerror or str(err) if isinstance(err, OSError) else str(e)
+        if isinstance(err, OSError) and err.errno:
+            return os.strerror(err.errno)
+        return str(err) if err else str(e)
     if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
         return "timed out"
     if isinstance(e, aiohttp.ServerDisconnectedError):
@@ -395,7 +398,8 @@ class RegistryClient:
             try:
                 if resp.status == 404:
                     code, detail = _error_detail(await resp.read())
-                    if code == "NAME_UNKNOWN":
+                    resp.release()
+                    if code == "NAME_UNKNOWN" or await self._repository_missing(ref):
                         raise RepositoryUnknown(ref.registry, ref.repository, reference)
                     raise ManifestUnknown(ref.registry, ref.repository, reference)
                 if resp.status >= 400:
@@ -430,6 +434,22 @@ class RegistryClient:
             if header and header.startswith("sha256:") and header != digest:
                 raise DigestMismatch(f"{where} (Docker-Content-Digest header)", header, digest)
             return FetchedManifest(data, content_type, digest)
+
+    async def _repository_missing(self, ref: Reference) -> bool:
+        """Best effort, on the error path only: some registries (Distribution 2.x)
+        answer MANIFEST_UNKNOWN for a repository that does not exist at all;
+        tags/list tells the two apart with NAME_UNKNOWN."""
+        try:
+            resp = await self._open("GET", ref.api_host, f"/v2/{ref.repository}/tags/list?n=1", ref.repository, {})
+            try:
+                if resp.status != 404:
+                    return False
+                code, _ = _error_detail(await resp.read())
+                return code == "NAME_UNKNOWN"
+            finally:
+                resp.release()
+        except (RegistryError, aiohttp.ClientError, asyncio.TimeoutError):
+            return False
 
     async def fetch_blob(
         self,

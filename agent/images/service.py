@@ -265,11 +265,9 @@ class ImageService:
             return manifest_digest
         except BaseException:
             # Undo: delete what this pull touched unless something else holds it.
+            touched = set(pins)
             self._unpin(pins)
-            try:
-                self.store.gc(pinned=+self._pins, only=set(pins))
-            finally:
-                pins.clear()
+            self.store.gc(pinned=+self._pins, only=touched)
             raise
         finally:
             self._unpin(pins)

@@ -253,7 +253,8 @@ class ContentStore:
     # --- lifecycle -------------------------------------------------------------
 
     def open(self) -> None:
-        for d in (self.root, self.blobs_dir, self.ingest_dir, self.snapshots_dir, self.images_dir, self.leases_dir):
+        for d in (self.root, self.blobs_dir, self.ingest_dir, self.snapshots_dir, self.images_dir, self.leases_dir,
+                  self.blobs_dir / "sha256", self.images_dir / "sha256"):
             d.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
