@@ -7,7 +7,9 @@ talks to the real registry in test_pull.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -211,3 +213,39 @@ async def test_failed_pull_keeps_content_of_other_images(svc: ImageService, fake
     # The shared base layer (blob and snapshot) survived the rollback.
     img = svc.inspect(ref(fake_registry, "good"))
     assert all(svc.store.has_blob(l.digest) and svc.store.has_snapshot(l.chain_id) for l in img.layers)
+
+
+async def test_dropped_connection_is_retried_from_zero(svc: ImageService, fake_registry: FakeRegistry) -> None:
+    img = two_layer_image()
+    fake_registry.add_image(REPO, "latest", img)
+    layer = img.layers[0].blob
+    fake_registry.truncate[layer.digest] = layer.size // 3
+    fake_registry.truncate_times[layer.digest] = 1
+    pulled = await svc.pull(ref(fake_registry))
+    assert svc.store.blob_path(layer.digest).read_bytes() == layer.data
+    assert pulled.layers[0].digest == layer.digest
+    assert fake_registry.requests.count(("GET", f"/v2/{REPO}/blobs/{layer.digest}")) == 2
+
+
+async def test_cancelled_pull_leaves_nothing(svc: ImageService, fake_registry: FakeRegistry) -> None:
+    img = two_layer_image()
+    fake_registry.add_image(REPO, "latest", img)
+    fake_registry.stall[img.layers[1].blob.digest] = 30.0
+    before = store_contents(svc.store.root)
+    task = asyncio.create_task(svc.pull(ref(fake_registry)))
+    # Wait until the stalled layer is half written into ingest/.
+    for _ in range(500):
+        if os.listdir(svc.store.ingest_dir):
+            break
+        await asyncio.sleep(0.01)
+    assert os.listdir(svc.store.ingest_dir)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The shared inner work unwinds on its own tasks; give it a moment.
+    for _ in range(200):
+        if not svc._pull_flight.keys() and not svc._blob_flight.keys():
+            break
+        await asyncio.sleep(0.01)
+    assert store_contents(svc.store.root) == before
+    assert svc._pins == {}
