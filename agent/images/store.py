@@ -31,7 +31,6 @@ import json
 import os
 import secrets
 import shutil
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -548,6 +547,3 @@ def _remove_path(p: Path) -> None:
     except FileNotFoundError:
         pass
 
-
-def now() -> float:
-    return time.time()

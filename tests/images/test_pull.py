@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,16 @@ from agent.images import (
     Status,
 )
 from agent.images.manifest import DOCKER_MANIFEST, OCI_MANIFEST
-from tests.fixtures.oci_build import BUSYBOX_MULTI_CONFIG, BuiltImage, BuiltIndex, TarBuilder, build_image, make_layer
+from tests.fixtures.oci_build import (
+    BUSYBOX_MULTI_CONFIG,
+    BuiltImage,
+    BuiltIndex,
+    TarBuilder,
+    build_image,
+    busybox_multi,
+    make_layer,
+    write_oci_layout,
+)
 from tests.fixtures.registry import USERS, CountingProxy, SeededRegistry, free_port
 from tests.images import store_contents
 
@@ -285,3 +294,23 @@ async def test_hostile_layer_from_a_real_registry_leaves_nothing(
     assert not (tmp_path / "pwned").exists()
     assert store_contents(svc.store.root) == before
     assert svc.store.refs() == {}
+
+
+@pytest.mark.parametrize("fmt, media_type", [("oci", OCI_MANIFEST), ("v2s2", DOCKER_MANIFEST)])
+async def test_pull_what_skopeo_pushed(
+    open_registry: SeededRegistry, make_service: MakeService, tmp_path: Path, fmt: str, media_type: str
+) -> None:
+    """Cross-check with a third-party client: skopeo copies our OCI layout (converting to schema2 for v2s2)."""
+    layout = write_oci_layout(tmp_path / "layout", [("latest", busybox_multi())])
+    dest = f"docker://{open_registry.addr}/skopeo/{fmt}:latest"
+    proc = await asyncio.create_subprocess_exec(
+        "skopeo", "--insecure-policy", "copy", "--dest-tls-verify=false", "--format", fmt, f"oci:{layout}:latest", dest,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    svc = make_service(open_registry.addr)
+    img = await svc.pull(open_registry.ref(f"skopeo/{fmt}"))
+    assert img.manifest_media_type == media_type
+    assert svc.image_config(open_registry.ref(f"skopeo/{fmt}")) == BUSYBOX_MULTI_CONFIG
+    assert [l.diff_id for l in img.layers] == [l.diff_id for l in busybox_multi().layers]
