@@ -42,6 +42,8 @@ from tests.fixtures.oci_build import (
 from tests.fixtures.registry import FakeRegistry
 from tests.images import store_contents
 
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="unpacking whiteouts needs root")]
+
 REPO = "test/img"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from tests.fixtures.oci_build import (
 )
 from tests.fixtures.registry import USERS, CountingProxy, SeededRegistry, free_port
 from tests.images import store_contents
+
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="unpacking whiteouts needs root")]
 
 EMPTY_STORE = {"blobs", "blobs/sha256", "ingest", "snapshots", "images", "images/sha256", "leases"}
 FAST = dict(backoff_initial=0.01, backoff_max=0.05, connect_timeout=2.0, read_timeout=5.0)

@@ -17,7 +17,7 @@ from tests.fixtures.oci_build import EXPECT, TarBuilder, build_image, busybox_mu
 from tests.fixtures.registry import SeededRegistry
 from tests.images import lstat_tree, store_contents
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root")
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="overlay mounts need root")]
 
 EMPTY_STORE = {"blobs", "blobs/sha256", "ingest", "snapshots", "images", "images/sha256", "leases"}
 

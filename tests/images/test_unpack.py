@@ -17,7 +17,7 @@ from agent.images.unpack import UnpackOptions, unpack_layer, unpack_layer_async
 from tests.fixtures.oci_build import BUSYBOX, EXPECT, TarBuilder, busybox_multi_layers, make_layer
 from tests.images import lstat_tree
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and ownership need root")
+pytestmark = [pytest.mark.root, pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts and ownership need root")]
 
 
 def _unpack(tmp_path: Path, tar: bytes | TarBuilder, name: str = "fs", **kw: object) -> tuple[Path, object]:
