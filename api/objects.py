@@ -1,0 +1,447 @@
+"""The object model: one pydantic model per cluster object, and task states.
+
+Objects are immutable (frozen models; dict fields are `FrozenDict`, list
+fields are tuples). The store hands the objects it holds to every reader
+without copying, so nobody can change stored state behind its back; to change
+an object build a new one with `evolve()` and write it in a transaction.
+
+Every object has `id`, `meta` (version = Raft index of its last write, set by
+the store) and `spec` (desired state written by managers); objects with an
+observed side have `status` (written from agents' reports). `TABLE` names the
+store table that holds each kind.
+
+Config and Secret are complete; Node, Service, Task, Network and Cluster hold
+the minimal fields the first components need and grow with them.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from .validation import (
+    Data,
+    FrozenDict,
+    Labels,
+    Name,
+    ObjectId,
+    OptionalName,
+    SecretData,
+)
+
+__all__ = [
+    "Cluster",
+    "ClusterSpec",
+    "Config",
+    "ConfigReference",
+    "ConfigSpec",
+    "ContainerSpec",
+    "IPAMConfig",
+    "Meta",
+    "Model",
+    "Network",
+    "NetworkSpec",
+    "Node",
+    "NodeAvailability",
+    "NodeDescription",
+    "NodeRole",
+    "NodeSpec",
+    "NodeState",
+    "NodeStatus",
+    "Secret",
+    "SecretReference",
+    "SecretSpec",
+    "Service",
+    "ServiceMode",
+    "ServiceSpec",
+    "StoredObject",
+    "TABLE_MODELS",
+    "Task",
+    "TaskSpec",
+    "TaskState",
+    "TaskStatus",
+    "evolve",
+]
+
+
+class Model(BaseModel):
+    """Base of every model: immutable, unknown fields refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+class Meta(Model):
+    """Bookkeeping the store sets on every write (callers' values are
+    overwritten): `version` is the Raft index of the object's last write and
+    the token for optimistic concurrency; times are unix seconds taken from
+    the transaction, so every replica has the same ones."""
+
+    version: int = Field(0, ge=0)
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+def _empty_labels() -> FrozenDict[str, str]:
+    return FrozenDict()
+
+
+LabelsField = Annotated[Labels, Field(default_factory=_empty_labels)]
+
+
+# -- Config and Secret ---------------------------------------------------------
+
+
+class ConfigSpec(Model):
+    name: Name
+    labels: LabelsField
+    data: Data = b""
+
+
+class Config(Model):
+    """A named blob made available to services as a file (Swarm config)."""
+
+    TABLE: ClassVar[str] = "configs"
+    id: ObjectId
+    meta: Meta = Meta()
+    spec: ConfigSpec
+
+
+class SecretSpec(Model):
+    name: Name
+    labels: LabelsField
+    data: SecretData
+
+    def __repr_args__(self) -> Any:
+        # Secrets end up in logs through reprs; never their payload.
+        for k, v in super().__repr_args__():
+            yield (k, f"<redacted {len(v)} bytes>" if k == "data" else v)
+
+
+class Secret(Model):
+    """A sensitive named blob. Its data goes to the nodes that run tasks using
+    it, never into API responses: use `public()` (and `codec.to_json`, which
+    calls it)."""
+
+    TABLE: ClassVar[str] = "secrets"
+    id: ObjectId
+    meta: Meta = Meta()
+    spec: SecretSpec
+
+    def public(self) -> dict[str, Any]:
+        """JSON-ready view without the payload (spec.data is left out)."""
+        return self.model_dump(mode="json", exclude={"spec": {"data"}})
+
+
+# -- Nodes -----------------------------------------------------------------------
+
+
+class NodeRole(enum.StrEnum):
+    WORKER = "worker"
+    MANAGER = "manager"
+
+
+class NodeAvailability(enum.StrEnum):
+    ACTIVE = "active"
+    PAUSE = "pause"
+    DRAIN = "drain"
+
+
+class NodeState(enum.StrEnum):
+    UNKNOWN = "unknown"
+    DOWN = "down"
+    READY = "ready"
+    DISCONNECTED = "disconnected"
+
+
+class NodeSpec(Model):
+    # Optional and unique when set: the user's name for the node. The host
+    # name (not unique across a fleet) lives in description.hostname.
+    name: OptionalName = ""
+    labels: LabelsField
+    role: NodeRole = NodeRole.WORKER  # desired role
+    availability: NodeAvailability = NodeAvailability.ACTIVE
+
+
+class NodeDescription(Model):
+    """What the node reports about itself."""
+
+    hostname: str = ""
+    os: str = ""
+    arch: str = ""
+    nano_cpus: int = Field(0, ge=0)
+    memory_bytes: int = Field(0, ge=0)
+
+
+class NodeStatus(Model):
+    state: NodeState = NodeState.UNKNOWN
+    message: str = ""
+    addr: str = ""
+
+
+class Node(Model):
+    TABLE: ClassVar[str] = "nodes"
+    id: ObjectId
+    meta: Meta = Meta()
+    spec: NodeSpec = NodeSpec()
+    role: NodeRole = NodeRole.WORKER  # observed role
+    description: NodeDescription = NodeDescription()
+    status: NodeStatus = NodeStatus()
+
+
+# -- Services and tasks ------------------------------------------------------------
+
+
+class TaskState(enum.IntEnum):
+    """Task lifecycle, ordered (and numbered) as in Swarm: a task only moves
+    forward, so `state >= TaskState.RUNNING` style comparisons are meaningful.
+    JSON shows the lower-case name."""
+
+    NEW = 0
+    PENDING = 64
+    ASSIGNED = 192
+    ACCEPTED = 256
+    PREPARING = 320
+    READY = 384
+    STARTING = 448
+    RUNNING = 512
+    COMPLETE = 576
+    SHUTDOWN = 640
+    FAILED = 704
+    REJECTED = 768
+    REMOVE = 800
+    ORPHANED = 832
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @property
+    def terminal(self) -> bool:
+        """The task has stopped for good (or never ran)."""
+        return self > TaskState.RUNNING
+
+
+def _parse_task_state(v: Any) -> Any:
+    if isinstance(v, TaskState):
+        return v
+    if isinstance(v, str):
+        try:
+            return TaskState[v.upper()]
+        except KeyError:
+            raise PydanticCustomError(
+                "task_state",
+                "must be a task state: {states}",
+                {"states": ", ".join(s.label for s in TaskState)},
+            ) from None
+    if isinstance(v, int) and not isinstance(v, bool):
+        try:
+            return TaskState(v)
+        except ValueError:
+            pass
+    raise PydanticCustomError(
+        "task_state",
+        "must be a task state: {states}",
+        {"states": ", ".join(s.label for s in TaskState)},
+    )
+
+
+TaskStateField = Annotated[
+    TaskState,
+    BeforeValidator(_parse_task_state),
+    PlainSerializer(lambda s: s.name.lower(), return_type=str, when_used="json"),
+]
+
+
+class ServiceMode(enum.StrEnum):
+    REPLICATED = "replicated"
+    GLOBAL = "global"
+
+
+class _FileReference(Model):
+    # Where the file appears in the container (under /run/secrets or /, as
+    # Swarm); "" means the object's name.
+    target: str = ""
+    uid: str = "0"
+    gid: str = "0"
+    mode: int = Field(0o444, ge=0, le=0o7777)
+
+
+class SecretReference(_FileReference):
+    secret_id: ObjectId
+    secret_name: Name
+
+
+class ConfigReference(_FileReference):
+    config_id: ObjectId
+    config_name: Name
+
+
+class ContainerSpec(Model):
+    image: str = Field(min_length=1)
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    dir: str = ""
+    user: str = ""
+    labels: LabelsField
+    secrets: tuple[SecretReference, ...] = ()
+    configs: tuple[ConfigReference, ...] = ()
+
+
+class TaskSpec(Model):
+    """What a task runs; a service's template, copied into each task."""
+
+    container: ContainerSpec
+    networks: tuple[ObjectId, ...] = ()  # network ids
+
+
+class ServiceSpec(Model):
+    name: Name
+    labels: LabelsField
+    task: TaskSpec
+    mode: ServiceMode = ServiceMode.REPLICATED
+    replicas: int = Field(1, ge=0)  # ignored in global mode
+
+
+class Service(Model):
+    TABLE: ClassVar[str] = "services"
+    id: ObjectId
+    meta: Meta = Meta()
+    spec: ServiceSpec
+
+
+class TaskStatus(Model):
+    """Observed state, as last reported (or decided by a manager before the
+    task reached a node)."""
+
+    state: TaskStateField = TaskState.NEW
+    timestamp: float = 0.0
+    message: str = ""
+    err: str = ""
+    container_id: str = ""
+    exit_code: int | None = None
+
+
+class Task(Model):
+    """One scheduled instance of a service (slot N of a replicated service,
+    or the service's task on node N of a global one). Tasks have no name of
+    their own, so the store does not index them by name."""
+
+    TABLE: ClassVar[str] = "tasks"
+    id: ObjectId
+    meta: Meta = Meta()
+    service_id: str = ""
+    slot: int = Field(0, ge=0)  # 0 for global services
+    node_id: str = ""  # "" until scheduled
+    spec: TaskSpec
+    desired_state: TaskStateField = TaskState.RUNNING
+    status: TaskStatus = TaskStatus()
+
+
+# -- Networks and the cluster ------------------------------------------------------
+
+
+class IPAMConfig(Model):
+    subnet: str
+    gateway: str = ""
+    ip_range: str = ""
+
+    @field_validator("subnet", "ip_range")
+    @classmethod
+    def _cidr(cls, v: str) -> str:
+        if v == "":
+            return v
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise PydanticCustomError("cidr", "must be a network in CIDR form, e.g. 10.0.1.0/24") from None
+        return v
+
+    @field_validator("gateway")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        if v == "":
+            return v
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise PydanticCustomError("ip", "must be an IP address, e.g. 10.0.1.1") from None
+        return v
+
+
+class NetworkSpec(Model):
+    name: Name
+    labels: LabelsField
+    driver: str = "overlay"
+    attachable: bool = False
+    internal: bool = False
+    ipam: tuple[IPAMConfig, ...] = ()
+
+
+class Network(Model):
+    TABLE: ClassVar[str] = "networks"
+    id: ObjectId
+    meta: Meta = Meta()
+    spec: NetworkSpec
+
+
+class ClusterSpec(Model):
+    name: Name = "default"
+    labels: LabelsField
+    task_history_retention_limit: int = Field(5, ge=0)
+    heartbeat_period: float = Field(5.0, gt=0)
+
+
+class Cluster(Model):
+    TABLE: ClassVar[str] = "clusters"
+    id: ObjectId
+    meta: Meta = Meta()
+    spec: ClusterSpec = ClusterSpec()
+
+
+StoredObject = Node | Service | Task | Network | Secret | Config | Cluster
+
+TABLE_MODELS: dict[str, type[Model]] = {
+    m.TABLE: m  # type: ignore[attr-defined]
+    for m in (Node, Service, Task, Network, Secret, Config, Cluster)
+}
+"""Store table name -> the model of the objects it holds."""
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def evolve(obj: M, **changes: Any) -> M:
+    """A copy of `obj` with fields changed; `a__b=v` reaches into nested
+    models: `evolve(task, status__state=TaskState.RUNNING, node_id="n1")`.
+
+    No validation happens here (it is a cheap shallow copy); the store
+    validates every object when the transaction is encoded and applied.
+    """
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in changes.items():
+        head, sep, rest = key.partition("__")
+        if head not in type(obj).model_fields:
+            raise AttributeError(f"{type(obj).__name__} has no field {head!r}")
+        if sep:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value
+    for head, sub in nested.items():
+        base = direct.get(head, getattr(obj, head))
+        if not isinstance(base, BaseModel):
+            raise AttributeError(f"{type(obj).__name__}.{head} is not a model; cannot set {sorted(sub)}")
+        direct[head] = evolve(base, **sub)
+    return obj.model_copy(update=direct)

@@ -1,0 +1,377 @@
+"""MemoryStore: the replicated object store's state machine.
+
+Every manager holds one. The Raft driver feeds it every committed entry, in
+order, on every replica: `apply(index, data)` for store transactions,
+`apply_noop(index)` for anything else; `snapshot()`/`restore()` move the
+whole state. Apply is deterministic (no clock, no randomness, no iteration
+over hash-ordered sets) so replicas fed the same entries hold identical
+state, byte for byte in their snapshots.
+
+Reads go through `view()`. Stored objects are immutable models and are
+handed out as they are: reading copies nothing, and nobody can change stored
+state except through a transaction.
+
+Apply never raises for a bad entry: it returns a failed `TxResult`, because
+an exception would stop the replica while the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+import msgpack
+from pydantic import ValidationError as PydanticValidationError
+
+from api.errors import ValidationError
+
+from .errors import (
+    AlreadyExists,
+    Conflict,
+    InvalidTx,
+    NotFound,
+    SnapshotError,
+    StoreError,
+    UnknownTable,
+)
+from .ops import DEFAULT_MAX_TX_BYTES, Op, OpCode, TxResult, decode_tx, encode_tx
+from .tables import TABLE_NAMES, TABLES, Table, name_of
+from .watch import (
+    DEFAULT_HISTORY_EVENTS,
+    DEFAULT_QUEUE_LIMIT,
+    Event,
+    EventAction,
+    EventFilter,
+    Watch,
+    WatchHub,
+)
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_FORMAT = 1
+_DELETED = None  # staged value of a deleted row
+
+
+class ReadView:
+    """Read access to the store's current state.
+
+    A view reads live state: the store only changes in `apply`/`restore`,
+    which run between awaits of the event loop, so reads made without an
+    await in between are consistent with each other and with `index` (the
+    store's index when the view was taken). To read and then follow changes,
+    list and `store.watch(from_version=view.index)` with no await between.
+    """
+
+    __slots__ = ("_tables", "index")
+
+    def __init__(self, tables: dict[str, Table], index: int) -> None:
+        self._tables = tables
+        self.index = index
+
+    def _table(self, table: str) -> Table:
+        t = self._tables.get(table)
+        if t is None:
+            raise UnknownTable(f"no table {table!r}; tables: {', '.join(TABLE_NAMES)}")
+        return t
+
+    def get(self, table: str, id: str) -> Any | None:
+        return self._table(table).rows.get(id)
+
+    def get_by_name(self, table: str, name: str) -> Any | None:
+        t = self._table(table)
+        oid = t.by_name.get(name)
+        return None if oid is None else t.rows[oid]
+
+    def find(self, table: str, index: str, value: Hashable) -> list[Any]:
+        """Objects whose `index` has key `value` ("id", "name", or one of
+        the table's secondary indexes, see `manager.store.tables`)."""
+        t = self._table(table)
+        try:
+            ids = t.find_ids(index, value)
+        except KeyError:
+            raise UnknownTable(
+                f"table {table!r} has no index {index!r}; indexes: "
+                f"{', '.join(['id', 'name', *t.defn.indexes])}"
+            ) from None
+        rows = t.rows
+        return [rows[i] for i in ids]
+
+    def list(self, table: str) -> list[Any]:
+        return list(self._table(table).rows.values())
+
+    def count(self, table: str) -> int:
+        return len(self._table(table).rows)
+
+
+class MemoryStore:
+    """The object store: tables, transactions, watches, snapshots."""
+
+    def __init__(
+        self,
+        *,
+        max_tx_bytes: int = DEFAULT_MAX_TX_BYTES,
+        history_events: int = DEFAULT_HISTORY_EVENTS,
+        watch_queue_limit: int = DEFAULT_QUEUE_LIMIT,
+    ) -> None:
+        self.max_tx_bytes = max_tx_bytes
+        self._tables: dict[str, Table] = {n: Table(TABLES[n]) for n in TABLE_NAMES}
+        self._index = 0
+        self._hub = WatchHub(history_events, watch_queue_limit)
+
+    @property
+    def index(self) -> int:
+        """Raft index of the last applied entry."""
+        return self._index
+
+    def view(self) -> ReadView:
+        return ReadView(self._tables, self._index)
+
+    def encode_tx(self, ops: Sequence[Op], *, now: float | None = None) -> bytes:
+        """`ops.encode_tx` with this store's size limit."""
+        return encode_tx(ops, now=now, max_bytes=self.max_tx_bytes)
+
+    # -- apply -------------------------------------------------------------------
+
+    def apply_noop(self, index: int) -> None:
+        """Advance the applied index for an entry that is not a transaction."""
+        if index > self._index:
+            self._index = index
+
+    def apply(self, index: int, data: bytes) -> TxResult:
+        """Apply one committed entry: all its ops or none. Never raises for a
+        bad entry (returns `ok=False` with the reason)."""
+        if index <= self._index:
+            # The driver never does this; refuse rather than rewind versions.
+            return TxResult(
+                False,
+                index,
+                InvalidTx(f"entry {index} is not after the applied index {self._index}; ignored"),
+            )
+        try:
+            events, staged = self._check(index, data)
+        except StoreError as e:
+            self._index = index
+            return TxResult(False, index, e)
+        except Exception as e:  # a bug must fail the tx the same way everywhere, not stop us
+            log.error("store: entry %d failed unexpectedly: %r", index, e, exc_info=True)
+            self._index = index
+            return TxResult(False, index, InvalidTx(f"transaction failed: {type(e).__name__}: {e}"))
+        # Commit: plain dict updates that cannot fail half-way.
+        tables = self._tables
+        for (table, oid), new in staged.items():
+            t = tables[table]
+            old = t.rows.get(oid)
+            if new is _DELETED:
+                if old is not None:
+                    t.remove(old)
+            else:
+                t.put(new, old)
+        self._index = index
+        evs = tuple(events)
+        self._hub.publish(index, evs)
+        return TxResult(True, index, None, evs)
+
+    def _check(self, index: int, data: bytes) -> tuple[list[Event], dict[tuple[str, str], Any]]:
+        """Check every op against the state as the earlier ops of the same tx
+        leave it; return the events and the final staged rows. No mutation."""
+        ts, raw_ops = decode_tx(data)
+        tables = self._tables
+        staged: dict[tuple[str, str], Any] = {}
+        # (table, name) -> owning id, or None once released within this tx.
+        names: dict[tuple[str, str], str | None] = {}
+        events: list[Event] = []
+
+        def current(t: Table, table: str, oid: str) -> Any | None:
+            key = (table, oid)
+            if key in staged:
+                return staged[key]
+            return t.rows.get(oid)
+
+        def owner(t: Table, table: str, name: str) -> str | None:
+            key = (table, name)
+            if key in names:
+                return names[key]
+            return t.by_name.get(name)
+
+        for i, op in enumerate(raw_ops):
+            t = tables[op.table]
+            defn = t.defn
+            what = f"{op.code.name.lower()} {op.table}"
+            if op.code is OpCode.DELETE:
+                oid = op.payload
+                cur = current(t, op.table, oid)
+                if cur is None:
+                    raise NotFound(f"{what}/{oid}: no such object")
+                if op.expect is not None and cur.meta.version != op.expect:
+                    raise Conflict(
+                        f"{what}/{oid}: version mismatch: expected {op.expect}, "
+                        f"actual {cur.meta.version} (changed since it was read; read again and retry)"
+                    )
+                name = name_of(defn, cur)
+                if name is not None:
+                    names[(op.table, name)] = None
+                staged[(op.table, oid)] = _DELETED
+                events.append(Event(index, EventAction.DELETE, op.table, cur, cur))
+                continue
+            try:
+                obj = defn.model.model_validate(op.payload)
+            except PydanticValidationError as e:
+                oid = op.payload.get("id", "?")
+                raise InvalidTx(
+                    f"{what}/{oid}: invalid object: {ValidationError.from_pydantic(e)}"
+                ) from None
+            oid = obj.id
+            cur = current(t, op.table, oid)
+            name = name_of(defn, obj)
+            if op.code is OpCode.CREATE:
+                if cur is not None:
+                    raise AlreadyExists(f"{what}/{oid}: an object with this id already exists")
+                if name is not None:
+                    holder = owner(t, op.table, name)
+                    if holder is not None:
+                        raise AlreadyExists(
+                            f"{what}/{oid}: name {name!r} is already used by {op.table}/{holder}"
+                        )
+                    names[(op.table, name)] = oid
+                meta = obj.meta.model_copy(  # type: ignore[attr-defined]
+                    update={"version": index, "created_at": ts, "updated_at": ts}
+                )
+                new = obj.model_copy(update={"meta": meta})
+                staged[(op.table, oid)] = new
+                events.append(Event(index, EventAction.CREATE, op.table, new, None))
+            else:  # UPDATE
+                if cur is None:
+                    raise NotFound(f"{what}/{oid}: no such object")
+                if cur.meta.version != op.expect:
+                    raise Conflict(
+                        f"{what}/{oid}: version mismatch: expected {op.expect}, "
+                        f"actual {cur.meta.version} (changed since it was read; read again and retry)"
+                    )
+                old_name = name_of(defn, cur)
+                if name != old_name:
+                    if name is not None:
+                        holder = owner(t, op.table, name)
+                        if holder is not None and holder != oid:
+                            raise AlreadyExists(
+                                f"{what}/{oid}: name {name!r} is already used by {op.table}/{holder}"
+                            )
+                        names[(op.table, name)] = oid
+                    if old_name is not None:
+                        names[(op.table, old_name)] = None
+                cm = cur.meta
+                # max(): a new leader's clock may lag the old one's.
+                meta = cm.model_copy(
+                    update={"version": index, "updated_at": max(ts, cm.updated_at)}
+                )
+                new = obj.model_copy(update={"meta": meta})
+                staged[(op.table, oid)] = new
+                events.append(Event(index, EventAction.UPDATE, op.table, new, cur))
+        return events, staged
+
+    # -- watches -------------------------------------------------------------------
+
+    def watch(
+        self,
+        tables: set[str] | frozenset[str] | None = None,
+        from_version: int | None = None,
+        filter: EventFilter | None = None,
+        *,
+        queue_limit: int | None = None,
+    ) -> Watch:
+        """Follow changes. With `from_version`, first replay every kept event
+        with a greater version (raises `WatchCompacted` if some are no longer
+        kept). `tables` and `filter` select events; `queue_limit` overrides
+        the store's per-watcher limit."""
+        if tables is not None:
+            unknown = set(tables) - set(TABLE_NAMES)
+            if unknown:
+                raise UnknownTable(
+                    f"cannot watch unknown table(s) {sorted(unknown)}; tables: {', '.join(TABLE_NAMES)}"
+                )
+            tables = frozenset(tables)
+        return self._hub.watch(self._index, tables, from_version, filter, queue_limit)
+
+    @property
+    def watchers(self) -> int:
+        return self._hub.watchers
+
+    @property
+    def history_floor(self) -> int:
+        """Events with versions above this are kept for `from_version`."""
+        return self._hub.floor
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The whole state as msgpack: `{"format", "index", "tables": {name:
+        [object dicts sorted by id]}}`; identical bytes on identical state."""
+        tables: dict[str, list[dict[str, Any]]] = {}
+        for name in TABLE_NAMES:
+            rows = self._tables[name].rows
+            tables[name] = [rows[k].model_dump() for k in sorted(rows)]
+        return msgpack.packb(
+            {"format": SNAPSHOT_FORMAT, "index": self._index, "tables": tables},
+            use_bin_type=True,
+        )
+
+    def restore(self, data: bytes) -> None:
+        """Replace the state with a snapshot's. Watchers get the difference
+        as events at the snapshot's index (nothing missed, nothing repeated)
+        and the history restarts there. Raises `SnapshotError` for bad data,
+        leaving the state as it was."""
+        index, new_tables = self._load(data)
+        events: list[Event] = []
+        for name in TABLE_NAMES:
+            old_rows = self._tables[name].rows
+            new_rows = new_tables[name].rows
+            for oid, new in new_rows.items():
+                old = old_rows.get(oid)
+                if old is None:
+                    events.append(Event(index, EventAction.CREATE, name, new, None))
+                elif old != new:
+                    events.append(Event(index, EventAction.UPDATE, name, new, old))
+            for oid, old in old_rows.items():
+                if oid not in new_rows:
+                    events.append(Event(index, EventAction.DELETE, name, old, old))
+        self._tables = new_tables
+        self._index = index
+        self._hub.publish_restore(index, tuple(events))
+
+    @staticmethod
+    def _load(data: bytes) -> tuple[int, dict[str, Table]]:
+        try:
+            snap = msgpack.unpackb(data, raw=False)
+        except Exception as e:
+            raise SnapshotError(f"store snapshot is not msgpack: {type(e).__name__}: {e}") from None
+        if not isinstance(snap, dict) or snap.get("format") != SNAPSHOT_FORMAT:
+            raise SnapshotError("not a store snapshot (missing or unknown format)")
+        index = snap.get("index")
+        raw_tables = snap.get("tables")
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            raise SnapshotError(f"store snapshot has a bad index {index!r}")
+        if not isinstance(raw_tables, dict):
+            raise SnapshotError("store snapshot has no tables")
+        unknown = set(raw_tables) - set(TABLE_NAMES)
+        if unknown:
+            raise SnapshotError(f"store snapshot has unknown tables {sorted(unknown)}")
+        tables = {n: Table(TABLES[n]) for n in TABLE_NAMES}
+        for name in TABLE_NAMES:
+            t = tables[name]
+            rows = raw_tables.get(name, [])
+            if not isinstance(rows, list):
+                raise SnapshotError(f"store snapshot: table {name!r} is not a list")
+            for i, row in enumerate(rows):
+                try:
+                    obj = t.defn.model.model_validate(row)
+                except PydanticValidationError as e:
+                    raise SnapshotError(
+                        f"store snapshot: {name}[{i}]: {ValidationError.from_pydantic(e)}"
+                    ) from None
+                if obj.id in t.rows:
+                    raise SnapshotError(f"store snapshot: {name}: duplicate id {obj.id!r}")
+                n = name_of(t.defn, obj)
+                if n is not None and n in t.by_name:
+                    raise SnapshotError(f"store snapshot: {name}: duplicate name {n!r}")
+                t.put(obj, None)
+        return index, tables

@@ -1,0 +1,161 @@
+"""Tables of the store and their indexes.
+
+Each table keeps objects by id (primary), by name (unique, for named kinds;
+an empty name is not indexed), and in secondary indexes declared in `TABLES`.
+A secondary index maps a key to the ids having it, in an insertion-ordered
+dict so iteration order never depends on string hashing.
+
+Indexes of every table:
+- "label": `(key, value)` pairs of `spec.labels`; "label_key": label keys.
+Per table:
+- tasks: "service_id", "node_id", "desired_state", "state" (status.state),
+  "slot" (`(service_id, slot)`).
+- nodes: "role" (observed role), "availability".
+- services: "mode".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from api.objects import TABLE_MODELS, Model
+
+KeyFunc = Callable[[Any], tuple[Hashable, ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class TableDef:
+    name: str
+    model: type[Model]
+    named: bool  # spec.name is unique (when non-empty)
+    indexes: dict[str, KeyFunc]
+
+
+def _labels(o: Any) -> tuple[Hashable, ...]:
+    return tuple(o.spec.labels.items())
+
+
+def _label_keys(o: Any) -> tuple[Hashable, ...]:
+    return tuple(o.spec.labels)
+
+
+_LABELED = {"label": _labels, "label_key": _label_keys}
+
+TABLES: dict[str, TableDef] = {
+    "nodes": TableDef(
+        "nodes",
+        TABLE_MODELS["nodes"],
+        True,
+        {
+            **_LABELED,
+            "role": lambda o: (o.role,),
+            "availability": lambda o: (o.spec.availability,),
+        },
+    ),
+    "services": TableDef(
+        "services", TABLE_MODELS["services"], True, {**_LABELED, "mode": lambda o: (o.spec.mode,)}
+    ),
+    "tasks": TableDef(
+        "tasks",
+        TABLE_MODELS["tasks"],
+        False,
+        {
+            "service_id": lambda o: (o.service_id,),
+            "node_id": lambda o: (o.node_id,),
+            "desired_state": lambda o: (o.desired_state,),
+            "state": lambda o: (o.status.state,),
+            "slot": lambda o: ((o.service_id, o.slot),),
+        },
+    ),
+    "networks": TableDef("networks", TABLE_MODELS["networks"], True, dict(_LABELED)),
+    "secrets": TableDef("secrets", TABLE_MODELS["secrets"], True, dict(_LABELED)),
+    "configs": TableDef("configs", TABLE_MODELS["configs"], True, dict(_LABELED)),
+    "clusters": TableDef("clusters", TABLE_MODELS["clusters"], True, dict(_LABELED)),
+}
+TABLE_NAMES: tuple[str, ...] = tuple(sorted(TABLES))
+
+
+def name_of(defn: TableDef, obj: Any) -> str | None:
+    if not defn.named:
+        return None
+    return obj.spec.name or None
+
+
+class Table:
+    """One table: rows by id plus the name and secondary indexes."""
+
+    __slots__ = ("defn", "rows", "by_name", "indexes")
+
+    def __init__(self, defn: TableDef) -> None:
+        self.defn = defn
+        self.rows: dict[str, Any] = {}
+        self.by_name: dict[str, str] = {}
+        self.indexes: dict[str, dict[Hashable, dict[str, None]]] = {n: {} for n in defn.indexes}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rows.values())
+
+    def put(self, obj: Any, old: Any | None) -> None:
+        """Store `obj` (replacing `old`, the current row with its id, if any)."""
+        oid = obj.id
+        self.rows[oid] = obj
+        if self.defn.named:
+            old_name = old.spec.name if old is not None else ""
+            new_name = obj.spec.name
+            if old_name != new_name and old_name and self.by_name.get(old_name) == oid:
+                del self.by_name[old_name]
+            if new_name:
+                self.by_name[new_name] = oid
+        for iname, keys in self.defn.indexes.items():
+            new_keys = keys(obj)
+            if old is not None:
+                old_keys = keys(old)
+                if old_keys == new_keys:
+                    continue
+                self._unindex(iname, oid, old_keys, new_keys)
+            idx = self.indexes[iname]
+            for k in new_keys:
+                bucket = idx.get(k)
+                if bucket is None:
+                    idx[k] = {oid: None}
+                else:
+                    bucket[oid] = None
+
+    def remove(self, old: Any) -> None:
+        oid = old.id
+        del self.rows[oid]
+        if self.defn.named:
+            name = old.spec.name
+            if name and self.by_name.get(name) == oid:
+                del self.by_name[name]
+        for iname, keys in self.defn.indexes.items():
+            self._unindex(iname, oid, keys(old), ())
+
+    def _unindex(
+        self, iname: str, oid: str, old_keys: Iterable[Hashable], keep: tuple[Hashable, ...]
+    ) -> None:
+        idx = self.indexes[iname]
+        for k in old_keys:
+            if k in keep:
+                continue
+            bucket = idx.get(k)
+            if bucket is not None:
+                bucket.pop(oid, None)
+                if not bucket:
+                    del idx[k]
+
+    def find_ids(self, index: str, key: Hashable) -> Iterable[str]:
+        if index == "id":
+            return (key,) if key in self.rows else ()  # type: ignore[return-value]
+        if index == "name":
+            oid = self.by_name.get(key) if self.defn.named else None  # type: ignore[arg-type]
+            return (oid,) if oid is not None else ()
+        idx = self.indexes.get(index)
+        if idx is None:
+            raise KeyError(index)
+        return idx.get(key, {}).keys()
