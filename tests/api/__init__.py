@@ -1,0 +1,1 @@
+"""Tests of the object model, validation and codecs."""
