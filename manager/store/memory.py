@@ -17,6 +17,7 @@ an exception would stop the replica while the others go on.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Hashable, Sequence
 from typing import Any
@@ -59,18 +60,20 @@ class ReadView:
     A view reads live state: the store only changes in `apply`/`restore`,
     which run between awaits of the event loop, so reads made without an
     await in between are consistent with each other and with `index` (the
-    store's index when the view was taken). To read and then follow changes,
-    list and `store.watch(from_version=view.index)` with no await between.
+    store's index when the view was taken). To read and then follow changes:
+    take the view, read what you need (no await), then
+    `store.watch(from_version=view.index)`, which may come after awaits: its
+    replay covers whatever changed in between.
     """
 
-    __slots__ = ("_tables", "index")
+    __slots__ = ("_store", "index")
 
-    def __init__(self, tables: dict[str, Table], index: int) -> None:
-        self._tables = tables
-        self.index = index
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+        self.index = store.index
 
     def _table(self, table: str) -> Table:
-        t = self._tables.get(table)
+        t = self._store._tables.get(table)
         if t is None:
             raise UnknownTable(f"no table {table!r}; tables: {', '.join(TABLE_NAMES)}")
         return t
@@ -125,7 +128,7 @@ class MemoryStore:
         return self._index
 
     def view(self) -> ReadView:
-        return ReadView(self._tables, self._index)
+        return ReadView(self)
 
     def encode_tx(self, ops: Sequence[Op], *, now: float | None = None) -> bytes:
         """`ops.encode_tx` with this store's size limit."""
@@ -214,19 +217,40 @@ class MemoryStore:
                 staged[(op.table, oid)] = _DELETED
                 events.append(Event(index, EventAction.DELETE, op.table, cur, cur))
                 continue
-            try:
-                obj = defn.model.model_validate(op.payload)
-            except PydanticValidationError as e:
-                oid = op.payload.get("id", "?")
-                raise InvalidTx(
-                    f"{what}/{oid}: invalid object: {ValidationError.from_pydantic(e)}"
-                ) from None
-            oid = obj.id
-            cur = current(t, op.table, oid)
-            name = name_of(defn, obj)
+            payload = op.payload
+            pid = payload.get("id")
+            cur = current(t, op.table, pid) if isinstance(pid, str) else None
+            # The store's meta goes into the payload before validation: one
+            # model build per op, no copies afterwards.
             if op.code is OpCode.CREATE:
                 if cur is not None:
-                    raise AlreadyExists(f"{what}/{oid}: an object with this id already exists")
+                    raise AlreadyExists(f"{what}/{pid}: an object with this id already exists")
+                payload["meta"] = {"version": index, "created_at": ts, "updated_at": ts}
+            elif cur is not None:
+                cm = cur.meta
+                if cm.version != op.expect:
+                    raise Conflict(
+                        f"{what}/{pid}: version mismatch: expected {op.expect}, "
+                        f"actual {cm.version} (changed since it was read; read again and retry)"
+                    )
+                # max(): a new leader's clock may lag the old one's.
+                payload["meta"] = {
+                    "version": index,
+                    "created_at": cm.created_at,
+                    "updated_at": max(ts, cm.updated_at),
+                }
+            elif isinstance(pid, str):
+                raise NotFound(f"{what}/{pid}: no such object")
+            try:
+                new = defn.model.model_validate(payload)
+            except PydanticValidationError as e:
+                raise InvalidTx(
+                    f"{what}/{pid if isinstance(pid, str) else '?'}: invalid object: "
+                    f"{ValidationError.from_pydantic(e)}"
+                ) from None
+            oid = new.id
+            name = name_of(defn, new)
+            if op.code is OpCode.CREATE:
                 if name is not None:
                     holder = owner(t, op.table, name)
                     if holder is not None:
@@ -234,20 +258,9 @@ class MemoryStore:
                             f"{what}/{oid}: name {name!r} is already used by {op.table}/{holder}"
                         )
                     names[(op.table, name)] = oid
-                meta = obj.meta.model_copy(  # type: ignore[attr-defined]
-                    update={"version": index, "created_at": ts, "updated_at": ts}
-                )
-                new = obj.model_copy(update={"meta": meta})
                 staged[(op.table, oid)] = new
                 events.append(Event(index, EventAction.CREATE, op.table, new, None))
-            else:  # UPDATE
-                if cur is None:
-                    raise NotFound(f"{what}/{oid}: no such object")
-                if cur.meta.version != op.expect:
-                    raise Conflict(
-                        f"{what}/{oid}: version mismatch: expected {op.expect}, "
-                        f"actual {cur.meta.version} (changed since it was read; read again and retry)"
-                    )
+            else:  # UPDATE of an existing object
                 old_name = name_of(defn, cur)
                 if name != old_name:
                     if name is not None:
@@ -259,12 +272,6 @@ class MemoryStore:
                         names[(op.table, name)] = oid
                     if old_name is not None:
                         names[(op.table, old_name)] = None
-                cm = cur.meta
-                # max(): a new leader's clock may lag the old one's.
-                meta = cm.model_copy(
-                    update={"version": index, "updated_at": max(ts, cm.updated_at)}
-                )
-                new = obj.model_copy(update={"meta": meta})
                 staged[(op.table, oid)] = new
                 events.append(Event(index, EventAction.UPDATE, op.table, new, cur))
         return events, staged
@@ -305,22 +312,48 @@ class MemoryStore:
 
     def snapshot(self) -> bytes:
         """The whole state as msgpack: `{"format", "index", "tables": {name:
-        [object dicts sorted by id]}}`; identical bytes on identical state."""
-        tables: dict[str, list[dict[str, Any]]] = {}
+        [object dicts sorted by id]}}`; identical bytes on identical state.
+
+        Rows are encoded once and the encoding kept until the row changes,
+        so a snapshot costs a sort plus the encoding of rows written since the
+        previous one."""
+        packer = msgpack.Packer(use_bin_type=True)
+        pack = packer.pack
+        parts = [
+            packer.pack_map_header(3),
+            pack("format"),
+            pack(SNAPSHOT_FORMAT),
+            pack("index"),
+            pack(self._index),
+            pack("tables"),
+            packer.pack_map_header(len(TABLE_NAMES)),
+        ]
         for name in TABLE_NAMES:
-            rows = self._tables[name].rows
-            tables[name] = [rows[k].model_dump() for k in sorted(rows)]
-        return msgpack.packb(
-            {"format": SNAPSHOT_FORMAT, "index": self._index, "tables": tables},
-            use_bin_type=True,
-        )
+            t = self._tables[name]
+            rows, packed = t.rows, t.packed
+            parts.append(pack(name))
+            parts.append(packer.pack_array_header(len(rows)))
+            for k in sorted(rows):
+                b = packed.get(k)
+                if b is None:
+                    b = packed[k] = pack(rows[k].model_dump())
+                parts.append(b)
+        return b"".join(parts)
 
     def restore(self, data: bytes) -> None:
         """Replace the state with a snapshot's. Watchers get the difference
         as events at the snapshot's index (nothing missed, nothing repeated)
         and the history restarts there. Raises `SnapshotError` for bad data,
         leaving the state as it was."""
-        index, new_tables = self._load(data)
+        # Loading makes many long-lived objects at once: the cyclic GC would
+        # rescan the growing heap over and over for nothing.
+        gc_was_on = gc.isenabled()
+        gc.disable()
+        try:
+            index, new_tables = self._load(data)
+        finally:
+            if gc_was_on:
+                gc.enable()
         events: list[Event] = []
         for name in TABLE_NAMES:
             old_rows = self._tables[name].rows
@@ -374,4 +407,5 @@ class MemoryStore:
                 if n is not None and n in t.by_name:
                     raise SnapshotError(f"store snapshot: {name}: duplicate name {n!r}")
                 t.put(obj, None)
+                t.packed[obj.id] = msgpack.packb(obj.model_dump(), use_bin_type=True)
         return index, tables

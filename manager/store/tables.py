@@ -86,13 +86,16 @@ def name_of(defn: TableDef, obj: Any) -> str | None:
 class Table:
     """One table: rows by id plus the name and secondary indexes."""
 
-    __slots__ = ("defn", "rows", "by_name", "indexes")
+    __slots__ = ("defn", "rows", "by_name", "indexes", "packed")
 
     def __init__(self, defn: TableDef) -> None:
         self.defn = defn
         self.rows: dict[str, Any] = {}
         self.by_name: dict[str, str] = {}
         self.indexes: dict[str, dict[Hashable, dict[str, None]]] = {n: {} for n in defn.indexes}
+        # id -> the row's msgpack encoding, filled by snapshots and dropped on
+        # writes, so a snapshot only encodes what changed since the last one.
+        self.packed: dict[str, bytes] = {}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -104,6 +107,7 @@ class Table:
         """Store `obj` (replacing `old`, the current row with its id, if any)."""
         oid = obj.id
         self.rows[oid] = obj
+        self.packed.pop(oid, None)
         if self.defn.named:
             old_name = old.spec.name if old is not None else ""
             new_name = obj.spec.name
@@ -129,6 +133,7 @@ class Table:
     def remove(self, old: Any) -> None:
         oid = old.id
         del self.rows[oid]
+        self.packed.pop(oid, None)
         if self.defn.named:
             name = old.spec.name
             if name and self.by_name.get(name) == oid:

@@ -359,3 +359,32 @@ def test_apply_many_configs_stays_consistent(store: MemoryStore) -> None:
     assert store.view().count("configs") == 300
     assert len(store.view().find("configs", "label", ("lab", "1"))) == 100
     assert isinstance(store.view().get("configs", "c7"), Config)
+
+
+def test_snapshot_is_canonical_msgpack_and_tracks_writes(store: MemoryStore) -> None:
+    f = Feeder(store)
+    f.tx(Create("configs", cfg("b")), Create("configs", cfg("a")), Create("tasks", task("t1")))
+
+    def canonical(s: MemoryStore) -> bytes:
+        from manager.store.tables import TABLE_NAMES
+
+        v = s.view()
+        tables = {n: [o.model_dump() for o in sorted(v.list(n), key=lambda o: o.id)] for n in TABLE_NAMES}
+        return msgpack.packb({"format": 1, "index": s.index, "tables": tables}, use_bin_type=True)
+
+    assert store.snapshot() == canonical(store)
+    # rows encoded by the first snapshot must not go stale after writes
+    a = store.view().get("configs", "a")
+    f.tx(Update("configs", evolve(a, spec__data=b"new")), Delete("tasks", "t1"))
+    f.tx(Create("configs", cfg("c")))
+    snap = store.snapshot()
+    assert snap == canonical(store)
+    d = msgpack.unpackb(snap)
+    assert [c["id"] for c in d["tables"]["configs"]] == ["a", "b", "c"]
+    assert d["tables"]["configs"][0]["spec"]["data"] == b"new"
+    assert d["tables"]["tasks"] == []
+    r = MemoryStore()
+    r.restore(snap)
+    assert r.snapshot() == snap
+    Feeder(r, start=r.index).tx(Delete("configs", "b"))
+    assert r.snapshot() == canonical(r)
