@@ -26,6 +26,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic_core import PydanticCustomError
@@ -260,7 +261,13 @@ TaskStateField = Annotated[
     TaskState,
     BeforeValidator(_parse_task_state),
     PlainSerializer(lambda s: s.name.lower(), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "enum": [s.name.lower() for s in TaskState]}),
 ]
+
+
+def _state_default(state: TaskState) -> Any:
+    # The schema shows states by name in requests and responses alike.
+    return Field(state, json_schema_extra={"default": state.label})
 
 
 class ServiceMode(enum.StrEnum):
@@ -325,7 +332,7 @@ class TaskStatus(Model):
     """Observed state, as last reported (or decided by a manager before the
     task reached a node)."""
 
-    state: TaskStateField = TaskState.NEW
+    state: TaskStateField = _state_default(TaskState.NEW)
     timestamp: float = 0.0
     message: str = ""
     err: str = ""
@@ -345,7 +352,7 @@ class Task(Model):
     slot: int = Field(0, ge=0)  # 0 for global services
     node_id: str = ""  # "" until scheduled
     spec: TaskSpec
-    desired_state: TaskStateField = TaskState.RUNNING
+    desired_state: TaskStateField = _state_default(TaskState.RUNNING)
     status: TaskStatus = TaskStatus()
 
 

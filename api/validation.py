@@ -18,7 +18,13 @@ import re
 from collections.abc import Iterable
 from typing import Annotated, Any, NoReturn, TypeVar
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer, ValidationInfo
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 NAME_MAX = 64
@@ -155,7 +161,13 @@ def _check_size_nonempty(v: bytes) -> bytes:
     return _check_size(v)
 
 
-Name = Annotated[str, AfterValidator(_check_name)]
+Name = Annotated[
+    str,
+    AfterValidator(_check_name),
+    WithJsonSchema(
+        {"type": "string", "minLength": 1, "maxLength": NAME_MAX, "pattern": f"^{NAME_PATTERN}$"}
+    ),
+]
 """An object name: 1-64 characters, `[a-zA-Z0-9][a-zA-Z0-9_.-]*`."""
 
 OptionalName = Annotated[str, AfterValidator(_check_optional_name)]
@@ -171,6 +183,8 @@ Bytes = Annotated[
     bytes,
     BeforeValidator(_bytes_in),
     PlainSerializer(_b64, return_type=str, when_used="json"),
+    # One schema for requests and responses: base64 text either way.
+    WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
 ]
 """Binary data: raw bytes in Python and msgpack, base64 text in JSON."""
 

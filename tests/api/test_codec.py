@@ -130,3 +130,24 @@ def test_every_table_has_a_model() -> None:
     assert set(TABLE_MODELS) == {
         "nodes", "services", "tasks", "networks", "secrets", "configs", "clusters",
     }
+
+
+def test_one_json_schema_per_model_for_requests_and_responses() -> None:
+    # The control API's OpenAPI document refers to "#/components/schemas/X"
+    # for request bodies and responses alike; pydantic splits a model into
+    # X-Input/X-Output when the two modes differ.
+    from pydantic.json_schema import models_json_schema
+
+    _, schema = models_json_schema(
+        [(m, mode) for m in TABLE_MODELS.values() for mode in ("validation", "serialization")]
+    )
+    names = set(schema["$defs"])
+    assert not {n for n in names if n.endswith(("-Input", "-Output"))}, names
+    assert set(TABLE_MODELS_NAMES) <= names
+    spec = schema["$defs"]["ConfigSpec"]["properties"]
+    assert spec["data"]["contentEncoding"] == "base64"
+    assert spec["name"]["maxLength"] == 64
+    assert schema["$defs"]["TaskStatus"]["properties"]["state"]["default"] == "new"
+
+
+TABLE_MODELS_NAMES = [m.__name__ for m in TABLE_MODELS.values()]
