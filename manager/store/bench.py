@@ -11,6 +11,7 @@ and snapshot/restore of a store with many tasks.
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections.abc import Callable
 
@@ -84,10 +85,18 @@ def main() -> None:
     t0 = time.perf_counter()
     snap = big.snapshot()
     print(f"{'snapshot() of ' + str(args.tasks) + ' tasks':<44} {time.perf_counter() - t0:8.2f} s  ({len(snap) / 1e6:.1f} MB)")
+    some = big.view().list("tasks")[:1000]
+    apply_all(big, [big.encode_tx([Update("tasks", evolve(t, node_id="moved"))], now=5.0) for t in some], big.index + 1)
+    t0 = time.perf_counter()
+    big.snapshot()
+    print(f"{'snapshot() again after 1000 task updates':<44} {time.perf_counter() - t0:8.2f} s")
     fresh = MemoryStore()
     t0 = time.perf_counter()
     fresh.restore(snap)
     print(f"{'restore() into an empty store':<44} {time.perf_counter() - t0:8.2f} s")
+    t0 = time.perf_counter()
+    gc.collect()
+    print(f"{'  then one full gc.collect() (see report)':<44} {time.perf_counter() - t0:8.2f} s")
     t0 = time.perf_counter()
     big.view().list("tasks")
     lt = time.perf_counter() - t0

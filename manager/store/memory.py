@@ -351,9 +351,15 @@ class MemoryStore:
         gc.disable()
         try:
             index, new_tables = self._load(data)
+            events = self._diff(index, new_tables) if self._hub.watchers else ()
+            self._tables = new_tables
+            self._index = index
+            self._hub.publish_restore(index, events)
         finally:
             if gc_was_on:
                 gc.enable()
+
+    def _diff(self, index: int, new_tables: dict[str, Table]) -> tuple[Event, ...]:
         events: list[Event] = []
         for name in TABLE_NAMES:
             old_rows = self._tables[name].rows
@@ -367,9 +373,7 @@ class MemoryStore:
             for oid, old in old_rows.items():
                 if oid not in new_rows:
                     events.append(Event(index, EventAction.DELETE, name, old, old))
-        self._tables = new_tables
-        self._index = index
-        self._hub.publish_restore(index, tuple(events))
+        return tuple(events)
 
     @staticmethod
     def _load(data: bytes) -> tuple[int, dict[str, Table]]:

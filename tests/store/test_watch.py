@@ -11,7 +11,6 @@ from api.objects import evolve
 from manager.store import (
     Create,
     Delete,
-    EventAction,
     MemoryStore,
     UnknownTable,
     Update,
