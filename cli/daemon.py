@@ -1,4 +1,4 @@
-"""`orch daemon`: run this host's node daemon (for now: the manager)."""
+"""`orch daemon`: run this host's node daemon (engine; manager when asked)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _parse_cluster(spec: str) -> dict[int, str]:
 
 @click.command()
 @click.option("--data-dir", default="/var/lib/orch", show_default=True, help="State directory.")
-@click.option("--node-id", type=click.IntRange(min=1), required=True, help="This manager's Raft id.")
+@click.option("--node-id", type=click.IntRange(min=1), default=None, help="This manager's Raft id (managers only).")
 @click.option("--listen-addr", default="0.0.0.0:4242", show_default=True, help="HOST:PORT for the control API and Raft peers.")
 @click.option("--initial-cluster", default="", help="ID=HOST:PORT,... of the founding managers (first start only).")
 @click.option("--socket", "socket_path", default="/run/orch/orch.sock", show_default=True, help="Unix socket for the local CLI.")
@@ -35,6 +35,8 @@ def _parse_cluster(spec: str) -> dict[int, str]:
 @click.option("--election-ticks", type=click.IntRange(min=2), default=10, show_default=True)
 @click.option("--snapshot-every", type=click.IntRange(min=1), default=10_000, show_default=True, help="Snapshot after this many applied entries.")
 @click.option("--keep-entries", type=click.IntRange(min=0), default=5_000, show_default=True, help="Entries kept after a snapshot for slow followers.")
+@click.option("--insecure-registry", "insecure", multiple=True, help="Registry (host:port, host or CIDR) spoken to over plain http.")
+@click.option("--registry-auth-file", type=click.Path(dir_okay=False), default=None, help="docker-style config.json with registry credentials.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def daemon(
     data_dir: str,
@@ -46,10 +48,15 @@ def daemon(
     election_ticks: int,
     snapshot_every: int,
     keep_entries: int,
+    insecure: tuple[str, ...],
+    registry_auth_file: str | None,
     log_level: str,
 ) -> None:
     """Run the orch daemon on this host."""
-    from manager.process import ManagerOptions, ManagerProcess, parse_addr
+    import os
+
+    from agent.node import NodeDaemon, NodeOptions
+    from manager.process import ManagerOptions, parse_addr
     from manager.raft.driver import RaftSettings
 
     logging.basicConfig(
@@ -70,15 +77,25 @@ def daemon(
         snapshot_every=snapshot_every,
         keep_entries=keep_entries,
     )
-    opts = ManagerOptions(
-        node_id=node_id,
+    mopts = None
+    if members or os.path.isdir(os.path.join(data_dir, "manager", "raft")):
+        if node_id is None:
+            fail("--node-id is required for a manager (with --initial-cluster or an existing manager state)")
+        mopts = ManagerOptions(
+            node_id=node_id,
+            data_dir=os.path.join(data_dir, "manager"),
+            listen_addr=listen_addr,
+            initial_cluster=members,
+            settings=settings,
+        )
+    opts = NodeOptions(
         data_dir=data_dir,
-        listen_addr=listen_addr,
-        initial_cluster=members,
         socket_path=socket_path or None,
-        settings=settings,
+        insecure_registries=insecure,
+        registry_auth_file=registry_auth_file,
+        manager=mopts,
     )
     try:
-        asyncio.run(ManagerProcess(opts).run_forever())
+        asyncio.run(NodeDaemon(opts).run_forever())
     except OSError as e:
         fail(f"daemon: {e}")

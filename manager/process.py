@@ -1,17 +1,14 @@
-"""The manager process: a Raft replica of the store behind the control API.
+"""The manager: a Raft replica of the store behind the control API.
 
 One aiohttp application serves the control API and the Raft peer stream on
-the manager's one TCP port, and the same control API on a root-only unix
-socket for the local CLI.
+the manager's one TCP port. The node daemon adds the same control routes to
+its root-only unix socket for the local CLI (`add_control_routes`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import signal
-import stat
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -20,7 +17,7 @@ from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
 from manager.store import MemoryStore
 
-from .controlapi.server import build_app
+from .controlapi.server import add_routes, build_app
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +29,6 @@ class ManagerOptions:
     listen_addr: str = "0.0.0.0:4242"
     advertise_addr: str | None = None
     initial_cluster: dict[int, str] = field(default_factory=dict)
-    socket_path: str | None = None
     settings: RaftSettings = field(default_factory=RaftSettings)
 
 
@@ -67,40 +63,13 @@ class ManagerProcess:
         await self._runner.setup()
         host, port = parse_addr(self.opts.listen_addr)
         await web.TCPSite(self._runner, host, port, reuse_address=True).start()
-        if self.opts.socket_path:
-            path = self.opts.socket_path
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
-                os.unlink(path)
-            site = web.UnixSite(self._runner, path)
-            await site.start()
-            os.chmod(path, 0o600)  # root-only: the socket is full control
         await self.raft.start()
         log.info("manager %d serving on %s", self.opts.node_id, self.opts.listen_addr)
+
+    def add_control_routes(self, app: web.Application) -> None:
+        add_routes(app, self.raft, self.store)
 
     async def stop(self) -> None:
         await self.raft.stop()
         if self._runner is not None:
             await self._runner.cleanup()
-        if self.opts.socket_path and os.path.exists(self.opts.socket_path):
-            try:
-                os.unlink(self.opts.socket_path)
-            except OSError:
-                pass
-
-    async def run_forever(self) -> None:
-        await self.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            while not stop.is_set():
-                if self.raft.fatal is not None:
-                    raise SystemExit(f"raft stopped: {self.raft.fatal}")
-                try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            await self.stop()

@@ -22,8 +22,8 @@ from api import codec
 from api.errors import ValidationError
 from api.objects import Config, ConfigSpec, Meta
 from manager.raft.driver import NoLeader, NotLeader, RaftError, RaftNode, Stopped, Timeout
+from manager import store as store_ops
 from manager.store import MemoryStore
-from manager.store import ops as store_ops
 
 from .errors import (
     HTTPError,
@@ -43,6 +43,12 @@ STORE_KEY = web.AppKey("store", MemoryStore)
 
 def build_app(raft: RaftNode, store: MemoryStore) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
+    add_routes(app, raft, store)
+    return app
+
+
+def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore) -> None:
+    """The control API routes, on the manager's TCP app or the local socket's."""
     app[RAFT_KEY] = raft
     app[STORE_KEY] = store
     app.router.add_get("/v1/cluster/status", cluster_status)
@@ -51,7 +57,6 @@ def build_app(raft: RaftNode, store: MemoryStore) -> web.Application:
     app.router.add_get("/v1/configs/{ref}", get_config)
     app.router.add_delete("/v1/configs/{ref}", delete_config)
     app.router.add_get("/v1/openapi.json", openapi)
-    return app
 
 
 # -- helpers ---------------------------------------------------------------
@@ -82,6 +87,8 @@ async def _commit(request: web.Request, ops: list[Any]) -> Any:
         payload = store.encode_tx(ops)
     except store_ops.TxTooLarge as e:
         raise HTTPError(413, "too_large", str(e)) from None
+    except ValidationError as e:
+        raise bad_request(str(e), field=e.errors[0][0] if e.errors else None) from None
     try:
         result = await raft.propose(payload)
     except RaftError as e:

@@ -1,0 +1,107 @@
+"""The node daemon: this host's engine, its local API, and the manager while
+the node is one.
+
+The engine (images now; containers with the runtime) always runs; the
+manager components run when the node was started as a manager. The local
+unix socket serves the engine routes and, on managers, the control API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from agent.images import ImageService, RegistryConfig
+
+from .localapi import add_image_routes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NodeOptions:
+    data_dir: str
+    socket_path: str | None = "/run/orch/orch.sock"
+    insecure_registries: tuple[str, ...] = ()
+    registry_auth_file: str | None = None
+    manager: Any = None  # manager.process.ManagerOptions when this node is a manager
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class NodeDaemon:
+    def __init__(self, opts: NodeOptions) -> None:
+        self.opts = opts
+        self.images: ImageService | None = None
+        self.manager: Any = None
+        self._local: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        from manager.controlapi.errors import error_middleware
+
+        os.makedirs(self.opts.data_dir, exist_ok=True)
+        self.images = ImageService(
+            os.path.join(self.opts.data_dir, "images"),
+            RegistryConfig(
+                insecure_registries=tuple(self.opts.insecure_registries),
+                auth_file=Path(self.opts.registry_auth_file) if self.opts.registry_auth_file else None,
+            ),
+        )
+        local = web.Application(middlewares=[error_middleware], client_max_size=4 << 20)
+        add_image_routes(local, self.images)
+        if self.opts.manager is not None:
+            from manager.process import ManagerProcess
+
+            self.manager = ManagerProcess(self.opts.manager)
+            self.manager.add_control_routes(local)
+            await self.manager.start()
+        if self.opts.socket_path:
+            path = self.opts.socket_path
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            if os.path.exists(path) and stat.S_ISSOCK(os.stat(path).st_mode):
+                os.unlink(path)
+            self._local = web.AppRunner(local, handle_signals=False, access_log=None)
+            await self._local.setup()
+            old = os.umask(0o177)  # root-only: the socket is full control of this node
+            try:
+                await web.UnixSite(self._local, path).start()
+            finally:
+                os.umask(old)
+            os.chmod(path, 0o600)
+
+    async def stop(self) -> None:
+        if self._local is not None:
+            await self._local.cleanup()
+        if self.opts.socket_path:
+            try:
+                os.unlink(self.opts.socket_path)
+            except OSError:
+                pass
+        if self.manager is not None:
+            await self.manager.stop()
+        if self.images is not None:
+            await self.images.close()
+
+    async def run_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            while not stop.is_set():
+                if self.manager is not None and self.manager.raft.fatal is not None:
+                    raise SystemExit(f"raft stopped: {self.manager.raft.fatal}")
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            await self.stop()
