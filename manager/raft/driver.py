@@ -8,9 +8,11 @@ of callers waiting for their proposals or linearizable reads.
 Ordering per Ready, which is what makes acknowledgements safe: snapshot file
 and WAL records (hard state + entries) are made durable first, only then are
 messages handed to the transport, then committed entries are applied, then
-`advance`. Everything between `ready()` and `advance()` is synchronous, so
-messages stepped in by the transport never interleave with a half-handled
-batch.
+`advance`. The WAL write + fsync runs on one dedicated I/O thread (the only
+thread: fsync blocks, and a blocked loop could neither take new proposals nor
+move messages). While it runs, requests and peer messages keep being stepped
+into the core; they land in the next Ready, which is how proposals batch into
+one fsync (group commit), as etcd's raft node does between Ready and Advance.
 
 Entry payloads carry an envelope `[origin node id, sequence, payload]` so the
 node that proposed an entry can hand its caller the state machine's result
@@ -20,6 +22,7 @@ when the entry applies, whichever leader committed it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import os
@@ -172,6 +175,7 @@ class RaftNode:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopped = False
+        self._io = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="raft-wal")
         self.removed = False
         self.fatal: BaseException | None = None
 
@@ -258,6 +262,7 @@ class RaftNode:
             except BaseException:
                 pass
         await self.transport.close()
+        self._io.shutdown(wait=True)
         if self.wal is not None:
             self.wal.close()
             self.wal = None
@@ -485,7 +490,7 @@ class RaftNode:
                 await asyncio.sleep(0)
                 assert self.node is not None
                 while self.node.has_ready():
-                    self._handle_ready()
+                    await self._handle_ready()
         except asyncio.CancelledError:
             raise
         except BaseException as e:
@@ -495,7 +500,7 @@ class RaftNode:
             self.fatal = e
             self._stopped = True
 
-    def _handle_ready(self) -> None:
+    async def _handle_ready(self) -> None:
         node = self.node
         assert node is not None and self.wal is not None
         rd = node.ready()
@@ -512,7 +517,9 @@ class RaftNode:
             self.wal.save_snapshot(rd.snapshot.meta)
             self.storage.apply_snapshot(rd.snapshot)
         if rd.hard_state is not None or rd.entries:
-            self.wal.save(rd.hard_state, rd.entries, sync=rd.must_sync or bool(rd.entries))
+            await asyncio.get_running_loop().run_in_executor(
+                self._io, self._save, rd.hard_state, rd.entries, rd.must_sync or bool(rd.entries)
+            )
             if rd.hard_state is not None:
                 self.storage.set_hard_state(rd.hard_state)
                 self.term = rd.hard_state.term
@@ -531,6 +538,10 @@ class RaftNode:
         node.advance(rd)
         self._wake_appliers()
         self._maybe_compact()
+
+    def _save(self, hs: HardState | None, entries: list[Entry], sync: bool) -> None:
+        assert self.wal is not None
+        self.wal.save(hs, entries, sync=sync)
 
     def _restore_snapshot(self, snap: Snapshot) -> None:
         members, sm_data = _unwrap_snapshot(snap.data)
