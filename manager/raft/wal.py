@@ -437,6 +437,9 @@ class WAL:
         prev_cut: int | None = None
         last_crc = 0
         end = 0
+        # Repairs wait until the whole log has been checked: a node that is
+        # refused start must find its files exactly as the crash left them.
+        repairs: list[tuple[str, int, str]] = []
         for i, seg in enumerate(segs):
             is_last = i == len(segs) - 1
             with open(seg.path, "rb") as f:
@@ -508,12 +511,8 @@ class WAL:
                     if _read_header_prev_crc(nxt) != data_recs[-1].crc or after:
                         raise WALCorruptError(seg.path, d.offset, f"{d.reason} (in a segment that is not the last)")
                 dropped = len(data) - d.offset
-                log.warning(
-                    "WAL %s: torn write at offset %d (%s); truncating %d bytes%s",
-                    seg.path, d.offset, d.reason, dropped,
-                    f", including {len(after)} record(s) written after an unsynced write" if after else "",
-                )
-                _truncate(seg.path, d.offset)
+                note = f", including {len(after)} record(s) written after an unsynced write" if after else ""
+                repairs.append((seg.path, d.offset, f"{d.reason}; truncating {dropped} bytes{note}"))
 
             prev_cut = None
             for rec in records[1:]:
@@ -561,6 +560,9 @@ class WAL:
                 dir, segs[0].seq - 1,
                 "earlier segments were removed but no snapshot marker covers them",
             )
+        for path, offset, what in repairs:
+            log.warning("WAL %s: torn write at offset %d (%s)", path, offset, what)
+            _truncate(path, offset)
         last = segs[-1]
         fd = os.open(last.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
         try:

@@ -361,6 +361,20 @@ def test_damage_in_a_segment_header_is_an_error(wdir: str) -> None:
     assert ei.value.path == segs[-1] and ei.value.offset == 0
 
 
+def test_refused_open_leaves_files_untouched(wdir: str) -> None:
+    # A torn trailer in the second-to-last segment would be repaired, but the
+    # last segment has mid-log damage: the node is refused, and nothing on
+    # disk may have changed.
+    segs, recs = _multi_segment(wdir)
+    os.truncate(segs[-2], os.path.getsize(segs[-2]) - 10)
+    assert len(recs[segs[-1]]) >= 2
+    flip_byte(segs[-1], recs[segs[-1]][0][0] + 40)
+    sizes = {p: os.path.getsize(p) for p in segs}
+    with pytest.raises(WALCorruptError):
+        WAL.open(wdir)
+    assert {p: os.path.getsize(p) for p in segs} == sizes
+
+
 def test_swapped_segments_are_detected(wdir: str) -> None:
     w = WAL.create(wdir, segment_size=1024)
     for i in range(1, 60):
