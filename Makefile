@@ -7,6 +7,7 @@ MANY_SEEDS ?= 20000
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
+	-command -v pyenv >/dev/null && pyenv rehash
 
 test:               ## the default test suite (what CI runs)
 	$(PY) -m pytest -q
