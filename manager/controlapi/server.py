@@ -174,10 +174,8 @@ async def create_config(request: web.Request) -> web.Response:
     now = time.time()
     obj = Config(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec)
     result = await _commit(request, [store_ops.Create("configs", obj)])
-    created = request.app[STORE_KEY].view().get("configs", obj.id)
-    if created is None:  # applied, then deleted by a concurrent request
-        created = obj.model_copy(update={"meta": Meta(version=result.index, created_at=now, updated_at=now)})
-    return json_response(codec.to_json(created), 201)
+    # The applied event carries the stored object with its final meta.
+    return json_response(codec.to_json(result.events[0].obj), 201)
 
 
 async def delete_config(request: web.Request) -> web.Response:

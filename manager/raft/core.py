@@ -212,6 +212,9 @@ class Raft:
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self.randomized_election_timeout = c.election_tick
+        # Proposals and commit advances between two Ready batches are sent as
+        # one append per follower when the batch is taken (proposal batching).
+        self.bcast_pending = False
         self._snap_in: tuple[int, int] | None = None  # (index, term) being assembled
         self._snap_buf = bytearray()
         self._apply_conf_state(cs)
@@ -413,6 +416,12 @@ class Raft:
         commit = min(pr.match, self.log.committed)
         self._send(Message(MT.HEARTBEAT, to=to, commit=commit, context=ctx))
 
+    def flush_bcast(self) -> None:
+        if self.bcast_pending:
+            self.bcast_pending = False
+            if self.role == StateRole.LEADER:
+                self.bcast_append()
+
     def bcast_append(self) -> None:
         for nid in self.prs:
             if nid != self.id:
@@ -600,7 +609,7 @@ class Raft:
                     self.pending_conf_index = self.log.last_index() + 1
             if not self._append_entries([Entry(0, 0, e.type, e.data) for e in m.entries]):
                 raise ProposalDropped("too many uncommitted entries")
-            self.bcast_append()
+            self.bcast_pending = True
             return
         if t == MT.READ_INDEX:
             self._leader_read_index(m)
@@ -633,7 +642,7 @@ class Raft:
                 elif pr.state == ProgressState.REPLICATE:
                     pr.free_le(m.index)
                 if self.maybe_commit():
-                    self.bcast_append()
+                    self.bcast_pending = True
                     self._release_waiting_reads()
                 elif old_paused:
                     self._send_append(m.frm)
@@ -935,6 +944,7 @@ class RawNode:
 
     def has_ready(self) -> bool:
         r = self.raft
+        r.flush_bcast()
         if r.soft_state() != self._prev_soft:
             return True
         hs = r.hard_state()
@@ -948,6 +958,7 @@ class RawNode:
 
     def ready(self) -> Ready:
         r = self.raft
+        r.flush_bcast()
         rd = Ready()
         ss = r.soft_state()
         if ss != self._prev_soft:
