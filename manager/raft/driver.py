@@ -45,6 +45,7 @@ from .types import (
     EntryType,
     HardState,
     Message,
+    MessageType,
     Snapshot,
     SnapshotMeta,
     StateRole,
@@ -52,6 +53,10 @@ from .types import (
 from .wal import WAL
 
 log = logging.getLogger(__name__)
+
+_LEADER_EARLY = frozenset(
+    {MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP, MessageType.TIMEOUT_NOW}
+)
 
 
 class StateMachine(Protocol):
@@ -516,6 +521,13 @@ class RaftNode:
             self.snapshotter.save(rd.snapshot)
             self.wal.save_snapshot(rd.snapshot.meta)
             self.storage.apply_snapshot(rd.snapshot)
+        # A leader may replicate its new entries while it writes them itself
+        # (Raft thesis 10.2.1): its own copy counts toward commit, but commit
+        # news and client answers only leave in a later batch, after this
+        # fsync. Everything else (votes, acks) waits for the disk.
+        early = self.role == StateRole.LEADER and all(m.type in _LEADER_EARLY for m in rd.messages)
+        if early and rd.messages:
+            self.transport.send(rd.messages)
         if rd.hard_state is not None or rd.entries:
             await asyncio.get_running_loop().run_in_executor(
                 self._io, self._save, rd.hard_state, rd.entries, rd.must_sync or bool(rd.entries)
@@ -525,7 +537,7 @@ class RaftNode:
                 self.term = rd.hard_state.term
             if rd.entries:
                 self.storage.append(rd.entries)
-        if rd.messages:
+        if rd.messages and not early:
             self.transport.send(rd.messages)
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             self._restore_snapshot(rd.snapshot)

@@ -22,6 +22,7 @@ from typing import Any
 import msgpack
 
 from manager.raft.core import Config, ProposalDropped, RawNode
+from manager.raft.driver import _LEADER_EARLY as LEADER_EARLY
 from manager.raft.storage import Compacted, MemoryStorage
 from manager.raft.types import (
     ConfChange,
@@ -115,7 +116,8 @@ class Simulation:
         self.next_op = 1
         self.leaders: dict[int, int] = {}
         self.applied_global: dict[int, bytes] = {}
-        self.committed_global: dict[int, tuple[int, bytes]] = {}
+        # index -> (entry term, data, term in which the commit was seen)
+        self.committed_global: dict[int, tuple[int, bytes, int]] = {}
         self.acked_puts: list[tuple[str, Any]] = []
         self.trace: list[str] = []
         self.faults = True
@@ -179,6 +181,13 @@ class Simulation:
         assert node is not None
         while node.has_ready():
             rd = node.ready()
+            # As the driver does: a leader sends appends before its own write.
+            early = node.raft.role == StateRole.LEADER and all(
+                m.type in LEADER_EARLY for m in rd.messages
+            )
+            if early:
+                for m in rd.messages:
+                    self._send(m)
             if self.faults and self.rng.random() < self.cfg.crash_rate / 4:
                 # Crash before the batch is durable: it and its messages are lost.
                 self._crash(n)
@@ -189,8 +198,9 @@ class Simulation:
                 n.disk.set_hard_state(rd.hard_state)
             if rd.entries:
                 n.disk.append(rd.entries)
-            for m in rd.messages:
-                self._send(m)
+            if not early:
+                for m in rd.messages:
+                    self._send(m)
             if rd.snapshot is not None:
                 snap = rd.snapshot
                 n.kv = dict(msgpack.unpackb(snap.data)["kv"])
@@ -360,7 +370,7 @@ class Simulation:
             lo = max(r.log.first_index(), max(self.committed_global, default=0) + 1)
             if c >= lo:
                 for e in r.log.slice(lo, c + 1):
-                    self.committed_global[e.index] = (e.term, e.data)
+                    self.committed_global[e.index] = (e.term, e.data, r.term)
             for idx in range(max(lo - 3, r.log.first_index()), min(c, lo) ):
                 want = self.committed_global.get(idx)
                 if want is not None and r.log.term(idx) != want[0]:
@@ -370,8 +380,10 @@ class Simulation:
     def _check_leader_completeness(self, n: SimNode) -> None:
         r = n.node.raft  # type: ignore[union-attr]
         first = r.log.first_index()
-        for idx, (term, data) in self.committed_global.items():
-            if idx < first:
+        for idx, (term, data, seen_in) in self.committed_global.items():
+            # Completeness binds leaders of later terms; a deposed leader of an
+            # older term may still believe it leads until it hears otherwise.
+            if idx < first or r.term <= seen_in:
                 continue
             if idx > r.log.last_index():
                 raise InvariantViolation(f"leader n{n.id} (term {r.term}) lacks committed entry {idx}")
