@@ -180,25 +180,42 @@ def bench_etcd(clients: int, duration: float) -> Result:
         cl.stop()
 
 
+def _median(rs: list[Result], name: str) -> Result:
+    by_rate = sorted(rs, key=lambda r: r.rate)
+    mid = by_rate[len(by_rate) // 2]
+    p99 = sorted(r.p99_ms for r in rs)[len(rs) // 2]
+    p50 = sorted(r.p50_ms for r in rs)[len(rs) // 2]
+    return Result(name, mid.writes, mid.errors, mid.seconds, p50, p99)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating orch/etcd rounds; medians are reported")
     ap.add_argument("--skip-etcd", action="store_true")
     a = ap.parse_args()
-    print(f"{a.clients} concurrent clients, {a.duration:.0f} s each, 256-byte values, fsync on")
-    orch3 = bench_orch(3, a.clients, a.duration)
-    print(orch3.line(), flush=True)
-    if not a.skip_etcd:
-        etcd = bench_etcd(a.clients, a.duration)
-        print(etcd.line(), flush=True)
+    print(f"{a.clients} concurrent clients, {a.duration:.0f} s per round, {a.rounds} rounds, "
+          f"256-byte values, fsync on")
+    orch3: list[Result] = []
+    etcd: list[Result] = []
+    for i in range(a.rounds):
+        orch3.append(bench_orch(3, a.clients, a.duration))
+        print(f"  round {i + 1}: {orch3[-1].line()}", flush=True)
+        if not a.skip_etcd:
+            etcd.append(bench_etcd(a.clients, a.duration))
+            print(f"  round {i + 1}: {etcd[-1].line()}", flush=True)
+    o = _median(orch3, "orch 3-manager (median)")
+    print(o.line())
+    if etcd:
+        e = _median(etcd, "etcd 3-member (median)")
+        print(e.line())
         print(
-            f"ratio orch/etcd: writes/s {orch3.rate / etcd.rate:.2f}x   "
-            f"p99 {orch3.p99_ms / etcd.p99_ms:.2f}x (lower is better)   "
-            f"p50 {orch3.p50_ms / etcd.p50_ms:.2f}x"
+            f"ratio orch/etcd: writes/s {o.rate / e.rate:.2f}x   "
+            f"p99 {o.p99_ms / e.p99_ms:.2f}x (lower is better)   "
+            f"p50 {o.p50_ms / e.p50_ms:.2f}x"
         )
-    orch1 = bench_orch(1, a.clients, a.duration)
-    print(orch1.line(), flush=True)
+    print(bench_orch(1, a.clients, a.duration).line().replace("orch 1-manager", "orch 1-manager   "))
 
 
 if __name__ == "__main__":
