@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-from datetime import datetime, timezone
 from typing import Any
 
 import aiohttp
@@ -155,12 +153,3 @@ def image_prune(ep: Endpoint) -> None:
 
 
 COMMANDS: list[click.Command] = [image]
-
-
-def _ts(t: float | None) -> str:
-    if not t:
-        return "-"
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-
-
-_ = (sys, _ts)

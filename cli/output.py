@@ -39,4 +39,5 @@ def print_table(
         table.add_column(name, overflow="fold")
     for r in rows:
         table.add_row(*[str(f(r)) for _, f in columns])
-    Console(soft_wrap=True).print(table)
+    # Piped output keeps one row per line, whatever the width.
+    Console(soft_wrap=True, width=None if sys.stdout.isatty() else 512).print(table)
