@@ -38,3 +38,31 @@ def status(ep: Endpoint, fmt: str) -> None:
             ("MATCH", lambda m: m.get("match", "")),
         ],
     )
+
+
+@cluster.group("member")
+def member() -> None:
+    """Add or remove managers (Raft members)."""
+
+
+@member.command("add")
+@click.argument("node_id", type=click.IntRange(min=1))
+@click.argument("addr")
+@click.pass_obj
+def member_add(ep: Endpoint, node_id: int, addr: str) -> None:
+    """Add manager NODE_ID at ADDR (HOST:PORT) as a learner, then a voter once caught up.
+
+    Run it against the leader. Start the new manager first with
+    `orch daemon --manager --node-id NODE_ID --listen-addr ADDR`.
+    """
+    request(ep, "POST", "/v1/cluster/members", {"id": node_id, "addr": addr}, timeout=60)
+    click.echo(f"node {node_id} is a voter")
+
+
+@member.command("rm")
+@click.argument("node_id", type=click.IntRange(min=1))
+@click.pass_obj
+def member_rm(ep: Endpoint, node_id: int) -> None:
+    """Remove manager NODE_ID (run it against the leader)."""
+    request(ep, "DELETE", f"/v1/cluster/members/{node_id}")
+    click.echo(f"node {node_id} removed")

@@ -30,6 +30,7 @@ def _parse_cluster(spec: str) -> dict[int, str]:
 @click.option("--node-id", type=click.IntRange(min=1), default=None, help="This manager's Raft id (managers only).")
 @click.option("--listen-addr", default="0.0.0.0:4242", show_default=True, help="HOST:PORT for the control API and Raft peers.")
 @click.option("--initial-cluster", default="", help="ID=HOST:PORT,... of the founding managers (first start only).")
+@click.option("--manager", "as_manager", is_flag=True, help="Run the manager with no state yet, waiting for `orch cluster member add`.")
 @click.option("--socket", "socket_path", default="/run/orch/orch.sock", show_default=True, help="Unix socket for the local CLI.")
 @click.option("--tick-ms", type=click.IntRange(min=1), default=100, show_default=True, help="Raft tick interval.")
 @click.option("--election-ticks", type=click.IntRange(min=2), default=10, show_default=True)
@@ -43,6 +44,7 @@ def daemon(
     node_id: int,
     listen_addr: str,
     initial_cluster: str,
+    as_manager: bool,
     socket_path: str,
     tick_ms: int,
     election_ticks: int,
@@ -78,7 +80,7 @@ def daemon(
         keep_entries=keep_entries,
     )
     mopts = None
-    if members or os.path.isdir(os.path.join(data_dir, "manager", "raft")):
+    if members or as_manager or os.path.isdir(os.path.join(data_dir, "manager", "raft")):
         if node_id is None:
             fail("--node-id is required for a manager (with --initial-cluster or an existing manager state)")
         mopts = ManagerOptions(

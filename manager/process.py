@@ -51,6 +51,7 @@ class ManagerProcess:
             self.store,
             settings=opts.settings,
             initial_members=opts.initial_cluster,
+            advertise_addr=opts.advertise_addr or opts.listen_addr,
         )
         self.app = build_app(self.raft, self.store)
         self.app.router.add_get(RAFT_PATH, self.raft.transport.handle)

@@ -52,6 +52,8 @@ def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore) -> None
     app[RAFT_KEY] = raft
     app[STORE_KEY] = store
     app.router.add_get("/v1/cluster/status", cluster_status)
+    app.router.add_post("/v1/cluster/members", add_member)
+    app.router.add_delete("/v1/cluster/members/{id}", remove_member)
     app.router.add_get("/v1/configs", list_configs)
     app.router.add_post("/v1/configs", create_config)
     app.router.add_get("/v1/configs/{ref}", get_config)
@@ -139,6 +141,43 @@ async def cluster_status(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     st = raft.status()
     return json_response({"raft": st, "store": {"index": store.index}})
+
+
+async def add_member(request: web.Request) -> web.Response:
+    """Add a manager: it joins as a learner and becomes a voter once caught up."""
+    body = await _json_body(request)
+    nid, addr = body.get("id"), body.get("addr")
+    if not isinstance(nid, int) or isinstance(nid, bool) or nid < 1:
+        raise bad_request("id: must be an integer >= 1", field="id")
+    if not isinstance(addr, str) or ":" not in addr:
+        raise bad_request("addr: must be HOST:PORT", field="addr")
+    raft = request.app[RAFT_KEY]
+    if nid in raft.conf_state.voters:
+        raise conflict(f"node {nid} is already a voter")
+    try:
+        await raft.add_member(nid, addr)
+    except RaftError as e:
+        raise _raft_errors(e) from None
+    return json_response(raft.status(), 201)
+
+
+async def remove_member(request: web.Request) -> web.Response:
+    raw = request.match_info["id"]
+    if not raw.isdigit():
+        raise bad_request(f"member id {raw!r} is not a number", field="id")
+    raft = request.app[RAFT_KEY]
+    nid = int(raw)
+    members = set(raft.conf_state.voters) | set(raft.conf_state.learners)
+    if nid not in members:
+        raise not_found(f"no manager with id {nid}")
+    voters = set(raft.conf_state.voters) - {nid}
+    if nid in raft.conf_state.voters and not voters:
+        raise conflict("refusing to remove the last voter")
+    try:
+        await raft.remove_member(nid)
+    except RaftError as e:
+        raise _raft_errors(e) from None
+    return json_response(raft.status())
 
 
 async def list_configs(request: web.Request) -> web.Response:

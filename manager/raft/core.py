@@ -853,8 +853,11 @@ class Raft:
             self.become_follower(self.term + 1, NONE)
             return False
         cs = s.meta.conf_state
-        if self.id not in cs.voters and self.id not in cs.learners:
-            return False  # not meant for us
+        if self.id not in cs.voters and self.id not in cs.learners and self.log.last_index() > 0:
+            # Not meant for us. A replica with an empty log is a manager being
+            # added: it takes any snapshot, and learns of itself from the
+            # membership change that follows in the log.
+            return False
         if self.log.match_term(s.meta.index, s.meta.term):
             self.log.commit_to(s.meta.index)
             return False

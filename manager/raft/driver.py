@@ -150,6 +150,7 @@ class RaftNode:
         initial_members: dict[int, str] | None = None,
         ssl_context: Any = None,
         on_leader_change: Callable[[int, int], None] | None = None,
+        advertise_addr: str = "",
     ) -> None:
         self.id = node_id
         self.dir = data_dir
@@ -160,7 +161,12 @@ class RaftNode:
         self.members: dict[int, str] = {}
         self.storage = MemoryStorage()
         self.transport = Transport(
-            node_id, self._on_message, self._on_unreachable, ssl_context=ssl_context
+            node_id,
+            self._on_message,
+            self._on_unreachable,
+            ssl_context=ssl_context,
+            advertise_addr=advertise_addr,
+            on_peer_addr=self._on_peer_addr,
         )
         self.node: RawNode | None = None
         self.wal: WAL | None = None
@@ -469,6 +475,13 @@ class RaftNode:
             log.warning("raft %d: dropped message %s from %d: %s", self.id, m.type.name, m.frm, e)
             return
         self._wake.set()
+
+    def _on_peer_addr(self, node_id: int, addr: str) -> None:
+        # Only a replica that knows no members yet (a manager being added)
+        # takes addresses from connecting peers; members otherwise come from
+        # the replicated configuration.
+        if not self.members and node_id != self.id:
+            self.transport.add_peer(node_id, addr)
 
     def _on_unreachable(self, node_id: int) -> None:
         if self.node is not None and not self._stopped:

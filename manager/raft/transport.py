@@ -68,8 +68,14 @@ class Transport:
         ssl_context: ssl.SSLContext | None = None,
         backoff_min: float = 0.05,
         backoff_max: float = 2.0,
+        advertise_addr: str = "",
+        on_peer_addr: Callable[[int, str], None] | None = None,
     ) -> None:
         self.node_id = node_id
+        # Sent with every outbound connection so that a manager that is new to
+        # the cluster (knowing no one yet) learns how to answer its leader.
+        self.advertise_addr = advertise_addr
+        self._on_peer_addr = on_peer_addr
         self._on_message = on_message
         self._on_unreachable = on_unreachable
         self._queue_size = queue_size
@@ -126,6 +132,8 @@ class Transport:
         backoff = self._backoff_min
         scheme = "wss" if self._ssl is not None else "ws"
         url = f"{scheme}://{peer.addr}{RAFT_PATH}?from={self.node_id}"
+        if self.advertise_addr:
+            url += f"&addr={self.advertise_addr}"
         while not self._closed:
             try:
                 session = self._client()
@@ -183,6 +191,9 @@ class Transport:
         """aiohttp handler for RAFT_PATH."""
         ws = web.WebSocketResponse(max_msg_size=MAX_FRAME, autoping=True)
         await ws.prepare(request)
+        frm, addr = request.query.get("from", ""), request.query.get("addr", "")
+        if frm.isdigit() and addr and self._on_peer_addr is not None:
+            self._on_peer_addr(int(frm), addr)
         self._inbound.add(ws)
         try:
             async for frame in ws:
