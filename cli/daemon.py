@@ -60,6 +60,8 @@ def daemon(
     from agent.node import NodeDaemon, NodeOptions
     from manager.process import ManagerOptions, parse_addr
     from manager.raft.driver import RaftSettings
+    from manager.raft.snap import SnapshotError
+    from manager.raft.wal import WALError
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -109,5 +111,6 @@ def daemon(
             asyncio.run(NodeDaemon(opts).run_forever())
         else:
             uvloop.run(NodeDaemon(opts).run_forever())
-    except OSError as e:
+    except (OSError, WALError, SnapshotError) as e:
+        # Damaged state is never repaired silently: say what and where, stop.
         fail(f"daemon: {e}")
