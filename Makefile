@@ -3,7 +3,7 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft cluster-up cluster-down
+.PHONY: install test test-slow sim-many bench-raft bench-scheduler cluster-up cluster-down
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -26,3 +26,6 @@ cluster-up:         ## a local 3-manager cluster on loopback (ports 4242-4244), 
 
 cluster-down:       ## stop it and remove .fleet/
 	$(PY) -m tests.harness.local_cluster down
+
+bench-scheduler:    ## pure scheduler: 100k tasks onto 5k nodes
+	$(PY) bench/scheduler.py
