@@ -1,0 +1,1 @@
+"""The runtime half of the engine: OCI bundles run under conmon + runc."""

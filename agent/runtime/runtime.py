@@ -1,0 +1,485 @@
+"""Containers under conmon + an OCI runtime (runc by default).
+
+Each container has a directory under the engine root holding its bundle
+(config.json), its record (state.json, written atomically), conmon's pid
+files, the k8s-format log and the exit file. conmon double-forks away from
+the agent, so containers outlive an agent that is killed; `recover()` on
+start re-adopts running containers and collects exit codes of those that
+ended meanwhile from conmon's exit files.
+
+All names are per-engine (root dir, runtime root, cgroup parent), so several
+agents can share one machine in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .spec import ContainerSpec, Mount, build_config
+
+
+class RuntimeError_(Exception):
+    """An error from the OCI runtime or conmon, with their message."""
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass
+class ContainerRecord:
+    id: str
+    name: str
+    image: str
+    spec: dict[str, Any]
+    created: float
+    status: str = "created"  # created | running | exited
+    pid: int = 0
+    started: float = 0.0
+    finished: float = 0.0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    error: str = ""
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        root: str,
+        *,
+        runtime: str = "runc",
+        runtime_root: str | None = None,
+        cgroup_parent: str = "orch",
+        conmon: str = "conmon",
+        log_size_max: int = 10 << 20,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        self.runtime = shutil.which(runtime) or runtime
+        self.runtime_root = runtime_root or os.path.join(self.root, "runtime")
+        self.cgroup_parent = cgroup_parent.strip("/")
+        self.conmon = shutil.which(conmon) or conmon
+        self.log_size_max = log_size_max
+        self.records: dict[str, ContainerRecord] = {}
+        os.makedirs(os.path.join(self.root, "containers"), exist_ok=True)
+        os.makedirs(self.runtime_root, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------
+
+    def cdir(self, cid: str) -> str:
+        return os.path.join(self.root, "containers", cid)
+
+    def log_path(self, cid: str) -> str:
+        return os.path.join(self.cdir(cid), "container.log")
+
+    def _exit_file(self, cid: str) -> str:
+        return os.path.join(self.cdir(cid), "exits", cid)
+
+    def _save(self, rec: ContainerRecord) -> None:
+        _atomic_write(os.path.join(self.cdir(rec.id), "state.json"), json.dumps(asdict(rec)).encode())
+
+    def get(self, ref: str) -> ContainerRecord:
+        rec = self.records.get(ref)
+        if rec is not None:
+            return rec
+        for r in self.records.values():
+            if r.name == ref:
+                return r
+        matches = [r for r in self.records.values() if r.id.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        raise NotFound(f"no container with id or name {ref!r}")
+
+    # -- runtime calls ---------------------------------------------------------
+
+    async def _run(self, *args: str, check: bool = True, timeout: float = 30.0) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise RuntimeError_(f"{os.path.basename(args[0])} {args[1] if len(args) > 1 else ''}: timed out") from None
+        rc = proc.returncode or 0
+        if check and rc != 0:
+            raise RuntimeError_(_runtime_message(err.decode(errors="replace")) or f"exit status {rc}")
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def _rt(self, *args: str) -> list[str]:
+        return [self.runtime, f"--root={self.runtime_root}", *args]
+
+    async def _state(self, cid: str) -> dict[str, Any] | None:
+        rc, out, _ = await self._run(*self._rt("state", cid), check=False)
+        if rc != 0:
+            return None
+        try:
+            return json.loads(out)
+        except ValueError:
+            return None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def create(
+        self, spec: ContainerSpec, rootfs: str, image_config: dict[str, Any], *, name: str | None = None,
+        cid: str | None = None,
+    ) -> ContainerRecord:
+        cid = cid or uuid.uuid4().hex
+        name = name or cid[:12]
+        if any(r.name == name for r in self.records.values()):
+            raise RuntimeError_(f"a container named {name!r} already exists")
+        d = self.cdir(cid)
+        os.makedirs(os.path.join(d, "exits"), exist_ok=True)
+        os.makedirs(os.path.join(d, "sock"), exist_ok=True)
+        hosts = os.path.join(d, "hosts")
+        hostname = spec.hostname or cid[:12]
+        with open(hosts, "w") as f:
+            f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+        resolv = os.path.join(d, "resolv.conf")
+        with open(resolv, "w") as f:
+            f.write("nameserver 127.0.0.11\noptions ndots:0\n")
+        cfg = build_config(
+            spec, image_config, os.path.abspath(rootfs), container_id=cid,
+            cgroups_path=f"/{self.cgroup_parent}/{cid}", hosts_file=hosts, resolv_file=resolv,
+        )
+        _atomic_write(os.path.join(d, "config.json"), json.dumps(cfg).encode())
+        rec = ContainerRecord(cid, name, spec.image, asdict(spec), time.time())
+        self.records[cid] = rec
+        self._save(rec)
+        args = [
+            self.conmon, "--api-version", "1", "-c", cid, "-u", cid, "-n", name, "-b", d,
+            "-p", os.path.join(d, "pid"), "-P", os.path.join(d, "conmon.pid"),
+            "-l", f"k8s-file:{self.log_path(cid)}", "--log-size-max", str(self.log_size_max),
+            "--exit-dir", os.path.join(d, "exits"), "-r", self.runtime,
+            "--runtime-arg", f"--root={self.runtime_root}",
+            "--runtime-arg", f"--log={os.path.join(d, 'runtime.log')}",
+            "--runtime-arg", "--log-format=json",
+            "--socket-dir-path", os.path.join(d, "sock"),
+        ]
+        try:
+            pid, message = await self._conmon_create(args)
+        except RuntimeError_ as e:
+            rec.status, rec.error = "exited", str(e)
+            rec.exit_code = 127
+            self._save(rec)
+            raise
+        st = await self._state(cid) if pid > 0 else None
+        if st is None:
+            if message:
+                rec.status, rec.error, rec.exit_code = "exited", message, 127
+                self._save(rec)
+                raise RuntimeError_(message)
+            # runc create failed: conmon wrote the runtime's message into the log or exit file.
+            msg = self._failure_message(cid)
+            rec.status, rec.error, rec.exit_code = "exited", msg, 127
+            self._save(rec)
+            raise RuntimeError_(msg)
+        rec.pid = int(st.get("pid") or 0)
+        self._save(rec)
+        return rec
+
+    async def _conmon_create(self, args: list[str], timeout: float = 30.0) -> tuple[int, str]:
+        """Run conmon; it reports the container's pid (or the runtime's
+        error) on the sync pipe once `runtime create` has finished."""
+        r, w = os.pipe()
+        try:
+            env = dict(os.environ, _OCI_SYNCPIPE=str(w))
+            proc = await asyncio.create_subprocess_exec(
+                *args, pass_fds=(w,), env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            )
+        finally:
+            os.close(w)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", buffering=0)
+        )
+        try:
+            buf = b""
+            deadline = loop.time() + timeout
+            while True:
+                try:
+                    msg = json.loads(buf)
+                    break
+                except ValueError:
+                    pass
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RuntimeError_("conmon did not report the container's pid in time")
+                chunk = await asyncio.wait_for(reader.read(4096), remaining)
+                if not chunk:
+                    _, err = await proc.communicate()
+                    raise RuntimeError_(
+                        err.decode(errors="replace").strip() or "conmon exited without reporting a pid"
+                    )
+                buf += chunk
+        finally:
+            transport.close()
+        await proc.wait()
+        pid = int(msg.get("data", msg.get("pid", -1)))
+        return pid, str(msg.get("message", "")).strip()
+
+    def _failure_message(self, cid: str) -> str:
+        try:
+            with open(os.path.join(self.cdir(cid), "runtime.log"), errors="replace") as f:
+                errors = [json.loads(x) for x in f if x.strip().startswith("{")]
+            msgs = [e.get("msg", "") for e in errors if e.get("level") in ("error", "fatal")]
+            if msgs:
+                return msgs[-1]
+        except (OSError, ValueError):
+            pass
+        for p in (self.log_path(cid), self._exit_file(cid)):
+            try:
+                with open(p, errors="replace") as f:
+                    text = f.read().strip()
+            except OSError:
+                continue
+            if text:
+                return _runtime_message(text)
+        return "the OCI runtime failed to create the container"
+
+    async def start(self, ref: str) -> ContainerRecord:
+        rec = self.get(ref)
+        try:
+            await self._run(*self._rt("start", rec.id))
+        except RuntimeError_ as e:
+            rec.status, rec.error = "exited", str(e)
+            self._save(rec)
+            raise
+        rec.status = "running"
+        rec.started = time.time()
+        self._save(rec)
+        return rec
+
+    async def run(self, spec: ContainerSpec, rootfs: str, image_config: dict[str, Any], *,
+                  name: str | None = None) -> ContainerRecord:
+        rec = await self.create(spec, rootfs, image_config, name=name)
+        return await self.start(rec.id)
+
+    def _collect_exit(self, rec: ContainerRecord) -> bool:
+        """Read conmon's exit file; True when the container has ended."""
+        try:
+            with open(self._exit_file(rec.id)) as f:
+                text = f.read().strip()
+        except FileNotFoundError:
+            return False
+        if rec.status != "exited":
+            rec.status = "exited"
+            rec.exit_code = int(text) if text.lstrip("-").isdigit() else -1
+            rec.finished = time.time()
+            rec.oom_killed = self._oom_killed(rec.id)
+            self._save(rec)
+        return True
+
+    def _oom_killed(self, cid: str) -> bool:
+        for path in (
+            f"/sys/fs/cgroup/memory/{self.cgroup_parent}/{cid}/memory.oom_control",
+            f"/sys/fs/cgroup/{self.cgroup_parent}/{cid}/memory.events",
+        ):
+            try:
+                with open(path) as f:
+                    for line in f:
+                        k, _, v = line.partition(" ")
+                        if k == "oom_kill" and int(v) > 0:
+                            return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    async def wait(self, ref: str, timeout: float | None = None) -> int:
+        rec = self.get(ref)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._collect_exit(rec):
+            if deadline is not None and time.monotonic() > deadline:
+                raise asyncio.TimeoutError(f"container {rec.name} still running")
+            await asyncio.sleep(0.05)
+        assert rec.exit_code is not None
+        return rec.exit_code
+
+    async def kill(self, ref: str, sig: str | int = "KILL") -> None:
+        rec = self.get(ref)
+        await self._run(*self._rt("kill", rec.id, str(sig)), check=False)
+
+    async def stop(self, ref: str, timeout: float | None = None) -> int | None:
+        rec = self.get(ref)
+        if self._collect_exit(rec):
+            return rec.exit_code
+        sig = (rec.spec.get("stop_signal") or "TERM").upper().removeprefix("SIG")
+        grace = rec.spec.get("stop_grace", 10.0) if timeout is None else timeout
+        await self._run(*self._rt("kill", rec.id, sig), check=False)
+        try:
+            return await self.wait(rec.id, timeout=grace)
+        except asyncio.TimeoutError:
+            await self._run(*self._rt("kill", "--all", rec.id, "KILL"), check=False)
+            return await self.wait(rec.id, timeout=10)
+
+    async def remove(self, ref: str, force: bool = False) -> None:
+        rec = self.get(ref)
+        if not self._collect_exit(rec):
+            if not force:
+                raise RuntimeError_(f"container {rec.name} is running; stop it first or force")
+            await self._run(*self._rt("kill", "--all", rec.id, "KILL"), check=False)
+            try:
+                await self.wait(rec.id, timeout=10)
+            except asyncio.TimeoutError:
+                pass
+        await self._run(*self._rt("delete", "--force", rec.id), check=False)
+        cp = self._read_pid(os.path.join(self.cdir(rec.id), "conmon.pid"))
+        if cp and _pid_alive(cp):
+            try:
+                os.kill(cp, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.cdir(rec.id), ignore_errors=True)
+        self.records.pop(rec.id, None)
+
+    async def exec(self, ref: str, cmd: list[str], *, user: str | None = None,
+                   env: dict[str, str] | None = None, timeout: float = 60.0) -> tuple[int, bytes]:
+        rec = self.get(ref)
+        if self._collect_exit(rec):
+            raise RuntimeError_(f"container {rec.name} is not running")
+        args = self._rt("exec")
+        if user:
+            args += ["--user", user]
+        for k, v in (env or {}).items():
+            args += ["--env", f"{k}={v}"]
+        args += [rec.id, *cmd]
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise
+        return proc.returncode or 0, out
+
+    @staticmethod
+    def _read_pid(path: str) -> int:
+        try:
+            with open(path) as f:
+                return int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return 0
+
+    def list(self) -> list[ContainerRecord]:
+        for r in self.records.values():
+            self._collect_exit(r)
+        return sorted(self.records.values(), key=lambda r: r.created)
+
+    async def recover(self) -> list[ContainerRecord]:
+        """Re-adopt containers recorded on disk after an agent restart."""
+        base = os.path.join(self.root, "containers")
+        for cid in sorted(os.listdir(base)):
+            p = os.path.join(base, cid, "state.json")
+            try:
+                with open(p) as f:
+                    d = json.load(f)
+                rec = ContainerRecord(**d)
+            except (OSError, ValueError, TypeError):
+                continue
+            self.records[rec.id] = rec
+            if self._collect_exit(rec):
+                continue
+            st = await self._state(rec.id)
+            if st is not None and st.get("status") == "running":
+                rec.status = "running"
+                rec.pid = int(st.get("pid") or 0)
+            elif st is not None and st.get("status") == "created":
+                rec.status = "created"
+            self._save(rec)
+        return self.list()
+
+    # -- logs --------------------------------------------------------------
+
+    async def logs(self, ref: str, *, follow: bool = False, tail: int | None = None
+                   ) -> AsyncIterator[tuple[str, str, str]]:
+        """(timestamp, stream, line) from conmon's k8s-format log."""
+        rec = self.get(ref)
+        path = self.log_path(rec.id)
+        pos = 0
+        partial = ""
+        first = True
+        while True:
+            try:
+                with open(path, errors="replace") as f:
+                    f.seek(0, os.SEEK_END)
+                    if f.tell() < pos:
+                        pos = 0  # rotated
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos = f.tell()
+            except FileNotFoundError:
+                chunk = ""
+            lines = (partial + chunk).split("\n")
+            partial = lines.pop()
+            parsed = [p for p in (_parse_log_line(x) for x in lines) if p is not None]
+            if first and tail is not None:
+                parsed = parsed[-tail:] if tail else []
+            first = False
+            for item in parsed:
+                yield item
+            if not follow:
+                return
+            if self._collect_exit(rec) and not chunk:
+                return
+            await asyncio.sleep(0.1)
+
+
+def _parse_log_line(line: str) -> tuple[str, str, str] | None:
+    # "2026-11-23T05:29:23.660028417+00:00 stdout F hello"
+    parts = line.split(" ", 3)
+    if len(parts) < 3:
+        return None
+    ts, stream, tag = parts[0], parts[1], parts[2]
+    msg = parts[3] if len(parts) > 3 else ""
+    if stream not in ("stdout", "stderr") or tag not in ("F", "P"):
+        return None
+    return ts, stream, msg
+
+
+def _runtime_message(text: str) -> str:
+    """Pull the human part out of runc's logfmt error lines."""
+    for line in reversed(text.strip().splitlines()):
+        if 'msg="' in line:
+            start = line.index('msg="') + 5
+            end = line.rfind('"')
+            return line[start:end].replace('\\"', '"') if end > start else line
+        if line.strip():
+            return line.strip()
+    return text.strip()
+
+
+__all__ = ["ContainerManager", "ContainerRecord", "ContainerSpec", "Mount", "NotFound", "RuntimeError_"]
