@@ -22,7 +22,7 @@ from aiohttp import web
 
 from agent.images import ImageService, RegistryConfig
 
-from .localapi import add_image_routes
+from .localapi import add_container_routes, add_image_routes
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ class NodeOptions:
     insecure_registries: tuple[str, ...] = ()
     registry_auth_file: str | None = None
     manager: Any = None  # manager.process.ManagerOptions when this node is a manager
+    runtime: str = "runc"
+    cgroup_parent: str = "orch"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -41,6 +43,7 @@ class NodeDaemon:
     def __init__(self, opts: NodeOptions) -> None:
         self.opts = opts
         self.images: ImageService | None = None
+        self.containers: Any = None
         self.manager: Any = None
         self._local: web.AppRunner | None = None
 
@@ -55,8 +58,19 @@ class NodeDaemon:
                 auth_file=Path(self.opts.registry_auth_file) if self.opts.registry_auth_file else None,
             ),
         )
+        from agent.runtime.runtime import ContainerManager
+
+        self.containers = ContainerManager(
+            os.path.join(self.opts.data_dir, "engine"),
+            runtime=self.opts.runtime,
+            cgroup_parent=self.opts.cgroup_parent,
+        )
+        # Containers outlive the daemon: adopt the running ones, collect the
+        # exit codes of those that ended while it was down.
+        await self.containers.recover()
         local = web.Application(middlewares=[error_middleware], client_max_size=4 << 20)
         add_image_routes(local, self.images)
+        add_container_routes(local, self.images, self.containers)
         if self.opts.manager is not None:
             from manager.process import ManagerProcess
 

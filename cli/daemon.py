@@ -38,6 +38,8 @@ def _parse_cluster(spec: str) -> dict[int, str]:
 @click.option("--keep-entries", type=click.IntRange(min=0), default=5_000, show_default=True, help="Entries kept after a snapshot for slow followers.")
 @click.option("--insecure-registry", "insecure", multiple=True, help="Registry (host:port, host or CIDR) spoken to over plain http.")
 @click.option("--registry-auth-file", type=click.Path(dir_okay=False), default=None, help="docker-style config.json with registry credentials.")
+@click.option("--runtime", default="runc", show_default=True, help="OCI runtime binary (runc, crun, youki).")
+@click.option("--cgroup-parent", default="orch", show_default=True, help="cgroup under which containers run.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def daemon(
     data_dir: str,
@@ -52,6 +54,8 @@ def daemon(
     keep_entries: int,
     insecure: tuple[str, ...],
     registry_auth_file: str | None,
+    runtime: str,
+    cgroup_parent: str,
     log_level: str,
 ) -> None:
     """Run the orch daemon on this host."""
@@ -98,6 +102,8 @@ def daemon(
         insecure_registries=insecure,
         registry_auth_file=registry_auth_file,
         manager=mopts,
+        runtime=runtime,
+        cgroup_parent=cgroup_parent,
     )
     import gc
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 import aiohttp
@@ -152,4 +153,150 @@ def image_prune(ep: Endpoint) -> None:
     click.echo(f"removed {res['images']} images, {res['blobs']} blobs, {res['snapshots']} snapshots")
 
 
-COMMANDS: list[click.Command] = [image]
+# -- containers ---------------------------------------------------------------
+
+
+@click.group()
+def container() -> None:
+    """Run and manage containers on this node."""
+
+
+def _parse_size(s: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    s = s.strip().lower().rstrip("b")
+    if s and s[-1] in units:
+        return int(float(s[:-1]) * units[s[-1]])
+    return int(s)
+
+
+async def _print_logs(ep: Endpoint, ref: str, follow: bool, tail: int | None) -> int | None:
+    q = f"?follow={'1' if follow else '0'}" + (f"&tail={tail}" if tail is not None else "")
+    code = None
+    async for msg in _stream(ep, "GET", f"/v1/containers/{ref}/logs{q}"):
+        if "line" in msg:
+            stream = sys.stdout if msg["stream"] == "stdout" else sys.stderr
+            print(msg["line"], file=stream, flush=True)
+        else:
+            code = msg.get("exit_code")
+    return code
+
+
+@container.command("run", context_settings={"ignore_unknown_options": True})
+@click.option("-d", "--detach", is_flag=True, help="Print the id and return; do not wait.")
+@click.option("--name")
+@click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE")
+@click.option("-u", "--user")
+@click.option("-w", "--workdir")
+@click.option("-m", "--memory", help="Memory limit, e.g. 64m")
+@click.option("--pids-limit", type=int, default=0)
+@click.option("--cpus", type=float, default=0.0)
+@click.option("--entrypoint", help="Override the image's entrypoint")
+@click.argument("image_ref")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, ...], user: str | None,
+                  workdir: str | None, memory: str | None, pids_limit: int, cpus: float,
+                  entrypoint: str | None, image_ref: str, cmd: tuple[str, ...]) -> None:
+    """Run IMAGE_REF [CMD...] (pulled first if needed)."""
+    envd: dict[str, str] = {}
+    for item in env:
+        k, sep, v = item.partition("=")
+        if not k or not sep:
+            fail(f"--env {item!r}: expected KEY=VALUE")
+        envd[k] = v
+    try:
+        mem = _parse_size(memory) if memory else 0
+    except ValueError:
+        fail(f"--memory {memory!r}: expected a size such as 64m or 1g")
+    body: dict[str, Any] = {"image": image_ref, "env": envd, "memory": mem, "pids_limit": pids_limit,
+                            "cpus": cpus}
+    for k, v in (("name", name), ("user", user), ("workdir", workdir)):
+        if v:
+            body[k] = v
+    if entrypoint is not None:
+        body["command"] = [entrypoint]
+    if cmd:
+        body["args"] = list(cmd)
+    rec = request(ep, "POST", "/v1/containers", body, timeout=300)
+    if detach:
+        click.echo(rec["id"])
+        return
+    code = asyncio.run(_print_logs(ep, rec["id"], True, None))
+    sys.exit(code if isinstance(code, int) and code >= 0 else 0)
+
+
+@container.command("ls")
+@click.option("-a", "--all", "all_", is_flag=True, help="Include exited containers.")
+@FORMAT_OPTION
+@click.pass_obj
+def container_ls(ep: Endpoint, all_: bool, fmt: str) -> None:
+    """List containers."""
+    items = [c for c in request(ep, "GET", "/v1/containers") if all_ or c["status"] != "exited"]
+    if fmt == "json":
+        print_json(items)
+        return
+    print_table(items, [
+        ("CONTAINER ID", lambda c: c["id"][:12]),
+        ("NAME", lambda c: c["name"]),
+        ("IMAGE", lambda c: c["image"]),
+        ("STATUS", lambda c: c["status"] + (f" ({c['exit_code']})" if c["status"] == "exited" else "")),
+    ])
+
+
+@container.command("inspect")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def container_inspect(ep: Endpoint, refs: tuple[str, ...]) -> None:
+    """Show containers."""
+    print_json([request(ep, "GET", f"/v1/containers/{r}") for r in refs])
+
+
+@container.command("logs")
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--tail", type=int, default=None)
+@click.argument("ref")
+@click.pass_obj
+def container_logs(ep: Endpoint, follow: bool, tail: int | None, ref: str) -> None:
+    """Print a container's output."""
+    asyncio.run(_print_logs(ep, ref, follow, tail))
+
+
+@container.command("exec", context_settings={"ignore_unknown_options": True})
+@click.option("-u", "--user")
+@click.argument("ref")
+@click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_obj
+def container_exec(ep: Endpoint, user: str | None, ref: str, cmd: tuple[str, ...]) -> None:
+    """Run CMD inside a running container."""
+    body: dict[str, Any] = {"cmd": list(cmd)}
+    if user:
+        body["user"] = user
+    res = request(ep, "POST", f"/v1/containers/{ref}/exec", body, timeout=120)
+    sys.stdout.write(res["output"])
+    sys.exit(res["exit_code"])
+
+
+@container.command("stop")
+@click.option("-t", "--time", "timeout", type=float, default=None, help="Seconds before SIGKILL.")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def container_stop(ep: Endpoint, timeout: float | None, refs: tuple[str, ...]) -> None:
+    """Stop containers (stop signal, then SIGKILL after the grace period)."""
+    for r in refs:
+        q = f"?timeout={timeout}" if timeout is not None else ""
+        request(ep, "POST", f"/v1/containers/{r}/stop{q}", {}, timeout=120)
+        click.echo(r)
+
+
+@container.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Kill it first if running.")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def container_rm(ep: Endpoint, force: bool, refs: tuple[str, ...]) -> None:
+    """Remove containers."""
+    for r in refs:
+        request(ep, "DELETE", f"/v1/containers/{r}" + ("?force=1" if force else ""), timeout=60)
+        click.echo(r)
+
+
+COMMANDS: list[click.Command] = [image, container]

@@ -20,7 +20,7 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -344,7 +344,11 @@ class ContainerManager:
             await self._run(*self._rt("kill", "--all", rec.id, "KILL"), check=False)
             return await self.wait(rec.id, timeout=10)
 
-    async def remove(self, ref: str, force: bool = False) -> None:
+    async def remove(
+        self, ref: str, force: bool = False, before_cleanup: Callable[[str], None] | None = None
+    ) -> None:
+        """Delete a container; `before_cleanup(container_dir)` runs after the
+        runtime let go of it and before its directory goes (unmount here)."""
         rec = self.get(ref)
         if not self._collect_exit(rec):
             if not force:
@@ -361,6 +365,8 @@ class ContainerManager:
                 os.kill(cp, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        if before_cleanup is not None:
+            before_cleanup(self.cdir(rec.id))
         shutil.rmtree(self.cdir(rec.id), ignore_errors=True)
         self.records.pop(rec.id, None)
 

@@ -59,6 +59,8 @@ async def error_middleware(
     except HTTPError as e:
         return json_response(error_body(e), e.status)
     except web.HTTPException as e:
+        if e.status >= 400 and e.content_type == "application/json" and e.text:
+            return web.Response(text=e.text, status=e.status, content_type="application/json")
         if e.status >= 400:
             return json_response(
                 {"error": {"code": "http", "message": f"{request.method} {request.path}: {e.reason}"}},

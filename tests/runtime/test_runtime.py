@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.cgroups import remove_cgroup_parent
+
 from agent.runtime.runtime import ContainerManager, RuntimeError_
 from agent.runtime.spec import DEFAULT_CAPS, ContainerSpec, SpecError, resolve_user
 
@@ -54,13 +56,7 @@ async def mgr(tmp_path: Path) -> AsyncIterator[ContainerManager]:
         await m.recover()
         for r in list(m.records.values()):
             await m.remove(r.id, force=True)
-        for ctrl in ("memory", "pids", "cpu", "cpuacct", "devices", "freezer", "blkio", "cpuset", "systemd", ""):
-            p = Path("/sys/fs/cgroup") / ctrl / m.cgroup_parent
-            if p.is_dir():
-                for sub in sorted(p.rglob("*"), reverse=True):
-                    if sub.is_dir():
-                        sub.rmdir()
-                p.rmdir()
+        remove_cgroup_parent(m.cgroup_parent)
 
 
 async def logs(m: ContainerManager, cid: str) -> list[tuple[str, str]]:
