@@ -10,9 +10,23 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import shutil
+import uuid
+from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
+from pydantic import Field
+
+from agent.runtime.health import HealthConfigError
+from agent.runtime.health import resolve as resolve_health
+from agent.runtime.runtime import ContainerManager, ContainerRecord, NotFound, RuntimeError_
+from agent.runtime.spec import ContainerSpec, Mount, SpecError
+from agent.runtime.volumes import Volume, VolumeError, VolumeInUse, VolumeNotFound, VolumeStore
+from api.codec import from_json
+from api.errors import ValidationError
+from api.objects import HealthcheckSpec, Model, MountSpec, MountType
 
 from agent.images import ImageError, ImageService, ProgressEvent
 from agent.images.errors import (
@@ -133,11 +147,40 @@ async def gc_images(request: web.Request) -> web.Response:
 
 # -- containers ------------------------------------------------------------
 
-CONTAINERS_KEY = web.AppKey("containers", object)
+CONTAINERS_KEY = web.AppKey("containers", ContainerManager)
+VOLUMES_KEY = web.AppKey("volumes", VolumeStore)
 
 
-def add_container_routes(app: web.Application, images: ImageService, containers: Any) -> None:
+class RunRequest(Model):
+    """POST /v1/containers: what `orch container run` sends."""
+
+    image: str = Field(min_length=1)
+    name: str | None = None
+    command: tuple[str, ...] | None = None  # replaces the image's Entrypoint
+    args: tuple[str, ...] | None = None  # replaces the image's Cmd
+    env: dict[str, str] = Field(default_factory=dict)
+    user: str | None = None
+    workdir: str | None = None
+    hostname: str | None = None
+    memory: int = Field(0, ge=0)
+    pids_limit: int = Field(0, ge=0)
+    cpus: float = Field(0.0, ge=0)
+    stop_signal: str | None = None
+    stop_grace: float = Field(10.0, ge=0)
+    mounts: tuple[MountSpec, ...] = ()
+    healthcheck: HealthcheckSpec | None = None
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    read_only: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+def add_container_routes(
+    app: web.Application, images: ImageService, containers: ContainerManager, volumes: VolumeStore
+) -> None:
     app[CONTAINERS_KEY] = containers
+    app[VOLUMES_KEY] = volumes
     app.router.add_post("/v1/containers", run_container)
     app.router.add_get("/v1/containers", list_containers)
     app.router.add_get("/v1/containers/{ref}", inspect_container)
@@ -145,34 +188,57 @@ def add_container_routes(app: web.Application, images: ImageService, containers:
     app.router.add_post("/v1/containers/{ref}/exec", exec_container)
     app.router.add_post("/v1/containers/{ref}/stop", stop_container)
     app.router.add_delete("/v1/containers/{ref}", remove_container)
+    app.router.add_post("/v1/volumes", create_volume)
+    app.router.add_get("/v1/volumes", list_volumes)
+    app.router.add_get("/v1/volumes/{name}", inspect_volume)
+    app.router.add_delete("/v1/volumes/{name}", remove_volume)
 
 
-def _rec(rec: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
+def _rec(rec: ContainerRecord) -> dict[str, Any]:
     return asdict(rec)
 
 
+def _mounts(req: RunRequest, volumes: VolumeStore, rootfs: str) -> list[Mount]:
+    """API mounts -> runtime mounts; volumes are created (and seeded from
+    the image) on first use."""
+    out: list[Mount] = []
+    for i, m in enumerate(req.mounts):
+        where = f"mounts[{i}]"
+        if m.type == MountType.BIND:
+            if not os.path.isabs(m.source):
+                raise SpecError(f"{where}.source: a bind mount needs an absolute host path (got {m.source!r})")
+            if not os.path.exists(m.source):
+                raise SpecError(f"{where}.source: {m.source} does not exist on this host")
+            out.append(Mount("bind", m.target, m.source, m.readonly))
+        elif m.type == MountType.VOLUME:
+            name = m.source or f"anon-{uuid.uuid4().hex}"
+            try:
+                VolumeStore.check_name(name, f"{where}.source")
+                vol, fresh = volumes.create(name, {"orch.anonymous": "true"} if not m.source else None)
+            except VolumeError as e:
+                raise SpecError(str(e)) from None
+            if fresh:
+                volumes.seed_from_image(vol, rootfs, m.target)
+            out.append(Mount("volume", m.target, vol.path, m.readonly))
+        else:
+            opts = [f"mode={m.tmpfs_mode:o}"] + ([f"size={m.tmpfs_size}"] if m.tmpfs_size else [])
+            out.append(Mount("tmpfs", m.target, "", m.readonly, opts))
+    return out
+
+
 async def run_container(request: web.Request) -> web.Response:
-    import uuid
-
-    from agent.runtime.runtime import RuntimeError_
-    from agent.runtime.spec import ContainerSpec, SpecError
-
     images = request.app[IMAGES_KEY]
-    mgr: Any = request.app[CONTAINERS_KEY]
+    mgr = request.app[CONTAINERS_KEY]
+    volumes = request.app[VOLUMES_KEY]
     try:
         body = await request.json()
     except ValueError:
         return _err(400, "invalid_argument", "request body is not valid JSON")
-    if not isinstance(body, dict) or not isinstance(body.get("image"), str):
-        return _err(400, "invalid_argument", "image: required (a reference to a pulled or pullable image)")
-    allowed = {"image", "name", "command", "args", "env", "user", "workdir", "memory", "pids_limit",
-               "cpus", "stop_signal", "stop_grace", "hostname"}
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        return _err(400, "invalid_argument", f"unknown field {unknown[0]!r}")
-    ref = body["image"]
+    try:
+        req = from_json(RunRequest, body, what="container")
+    except ValidationError as e:
+        return _err(400, "invalid_argument", str(e))
+    ref = req.image
     try:
         try:
             images.inspect(ref)
@@ -182,17 +248,13 @@ async def run_container(request: web.Request) -> web.Response:
     except ImageError as e:
         return image_error_response(e)
     try:
-        cpus = float(body.get("cpus") or 0)
-        spec = ContainerSpec(
-            image=ref, command=body.get("command"), args=body.get("args"),
-            env={str(k): str(v) for k, v in (body.get("env") or {}).items()},
-            user=body.get("user"), workdir=body.get("workdir"), hostname=body.get("hostname"),
-            memory=int(body.get("memory") or 0), pids_limit=int(body.get("pids_limit") or 0),
-            cpu_quota=int(cpus * 100_000), stop_signal=body.get("stop_signal"),
-            stop_grace=float(body.get("stop_grace") or 10.0),
+        health = resolve_health(
+            req.healthcheck.model_dump(mode="json") if req.healthcheck is not None else None, image_config
         )
-    except (TypeError, ValueError, AttributeError) as e:
-        return _err(400, "invalid_argument", f"bad container options: {e}")
+    except HealthConfigError as e:
+        return _err(400, "invalid_argument", str(e))
+    if req.name is not None and any(r.name == req.name for r in mgr.records.values()):
+        return _err(409, "conflict", f"a container named {req.name!r} already exists")
     cid = uuid.uuid4().hex
     cdir = mgr.cdir(cid)
     try:
@@ -200,21 +262,31 @@ async def run_container(request: web.Request) -> web.Response:
     except ImageError as e:
         return image_error_response(e)
     try:
-        await mgr.create(spec, str(rootfs), image_config, name=body.get("name"), cid=cid)
+        spec = ContainerSpec(
+            image=ref,
+            command=list(req.command) if req.command is not None else None,
+            args=list(req.args) if req.args is not None else None,
+            env=dict(req.env), user=req.user, workdir=req.workdir, hostname=req.hostname,
+            memory=req.memory, pids_limit=req.pids_limit, cpu_quota=int(req.cpus * 100_000),
+            stop_signal=req.stop_signal, stop_grace=req.stop_grace,
+            mounts=_mounts(req, volumes, str(rootfs)), privileged=req.privileged,
+            cap_add=list(req.cap_add), cap_drop=list(req.cap_drop), read_only=req.read_only,
+            labels=dict(req.labels),
+        )
+        await mgr.create(spec, str(rootfs), image_config, name=req.name, cid=cid, healthcheck=health)
         rec = await mgr.start(cid)
     except (RuntimeError_, SpecError) as e:
         try:
             await mgr.remove(cid, force=True, before_cleanup=images.release_rootfs)
-        except Exception:
+        except NotFound:
             images.release_rootfs(cdir)
+            shutil.rmtree(cdir, ignore_errors=True)
         return _err(400 if isinstance(e, SpecError) else 500, type(e).__name__.rstrip("_"), str(e))
     return _json(_rec(rec), 201)
 
 
-def _get(request: web.Request) -> Any:
-    from agent.runtime.runtime import NotFound
-
-    mgr: Any = request.app[CONTAINERS_KEY]
+def _get(request: web.Request) -> ContainerRecord:
+    mgr = request.app[CONTAINERS_KEY]
     try:
         return mgr.get(request.match_info["ref"])
     except NotFound as e:
@@ -223,8 +295,7 @@ def _get(request: web.Request) -> Any:
 
 
 async def list_containers(request: web.Request) -> web.Response:
-    mgr: Any = request.app[CONTAINERS_KEY]
-    return _json([_rec(r) for r in mgr.list()])
+    return _json([_rec(r) for r in request.app[CONTAINERS_KEY].list()])
 
 
 async def inspect_container(request: web.Request) -> web.Response:
@@ -235,7 +306,7 @@ async def inspect_container(request: web.Request) -> web.Response:
 
 async def container_logs(request: web.Request) -> web.StreamResponse:
     rec = _get(request)
-    mgr: Any = request.app[CONTAINERS_KEY]
+    mgr = request.app[CONTAINERS_KEY]
     follow = request.query.get("follow") in ("1", "true")
     tail_q = request.query.get("tail")
     tail = int(tail_q) if tail_q and tail_q.isdigit() else None
@@ -250,11 +321,12 @@ async def container_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def exec_container(request: web.Request) -> web.Response:
-    from agent.runtime.runtime import RuntimeError_
-
     rec = _get(request)
-    mgr: Any = request.app[CONTAINERS_KEY]
-    body = await request.json()
+    mgr = request.app[CONTAINERS_KEY]
+    try:
+        body = await request.json()
+    except ValueError:
+        return _err(400, "invalid_argument", "request body is not valid JSON")
     cmd = body.get("cmd") if isinstance(body, dict) else None
     if not isinstance(cmd, list) or not cmd or not all(isinstance(c, str) for c in cmd):
         return _err(400, "invalid_argument", "cmd: a non-empty list of strings")
@@ -267,21 +339,91 @@ async def exec_container(request: web.Request) -> web.Response:
 
 async def stop_container(request: web.Request) -> web.Response:
     rec = _get(request)
-    mgr: Any = request.app[CONTAINERS_KEY]
     t = request.query.get("timeout")
-    code = await mgr.stop(rec.id, timeout=float(t) if t else None)
+    try:
+        timeout = float(t) if t else None
+    except ValueError:
+        return _err(400, "invalid_argument", f"timeout: must be a number of seconds (got {t!r})")
+    code = await request.app[CONTAINERS_KEY].stop(rec.id, timeout=timeout)
     return _json({"id": rec.id, "exit_code": code})
 
 
 async def remove_container(request: web.Request) -> web.Response:
-    from agent.runtime.runtime import RuntimeError_
-
     rec = _get(request)
-    mgr: Any = request.app[CONTAINERS_KEY]
+    mgr = request.app[CONTAINERS_KEY]
     images = request.app[IMAGES_KEY]
+    volumes = request.app[VOLUMES_KEY]
     try:
         await mgr.remove(rec.id, force=request.query.get("force") in ("1", "true"),
                          before_cleanup=images.release_rootfs)
     except RuntimeError_ as e:
         return _err(409, "conflict", str(e))
+    # Anonymous volumes go with their container (named ones stay).
+    for m in rec.spec.get("mounts", []):
+        if m.get("type") != "volume":
+            continue
+        for vol in volumes.list():
+            if vol.path == m.get("source") and vol.labels.get("orch.anonymous") == "true":
+                if not _volume_users(mgr, vol):
+                    volumes.remove(vol.name, [])
     return _json({"id": rec.id, "removed": True})
+
+
+# -- volumes ---------------------------------------------------------------
+
+
+def _volume_users(mgr: ContainerManager, vol: Volume) -> list[str]:
+    return [r.name for r in mgr.list()
+            if any(m.get("source") == vol.path for m in r.spec.get("mounts", []))]
+
+
+def _volume_json(mgr: ContainerManager, vol: Volume) -> dict[str, Any]:
+    return {**asdict(vol), "used_by": _volume_users(mgr, vol)}
+
+
+def _volume_error(e: VolumeError) -> web.Response:
+    if isinstance(e, VolumeNotFound):
+        return _err(404, "not_found", str(e))
+    if isinstance(e, VolumeInUse):
+        return _err(409, "conflict", str(e))
+    return _err(400, "invalid_argument", str(e))
+
+
+async def create_volume(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+    except ValueError:
+        return _err(400, "invalid_argument", "request body is not valid JSON")
+    name = body.get("name") if isinstance(body, dict) else None
+    labels = body.get("labels") or {} if isinstance(body, dict) else {}
+    if not isinstance(labels, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        return _err(400, "invalid_argument", "labels: a mapping of strings to strings")
+    try:
+        vol, fresh = request.app[VOLUMES_KEY].create(name or f"vol-{uuid.uuid4().hex[:12]}", labels)
+    except VolumeError as e:
+        return _volume_error(e)
+    return _json(_volume_json(request.app[CONTAINERS_KEY], vol), 201 if fresh else 200)
+
+
+async def list_volumes(request: web.Request) -> web.Response:
+    mgr = request.app[CONTAINERS_KEY]
+    return _json([_volume_json(mgr, v) for v in request.app[VOLUMES_KEY].list()])
+
+
+async def inspect_volume(request: web.Request) -> web.Response:
+    try:
+        vol = request.app[VOLUMES_KEY].get(request.match_info["name"])
+    except VolumeError as e:
+        return _volume_error(e)
+    return _json(_volume_json(request.app[CONTAINERS_KEY], vol))
+
+
+async def remove_volume(request: web.Request) -> web.Response:
+    volumes = request.app[VOLUMES_KEY]
+    mgr = request.app[CONTAINERS_KEY]
+    try:
+        vol = volumes.get(request.match_info["name"])
+        volumes.remove(vol.name, _volume_users(mgr, vol))
+    except VolumeError as e:
+        return _volume_error(e)
+    return _json({"name": vol.name, "removed": True})

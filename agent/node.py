@@ -44,6 +44,7 @@ class NodeDaemon:
         self.opts = opts
         self.images: ImageService | None = None
         self.containers: Any = None
+        self.volumes: Any = None
         self.manager: Any = None
         self._local: web.AppRunner | None = None
 
@@ -68,9 +69,13 @@ class NodeDaemon:
         # Containers outlive the daemon: adopt the running ones, collect the
         # exit codes of those that ended while it was down.
         await self.containers.recover()
+        self.containers.start_supervisor()
+        from agent.runtime.volumes import VolumeStore
+
+        self.volumes = VolumeStore(os.path.join(self.opts.data_dir, "engine"))
         local = web.Application(middlewares=[error_middleware], client_max_size=4 << 20)
         add_image_routes(local, self.images)
-        add_container_routes(local, self.images, self.containers)
+        add_container_routes(local, self.images, self.containers, self.volumes)
         if self.opts.manager is not None:
             from manager.process import ManagerProcess
 
@@ -101,6 +106,8 @@ class NodeDaemon:
                 pass
         if self.manager is not None:
             await self.manager.stop()
+        if self.containers is not None:
+            await self.containers.close()
         if self.images is not None:
             await self.images.close()
 

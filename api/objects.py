@@ -48,6 +48,9 @@ __all__ = [
     "ConfigReference",
     "ConfigSpec",
     "ContainerSpec",
+    "HealthcheckSpec",
+    "MountSpec",
+    "MountType",
     "IPAMConfig",
     "Meta",
     "Model",
@@ -292,6 +295,55 @@ class SecretReference(_FileReference):
 class ConfigReference(_FileReference):
     config_id: ObjectId
     config_name: Name
+
+
+class MountType(enum.StrEnum):
+    BIND = "bind"
+    VOLUME = "volume"
+    TMPFS = "tmpfs"
+
+
+class MountSpec(Model):
+    """A mount, as `--mount type=...,source=...,target=...` in Docker.
+    bind: source is an absolute host path; volume: source is a volume name
+    (created on first use; "" = anonymous); tmpfs: no source."""
+
+    type: MountType = MountType.VOLUME
+    source: str = ""
+    target: str = Field(min_length=1)
+    readonly: bool = False
+    tmpfs_size: int = Field(0, ge=0)  # bytes; 0 = the kernel's default (half of RAM)
+    tmpfs_mode: int = Field(0o1777, ge=0, le=0o7777)
+
+    @field_validator("target")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise PydanticCustomError("mount_target", "must be an absolute path", {})
+        return v
+
+
+class HealthcheckSpec(Model):
+    """`test`: ["CMD", arg...], ["CMD-SHELL", "command"] or ["NONE"] (disable
+    the image's). Durations in seconds; 0 = Docker's default (30 s, 30 s,
+    0 s, 3 retries)."""
+
+    test: tuple[str, ...] = Field(min_length=1)
+    interval: float = Field(0.0, ge=0)
+    timeout: float = Field(0.0, ge=0)
+    start_period: float = Field(0.0, ge=0)
+    retries: int = Field(0, ge=0)
+
+    @field_validator("test")
+    @classmethod
+    def _kind(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if v[0] == "NONE":
+            return v
+        if v[0] not in ("CMD", "CMD-SHELL") or len(v) < 2:
+            raise PydanticCustomError(
+                "healthcheck_test", 'must be ["CMD", arg...], ["CMD-SHELL", "command"] or ["NONE"]', {}
+            )
+        return v
 
 
 class ContainerSpec(Model):

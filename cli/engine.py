@@ -18,6 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from .client import APIError, ConnectError, Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
+from .specflags import build_healthcheck, health_options, parse_mount, parse_size, parse_tmpfs, parse_volume
 
 
 def _human(n: float) -> str:
@@ -161,14 +162,6 @@ def container() -> None:
     """Run and manage containers on this node."""
 
 
-def _parse_size(s: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    s = s.strip().lower().rstrip("b")
-    if s and s[-1] in units:
-        return int(float(s[:-1]) * units[s[-1]])
-    return int(s)
-
-
 async def _print_logs(ep: Endpoint, ref: str, follow: bool, tail: int | None) -> int | None:
     q = f"?follow={'1' if follow else '0'}" + (f"&tail={tail}" if tail is not None else "")
     code = None
@@ -185,34 +178,49 @@ async def _print_logs(ep: Endpoint, ref: str, follow: bool, tail: int | None) ->
 @click.option("-d", "--detach", is_flag=True, help="Print the id and return; do not wait.")
 @click.option("--name")
 @click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE")
+@click.option("-l", "--label", "labels", multiple=True, help="KEY=VALUE")
 @click.option("-u", "--user")
 @click.option("-w", "--workdir")
+@click.option("-h", "--hostname")
 @click.option("-m", "--memory", help="Memory limit, e.g. 64m")
 @click.option("--pids-limit", type=int, default=0)
 @click.option("--cpus", type=float, default=0.0)
 @click.option("--entrypoint", help="Override the image's entrypoint")
+@click.option("-v", "--volume", "volumes", multiple=True, help="SOURCE:TARGET[:ro] (host path or volume name)")
+@click.option("--mount", "mounts", multiple=True, help="type=bind|volume|tmpfs,source=...,target=...[,readonly]")
+@click.option("--tmpfs", "tmpfs", multiple=True, help="TARGET[:size=64m,mode=1777]")
+@click.option("--privileged", is_flag=True, help="All capabilities, all devices, no seccomp or masked paths.")
+@click.option("--cap-add", multiple=True)
+@click.option("--cap-drop", multiple=True)
+@click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("--stop-signal")
+@click.option("--stop-timeout", type=float, default=None, help="Seconds between the stop signal and SIGKILL.")
+@health_options
 @click.argument("image_ref")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, ...], user: str | None,
-                  workdir: str | None, memory: str | None, pids_limit: int, cpus: float,
-                  entrypoint: str | None, image_ref: str, cmd: tuple[str, ...]) -> None:
+def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, ...], labels: tuple[str, ...],
+                  user: str | None, workdir: str | None, hostname: str | None, memory: str | None,
+                  pids_limit: int, cpus: float, entrypoint: str | None, volumes: tuple[str, ...],
+                  mounts: tuple[str, ...], tmpfs: tuple[str, ...], privileged: bool, cap_add: tuple[str, ...],
+                  cap_drop: tuple[str, ...], read_only: bool, stop_signal: str | None,
+                  stop_timeout: float | None, image_ref: str, cmd: tuple[str, ...], **health: Any) -> None:
     """Run IMAGE_REF [CMD...] (pulled first if needed)."""
-    envd: dict[str, str] = {}
-    for item in env:
-        k, sep, v = item.partition("=")
-        if not k or not sep:
-            fail(f"--env {item!r}: expected KEY=VALUE")
-        envd[k] = v
-    try:
-        mem = _parse_size(memory) if memory else 0
-    except ValueError:
-        fail(f"--memory {memory!r}: expected a size such as 64m or 1g")
-    body: dict[str, Any] = {"image": image_ref, "env": envd, "memory": mem, "pids_limit": pids_limit,
-                            "cpus": cpus}
-    for k, v in (("name", name), ("user", user), ("workdir", workdir)):
+    body: dict[str, Any] = {
+        "image": image_ref, "env": _pairs(env, "--env"), "labels": _pairs(labels, "--label"),
+        "memory": parse_size(memory, "--memory") if memory else 0, "pids_limit": pids_limit, "cpus": cpus,
+        "mounts": [*map(parse_volume, volumes), *map(parse_mount, mounts), *map(parse_tmpfs, tmpfs)],
+        "privileged": privileged, "cap_add": list(cap_add), "cap_drop": list(cap_drop), "read_only": read_only,
+    }
+    for k, v in (("name", name), ("user", user), ("workdir", workdir), ("hostname", hostname),
+                 ("stop_signal", stop_signal)):
         if v:
             body[k] = v
+    if stop_timeout is not None:
+        body["stop_grace"] = stop_timeout
+    hc = build_healthcheck(health)
+    if hc is not None:
+        body["healthcheck"] = hc
     if entrypoint is not None:
         body["command"] = [entrypoint]
     if cmd:
@@ -223,6 +231,16 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
         return
     code = asyncio.run(_print_logs(ep, rec["id"], True, None))
     sys.exit(code if isinstance(code, int) and code >= 0 else 0)
+
+
+def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not k or not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
+        out[k] = v
+    return out
 
 
 @container.command("ls")
@@ -239,8 +257,15 @@ def container_ls(ep: Endpoint, all_: bool, fmt: str) -> None:
         ("CONTAINER ID", lambda c: c["id"][:12]),
         ("NAME", lambda c: c["name"]),
         ("IMAGE", lambda c: c["image"]),
-        ("STATUS", lambda c: c["status"] + (f" ({c['exit_code']})" if c["status"] == "exited" else "")),
+        ("STATUS", _status),
     ])
+
+
+def _status(c: dict[str, Any]) -> str:
+    if c["status"] == "exited":
+        return f"exited ({c['exit_code']})" + (" OOM-killed" if c.get("oom_killed") else "")
+    hs = c.get("health_state")
+    return c["status"] + (f" ({hs['status']})" if hs else "")
 
 
 @container.command("inspect")
@@ -299,4 +324,55 @@ def container_rm(ep: Endpoint, force: bool, refs: tuple[str, ...]) -> None:
         click.echo(r)
 
 
-COMMANDS: list[click.Command] = [image, container]
+# -- volumes ---------------------------------------------------------------
+
+
+@click.group()
+def volume() -> None:
+    """Manage this node's named volumes."""
+
+
+@volume.command("create")
+@click.argument("name", required=False)
+@click.option("-l", "--label", "labels", multiple=True, help="KEY=VALUE")
+@click.pass_obj
+def volume_create(ep: Endpoint, name: str | None, labels: tuple[str, ...]) -> None:
+    """Create a volume (a name is made up if none is given)."""
+    body: dict[str, Any] = {"labels": _pairs(labels, "--label")}
+    if name:
+        body["name"] = name
+    click.echo(request(ep, "POST", "/v1/volumes", body)["name"])
+
+
+@volume.command("ls")
+@FORMAT_OPTION
+@click.pass_obj
+def volume_ls(ep: Endpoint, fmt: str) -> None:
+    """List volumes."""
+    items = request(ep, "GET", "/v1/volumes")
+    if fmt == "json":
+        print_json(items)
+        return
+    print_table(items, [("NAME", lambda v: v["name"]), ("USED BY", lambda v: ", ".join(v["used_by"]) or "-"),
+                        ("PATH", lambda v: v["path"])])
+
+
+@volume.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def volume_inspect(ep: Endpoint, names: tuple[str, ...]) -> None:
+    """Show volumes."""
+    print_json([request(ep, "GET", f"/v1/volumes/{n}") for n in names])
+
+
+@volume.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_obj
+def volume_rm(ep: Endpoint, names: tuple[str, ...]) -> None:
+    """Remove volumes no container uses."""
+    for n in names:
+        request(ep, "DELETE", f"/v1/volumes/{n}")
+        click.echo(n)
+
+
+COMMANDS: list[click.Command] = [image, container, volume]

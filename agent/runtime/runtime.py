@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .health import HealthConfig, HealthState
+from .logs import LogFiles, LogLine
 from .spec import ContainerSpec, Mount, build_config
 
 
@@ -49,6 +51,8 @@ class ContainerRecord:
     exit_code: int | None = None
     oom_killed: bool = False
     error: str = ""
+    health: dict[str, Any] | None = None  # HealthConfig
+    health_state: dict[str, Any] | None = None  # HealthState
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -82,6 +86,8 @@ class ContainerManager:
         cgroup_parent: str = "orch",
         conmon: str = "conmon",
         log_size_max: int = 10 << 20,
+        log_max_files: int = 3,
+        on_change: Callable[[ContainerRecord], None] | None = None,
     ) -> None:
         self.root = os.path.abspath(root)
         self.runtime = shutil.which(runtime) or runtime
@@ -89,7 +95,13 @@ class ContainerManager:
         self.cgroup_parent = cgroup_parent.strip("/")
         self.conmon = shutil.which(conmon) or conmon
         self.log_size_max = log_size_max
+        self.log_max_files = log_max_files
+        # Called when a container ends or its health status changes (the
+        # agent's worker turns these into task status updates).
+        self.on_change = on_change
         self.records: dict[str, ContainerRecord] = {}
+        self._health_tasks: dict[str, asyncio.Task[None]] = {}
+        self._supervisor: asyncio.Task[None] | None = None
         os.makedirs(os.path.join(self.root, "containers"), exist_ok=True)
         os.makedirs(self.runtime_root, exist_ok=True)
 
@@ -100,6 +112,9 @@ class ContainerManager:
 
     def log_path(self, cid: str) -> str:
         return os.path.join(self.cdir(cid), "container.log")
+
+    def log_files(self, cid: str) -> LogFiles:
+        return LogFiles(self.cdir(cid), self.log_max_files)
 
     def _exit_file(self, cid: str) -> str:
         return os.path.join(self.cdir(cid), "exits", cid)
@@ -152,7 +167,7 @@ class ContainerManager:
 
     async def create(
         self, spec: ContainerSpec, rootfs: str, image_config: dict[str, Any], *, name: str | None = None,
-        cid: str | None = None,
+        cid: str | None = None, healthcheck: HealthConfig | None = None,
     ) -> ContainerRecord:
         cid = cid or uuid.uuid4().hex
         name = name or cid[:12]
@@ -174,6 +189,9 @@ class ContainerManager:
         )
         _atomic_write(os.path.join(d, "config.json"), json.dumps(cfg).encode())
         rec = ContainerRecord(cid, name, spec.image, asdict(spec), time.time())
+        if healthcheck is not None:
+            rec.health = asdict(healthcheck)
+            rec.health_state = asdict(HealthState())
         self.records[cid] = rec
         self._save(rec)
         args = [
@@ -280,6 +298,8 @@ class ContainerManager:
         rec.status = "running"
         rec.started = time.time()
         self._save(rec)
+        self.log_files(rec.id).track()
+        self._start_health(rec)
         return rec
 
     async def run(self, spec: ContainerSpec, rootfs: str, image_config: dict[str, Any], *,
@@ -300,7 +320,21 @@ class ContainerManager:
             rec.finished = time.time()
             rec.oom_killed = self._oom_killed(rec.id)
             self._save(rec)
+            self.log_files(rec.id).track()
+            t = self._health_tasks.pop(rec.id, None)
+            if t is not None:
+                t.cancel()
+            self._notify(rec)
         return True
+
+    def _notify(self, rec: ContainerRecord) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change(rec)
+            except Exception:  # a listener's bug must not break supervision
+                import logging
+
+                logging.getLogger(__name__).exception("container change listener failed")
 
     def _oom_killed(self, cid: str) -> bool:
         for path in (
@@ -365,6 +399,9 @@ class ContainerManager:
                 os.kill(cp, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        t = self._health_tasks.pop(rec.id, None)
+        if t is not None:
+            t.cancel()
         if before_cleanup is not None:
             before_cleanup(self.cdir(rec.id))
         shutil.rmtree(self.cdir(rec.id), ignore_errors=True)
@@ -375,7 +412,8 @@ class ContainerManager:
         rec = self.get(ref)
         if self._collect_exit(rec):
             raise RuntimeError_(f"container {rec.name} is not running")
-        args = self._rt("exec")
+        pid_file = os.path.join(self.cdir(rec.id), f"exec-{uuid.uuid4().hex[:12]}.pid")
+        args = self._rt("exec", "--pid-file", pid_file)
         if user:
             args += ["--user", user]
         for k, v in (env or {}).items():
@@ -386,11 +424,86 @@ class ContainerManager:
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
+        except (asyncio.TimeoutError, asyncio.CancelledError):
+            # Killing `runc exec` alone would orphan the process inside the
+            # container: kill that process first.
+            pid = self._read_pid(pid_file)
+            if pid and _pid_alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
             proc.kill()
             await proc.wait()
             raise
+        finally:
+            try:
+                os.unlink(pid_file)
+            except FileNotFoundError:
+                pass
         return proc.returncode or 0, out
+
+    # -- health and supervision --------------------------------------------
+
+    def _start_health(self, rec: ContainerRecord) -> None:
+        if rec.health is None or rec.id in self._health_tasks or rec.status != "running":
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._health_tasks[rec.id] = asyncio.create_task(self._health_loop(rec))
+
+    async def _health_loop(self, rec: ContainerRecord) -> None:
+        assert rec.health is not None
+        cfg = HealthConfig(**rec.health)
+        state = HealthState(**rec.health_state) if rec.health_state else HealthState()
+        while True:
+            await asyncio.sleep(cfg.interval)
+            if self._collect_exit(rec):
+                return
+            begun = time.time()
+            try:
+                code, out = await self.exec(rec.id, cfg.command(), timeout=cfg.timeout)
+                output = out.decode(errors="replace")
+            except asyncio.TimeoutError:
+                code, output = -1, f"health check exceeded its timeout ({cfg.timeout:g} s)"
+            except RuntimeError_ as e:
+                if self._collect_exit(rec):
+                    return
+                code, output = -1, str(e)
+            changed = state.record(cfg, rec.started, begun, time.time(), code, output)
+            rec.health_state = asdict(state)
+            if rec.id not in self.records:
+                return
+            self._save(rec)
+            if changed:
+                self._notify(rec)
+
+    def start_supervisor(self, period: float = 0.5) -> None:
+        """Collect exits, keep log rotation links and health monitors going."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.create_task(self._supervise(period))
+
+    async def _supervise(self, period: float) -> None:
+        while True:
+            for rec in list(self.records.values()):
+                if rec.status == "exited":
+                    continue
+                try:
+                    self.log_files(rec.id).track()
+                    self._collect_exit(rec)
+                except OSError:
+                    pass  # removed meanwhile
+            await asyncio.sleep(period)
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._supervisor, *self._health_tasks.values()) if t is not None]
+        self._supervisor = None
+        self._health_tasks.clear()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     @staticmethod
     def _read_pid(path: str) -> int:
@@ -423,6 +536,7 @@ class ContainerManager:
             if st is not None and st.get("status") == "running":
                 rec.status = "running"
                 rec.pid = int(st.get("pid") or 0)
+                self._start_health(rec)
             elif st is not None and st.get("status") == "created":
                 rec.status = "created"
             self._save(rec)
@@ -432,48 +546,13 @@ class ContainerManager:
 
     async def logs(self, ref: str, *, follow: bool = False, tail: int | None = None
                    ) -> AsyncIterator[tuple[str, str, str]]:
-        """(timestamp, stream, line) from conmon's k8s-format log."""
+        """(timestamp, stream, line) from the rotated k8s-format log files."""
         rec = self.get(ref)
-        path = self.log_path(rec.id)
-        pos = 0
-        partial = ""
-        first = True
-        while True:
-            try:
-                with open(path, errors="replace") as f:
-                    f.seek(0, os.SEEK_END)
-                    if f.tell() < pos:
-                        pos = 0  # rotated
-                    f.seek(pos)
-                    chunk = f.read()
-                    pos = f.tell()
-            except FileNotFoundError:
-                chunk = ""
-            lines = (partial + chunk).split("\n")
-            partial = lines.pop()
-            parsed = [p for p in (_parse_log_line(x) for x in lines) if p is not None]
-            if first and tail is not None:
-                parsed = parsed[-tail:] if tail else []
-            first = False
-            for item in parsed:
-                yield item
-            if not follow:
-                return
-            if self._collect_exit(rec) and not chunk:
-                return
-            await asyncio.sleep(0.1)
-
-
-def _parse_log_line(line: str) -> tuple[str, str, str] | None:
-    # "2026-11-23T05:29:23.660028417+00:00 stdout F hello"
-    parts = line.split(" ", 3)
-    if len(parts) < 3:
-        return None
-    ts, stream, tag = parts[0], parts[1], parts[2]
-    msg = parts[3] if len(parts) > 3 else ""
-    if stream not in ("stdout", "stderr") or tag not in ("F", "P"):
-        return None
-    return ts, stream, msg
+        files = self.log_files(rec.id)
+        files.track()
+        item: LogLine
+        async for item in files.read(follow=follow, tail=tail, ended=lambda: self._collect_exit(rec)):
+            yield item.ts, item.stream, item.line
 
 
 def _runtime_message(text: str) -> str:

@@ -21,34 +21,71 @@ from tests.fixtures.registry import SeededRegistry
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, open_registry: SeededRegistry) -> Iterator[Path]:
-    sock = tmp_path / "orch.sock"
-    cgroup_parent = f"orch-test-{uuid.uuid4().hex[:8]}"
-    log = open(tmp_path / "daemon.log", "wb")
-    p = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "daemon", "--data-dir", str(tmp_path / "data"),
-         "--socket", str(sock), "--insecure-registry", open_registry.addr,
-         "--cgroup-parent", cgroup_parent],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    try:
+class Daemon:
+    """An engine-only `orch daemon` that a test can SIGKILL and restart."""
+
+    def __init__(self, tmp_path: Path, registry_addr: str) -> None:
+        self.dir = tmp_path
+        self.sock = tmp_path / "orch.sock"
+        self.cgroup_parent = f"orch-test-{uuid.uuid4().hex[:8]}"
+        self.argv = [sys.executable, "-m", "cli.main", "daemon", "--data-dir", str(tmp_path / "data"),
+                     "--socket", str(self.sock), "--insecure-registry", registry_addr,
+                     "--cgroup-parent", self.cgroup_parent]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.dir / "daemon.log", "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 15
-        while not sock.exists():
-            assert p.poll() is None, (tmp_path / "daemon.log").read_text()
+        while not self.sock.exists():
+            assert self.proc.poll() is None, (self.dir / "daemon.log").read_text()
             assert time.monotonic() < deadline, "daemon socket did not appear"
             time.sleep(0.05)
-        yield sock
-    finally:
-        p.send_signal(signal.SIGTERM)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+        self.sock.unlink(missing_ok=True)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
         try:
-            p.wait(10)
+            self.proc.wait(10)
         except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        log.close()
-        remove_cgroup_parent(cgroup_parent)
-    assert not sock.exists(), "daemon left its socket behind"
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _remove_all_containers(d: Daemon) -> None:
+    """Containers outlive the daemon by design, so the test removes them."""
+    if d.proc is None or d.proc.poll() is not None:
+        d.start()
+    r = orch(d.sock, "container", "ls", "-a", "--format", "json")
+    for c in json.loads(r.stdout or "[]"):
+        orch(d.sock, "container", "rm", "-f", c["id"])
+
+
+@pytest.fixture
+def engine(tmp_path: Path, open_registry: SeededRegistry) -> Iterator[Daemon]:
+    d = Daemon(tmp_path, open_registry.addr)
+    d.start()
+    try:
+        yield d
+    finally:
+        try:
+            _remove_all_containers(d)
+        finally:
+            d.stop()
+            remove_cgroup_parent(d.cgroup_parent)
+    assert not d.sock.exists(), "daemon left its socket behind"
+
+
+@pytest.fixture
+def daemon(engine: Daemon) -> Path:
+    return engine.sock
 
 
 def orch(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -119,3 +156,68 @@ def test_container_run_logs_exec_stop_rm(daemon: Path, open_registry: SeededRegi
     assert r.returncode != 0 and "no-such-command" in r.stderr, r.stderr
     with open("/proc/mounts") as f:
         assert str(daemon.parent) not in f.read(), "a container rootfs is still mounted"
+
+
+def test_volumes_tmpfs_and_healthcheck(engine: Daemon, open_registry: SeededRegistry) -> None:
+    sock = engine.sock
+    ref = open_registry.ref("library/busybox-multi:latest")
+    r = orch(sock, "container", "run", "-d", "--name", "svc", "-v", "data:/data", "--tmpfs", "/scratch:size=1m",
+             "--user", "root", "--health-cmd", "test -f /tmp/ok", "--health-interval", "200ms",
+             "--health-retries", "2", ref, "sleep", "300")
+    assert r.returncode == 0, r.stderr
+    r = orch(sock, "container", "exec", "svc", "sh", "-c",
+             "echo kept > /data/f; df -k /scratch | tail -1; touch /tmp/ok")
+    assert r.returncode == 0, r.stdout
+    assert r.stdout.split()[1] == "1024", r.stdout  # the tmpfs has the size asked for
+    deadline = time.monotonic() + 5
+    while True:
+        c = json.loads(orch(sock, "container", "inspect", "svc").stdout)[0]
+        if c["health_state"]["status"] == "healthy":
+            break
+        assert time.monotonic() < deadline, c["health_state"]
+        time.sleep(0.1)
+    assert "(healthy)" in orch(sock, "container", "ls").stdout
+    r = orch(sock, "volume", "rm", "data")
+    assert r.returncode != 0 and "in use by container(s) svc" in r.stderr, r.stderr
+    assert orch(sock, "container", "rm", "-f", "svc").returncode == 0
+    # The named volume outlives its container; a new container sees the data.
+    r = orch(sock, "container", "run", "--user", "root", "-v", "data:/d:ro", ref, "sh", "-c",
+             "cat /d/f; touch /d/x 2>&1 | grep -c Read-only")
+    assert r.stdout.split() == ["kept", "1"], (r.stdout, r.stderr)
+    r = orch(sock, "volume", "ls", "--format", "json")
+    assert [v["name"] for v in json.loads(r.stdout)] == ["data"]
+    # Bad mounts are refused with the flag or field named, and nothing is left.
+    r = orch(sock, "container", "run", "--mount", "type=bind,source=/no/such/dir,target=/x", ref, "true")
+    assert r.returncode != 0 and "mounts[0].source" in r.stderr and "/no/such/dir" in r.stderr, r.stderr
+    r = orch(sock, "container", "run", "--mount", "type=nfs,target=/x", ref, "true")
+    assert r.returncode != 0 and "mounts[0]" in r.stderr and "type" in r.stderr, r.stderr
+    r = orch(sock, "container", "run", "--health-interval", "1s", ref, "true")
+    assert r.returncode != 0 and "--health-cmd" in r.stderr, r.stderr
+    for c in json.loads(orch(sock, "container", "ls", "-a", "--format", "json").stdout):
+        orch(sock, "container", "rm", c["id"])
+    assert orch(sock, "volume", "rm", "data").returncode == 0
+    assert json.loads(orch(sock, "volume", "ls", "--format", "json").stdout) == []
+
+
+def test_containers_survive_daemon_kill9(engine: Daemon, open_registry: SeededRegistry) -> None:
+    sock = engine.sock
+    ref = open_registry.ref("library/busybox-multi:latest")
+    r = orch(sock, "container", "run", "-d", "--name", "long", ref, "sleep", "300")
+    assert r.returncode == 0, r.stderr
+    r = orch(sock, "container", "run", "-d", "--name", "short", ref, "sh", "-c", "sleep 1.5; echo bye; exit 7")
+    assert r.returncode == 0, r.stderr
+    before = {c["name"]: c for c in json.loads(orch(sock, "container", "ls", "--format", "json").stdout)}
+    pid = before["long"]["pid"]
+    engine.kill9()
+    time.sleep(2.5)  # "short" ends while no daemon watches it
+    assert os.path.exists(f"/proc/{pid}"), "the container died with the daemon"
+    engine.start()
+    after = {c["name"]: c for c in json.loads(orch(sock, "container", "ls", "-a", "--format", "json").stdout)}
+    assert after["long"]["status"] == "running" and after["long"]["pid"] == pid
+    assert after["short"]["status"] == "exited" and after["short"]["exit_code"] == 7
+    assert orch(sock, "container", "logs", "short").stdout.strip() == "bye"
+    # The re-adopted container is fully managed: exec, stop, rm.
+    r = orch(sock, "container", "exec", "long", "echo", "still here")
+    assert r.stdout.strip() == "still here"
+    assert orch(sock, "container", "stop", "-t", "1", "long").returncode == 0
+    assert not os.path.exists(f"/proc/{pid}")

@@ -26,7 +26,8 @@ pytestmark = [
                        reason="needs runc, conmon and busybox-static"),
 ]
 
-APPLETS = ["sh", "echo", "sleep", "cat", "id", "ls", "head", "tail", "grep", "true", "false"]
+APPLETS = ["sh", "echo", "sleep", "cat", "id", "ls", "head", "tail", "grep", "true", "false", "usleep", "seq",
+           "test", "touch", "rm", "df", "wc", "mount", "tr"]
 # Bit numbers of Docker's default capabilities (linux/capability.h).
 CAP_BITS = {"CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_FOWNER": 3, "CAP_FSETID": 4, "CAP_KILL": 5,
             "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_NET_BIND_SERVICE": 10,
