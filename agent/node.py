@@ -22,7 +22,7 @@ from aiohttp import web
 
 from agent.images import ImageService, RegistryConfig
 
-from .localapi import add_container_routes, add_image_routes
+from .localapi import add_cluster_routes, add_container_routes, add_image_routes
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ class NodeOptions:
     manager: Any = None  # manager.process.ManagerOptions when this node is a manager
     runtime: str = "runc"
     cgroup_parent: str = "orch"
+    hostname: str | None = None  # reported to the managers (default: the host's name)
+    raft_settings: Any = None  # RaftSettings for a manager made by init/join
+    dispatcher: Any = None  # DispatcherSettings (heartbeat period) for such a manager
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,6 +49,7 @@ class NodeDaemon:
         self.containers: Any = None
         self.volumes: Any = None
         self.manager: Any = None
+        self.membership: Any = None
         self._local: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -76,12 +80,27 @@ class NodeDaemon:
         local = web.Application(middlewares=[error_middleware], client_max_size=4 << 20)
         add_image_routes(local, self.images)
         add_container_routes(local, self.images, self.containers, self.volumes)
+        from manager.controlapi.server import add_routes
+        from manager.membership import add_node_routes
+
+        from .cluster import Membership
+
+        self.membership = Membership(self.opts.data_dir, hostname=self.opts.hostname,
+                                     settings=self.opts.raft_settings, dispatcher=self.opts.dispatcher)
+        # The control API on the local socket follows whichever manager this
+        # node runs now (none, a static one, or one from init/join).
+        raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
+            _Forward(lambda: self._current_manager(), "store")
+        add_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
+        add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
+        add_cluster_routes(local, self.membership)
         if self.opts.manager is not None:
             from manager.process import ManagerProcess
 
             self.manager = ManagerProcess(self.opts.manager)
-            self.manager.add_control_routes(local)
             await self.manager.start()
+        else:
+            await self.membership.resume()
         if self.opts.socket_path:
             path = self.opts.socket_path
             os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -96,6 +115,11 @@ class NodeDaemon:
                 os.umask(old)
             os.chmod(path, 0o600)
 
+    def _current_manager(self) -> Any:
+        if self.manager is not None:
+            return self.manager
+        return self.membership.manager if self.membership is not None else None
+
     async def stop(self) -> None:
         if self._local is not None:
             await self._local.cleanup()
@@ -106,6 +130,8 @@ class NodeDaemon:
                 pass
         if self.manager is not None:
             await self.manager.stop()
+        if self.membership is not None:
+            await self.membership.stop()
         if self.containers is not None:
             await self.containers.close()
         if self.images is not None:
@@ -123,11 +149,30 @@ class NodeDaemon:
             loop.add_signal_handler(sig, stop.set)
         try:
             while not stop.is_set():
-                if self.manager is not None and self.manager.raft.fatal is not None:
-                    raise SystemExit(f"raft stopped: {self.manager.raft.fatal}")
+                m = self._current_manager()
+                if m is not None and m.raft.fatal is not None:
+                    raise SystemExit(f"raft stopped: {m.raft.fatal}")
                 try:
                     await asyncio.wait_for(stop.wait(), 1.0)
                 except asyncio.TimeoutError:
                     pass
         finally:
             await self.stop()
+
+
+class _Forward:
+    """Stands for the current manager's `raft` or `store` in the local
+    socket's control routes; without a manager they answer 503."""
+
+    def __init__(self, get: Any, attr: str) -> None:
+        self._get = get
+        self._attr = attr
+
+    def __getattr__(self, name: str) -> Any:
+        m = self._get()
+        if m is None:
+            from manager.controlapi.errors import HTTPError
+
+            raise HTTPError(503, "not_manager",
+                            "this node is not a manager: run the command on a manager, or `orch init` here")
+        return getattr(getattr(m, self._attr), name)

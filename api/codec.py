@@ -55,8 +55,9 @@ def from_dict(cls: type[M], data: Any, *, what: str = "") -> M:
 
 def to_json(obj: BaseModel) -> dict[str, Any]:
     """JSON-ready dict for the control API; a Secret's data is left out."""
-    if isinstance(obj, Secret):
-        return obj.public()
+    public = getattr(obj, "public", None)
+    if isinstance(obj, Secret) or callable(public):
+        return obj.public()  # type: ignore[attr-defined]
     return obj.model_dump(mode="json")
 
 

@@ -52,9 +52,11 @@ __all__ = [
     "MountSpec",
     "MountType",
     "IPAMConfig",
+    "ManagerStatus",
     "Meta",
     "Model",
     "Network",
+    "RootCAState",
     "NetworkSpec",
     "Node",
     "NodeAvailability",
@@ -193,6 +195,13 @@ class NodeStatus(Model):
     addr: str = ""
 
 
+class ManagerStatus(Model):
+    """A manager's place in the Raft group: its member id and peer address."""
+
+    raft_id: int = Field(0, ge=0)
+    addr: str = ""
+
+
 class Node(Model):
     TABLE: ClassVar[str] = "nodes"
     id: ObjectId
@@ -201,6 +210,7 @@ class Node(Model):
     role: NodeRole = NodeRole.WORKER  # observed role
     description: NodeDescription = NodeDescription()
     status: NodeStatus = NodeStatus()
+    manager_status: ManagerStatus | None = None
 
 
 # -- Services and tasks ------------------------------------------------------------
@@ -462,11 +472,33 @@ class ClusterSpec(Model):
     heartbeat_period: float = Field(5.0, gt=0)
 
 
+class RootCAState(Model):
+    """The cluster CA, replicated to every manager so any of them can issue
+    node certificates. The key and the join secrets never leave the
+    managers: `Cluster.public()` drops them."""
+
+    ca_cert: str = ""  # PEM
+    ca_key: bytes = b""  # PEM
+    worker_secret: str = ""
+    manager_secret: str = ""
+
+    def __repr_args__(self) -> Any:
+        for k, v in super().__repr_args__():
+            yield (k, "<redacted>" if k in ("ca_key", "worker_secret", "manager_secret") else v)
+
+
 class Cluster(Model):
     TABLE: ClassVar[str] = "clusters"
     id: ObjectId
     meta: Meta = Meta()
     spec: ClusterSpec = ClusterSpec()
+    root_ca: RootCAState = RootCAState()
+    # Nodes removed from the cluster: their certificates are refused until
+    # they expire (a removed node must join again with a token).
+    removed_nodes: tuple[str, ...] = ()
+
+    def public(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"root_ca": {"ca_key", "worker_secret", "manager_secret"}})
 
 
 StoredObject = Node | Service | Task | Network | Secret | Config | Cluster

@@ -40,6 +40,9 @@ def _parse_cluster(spec: str) -> dict[int, str]:
 @click.option("--registry-auth-file", type=click.Path(dir_okay=False), default=None, help="docker-style config.json with registry credentials.")
 @click.option("--runtime", default="runc", show_default=True, help="OCI runtime binary (runc, crun, youki).")
 @click.option("--cgroup-parent", default="orch", show_default=True, help="cgroup under which containers run.")
+@click.option("--hostname", default=None, help="Name this node reports to the managers (default: the host name).")
+@click.option("--heartbeat-period", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
+              help="Agent heartbeat period a manager of this node asks for (seconds).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
 def daemon(
     data_dir: str,
@@ -56,12 +59,15 @@ def daemon(
     registry_auth_file: str | None,
     runtime: str,
     cgroup_parent: str,
+    hostname: str | None,
+    heartbeat_period: float,
     log_level: str,
 ) -> None:
     """Run the orch daemon on this host."""
     import os
 
     from agent.node import NodeDaemon, NodeOptions
+    from manager.dispatcher import DispatcherSettings
     from manager.process import ManagerOptions, parse_addr
     from manager.raft.driver import RaftSettings
     from manager.raft.snap import SnapshotError
@@ -86,7 +92,8 @@ def daemon(
         keep_entries=keep_entries,
     )
     mopts = None
-    if members or as_manager or os.path.isdir(os.path.join(data_dir, "manager", "raft")):
+    joined = os.path.exists(os.path.join(data_dir, "cluster", "state.json"))  # init/join made it
+    if members or as_manager or (not joined and os.path.isdir(os.path.join(data_dir, "manager", "raft"))):
         if node_id is None:
             fail("--node-id is required for a manager (with --initial-cluster or an existing manager state)")
         mopts = ManagerOptions(
@@ -104,6 +111,9 @@ def daemon(
         manager=mopts,
         runtime=runtime,
         cgroup_parent=cgroup_parent,
+        hostname=hostname,
+        raft_settings=settings,
+        dispatcher=DispatcherSettings(period=heartbeat_period),
     )
     import gc
 

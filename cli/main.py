@@ -21,9 +21,11 @@ def cli(ctx: click.Context, host: str | None, socket: str | None) -> None:
 
 
 def _register() -> None:
-    from . import cluster, config, daemon
+    from . import cluster, config, daemon, swarm
 
     cli.add_command(daemon.daemon)
+    for c in swarm.COMMANDS:
+        cli.add_command(c)
     cli.add_command(cluster.cluster)
     cli.add_command(config.config)
     try:  # node-local engine commands (image, container), when present

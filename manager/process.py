@@ -1,14 +1,20 @@
 """The manager: a Raft replica of the store behind the control API.
 
-One aiohttp application serves the control API and the Raft peer stream on
-the manager's one TCP port. The node daemon adds the same control routes to
-its root-only unix socket for the local CLI (`add_control_routes`).
+One aiohttp application serves, on the manager's one TCP port, the control
+API, the Raft peer stream, the dispatcher's agent sessions and the join
+endpoints. With the cluster CA in place the port speaks mutual TLS: every
+request is identified by its peer certificate (CN = node id, OU = role) and
+authorized by `auth_middleware`; only the CA certificate and the join call
+are open to a peer without a certificate (it has none yet). The node daemon
+adds the control routes to its root-only unix socket for the local CLI.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import ssl
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -17,9 +23,25 @@ from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
 from manager.store import MemoryStore
 
+from .controlapi.errors import HTTPError
 from .controlapi.server import add_routes, build_app
+from .dispatcher import Dispatcher, DispatcherSettings
+from .dispatcher.dispatcher import SESSION_PATH
+from .membership import RoleManager, add_node_routes, add_public_routes, cluster_of, manager_addrs
 
 log = logging.getLogger(__name__)
+
+PUBLIC_PATHS = frozenset({"/v1/ca", "/v1/join"})
+IDENTITY_KEY = "orch.identity"
+
+
+@dataclass
+class NodeTLS:
+    """This node's credentials (PEM)."""
+
+    cert: str
+    key: str
+    ca: str
 
 
 @dataclass
@@ -30,6 +52,8 @@ class ManagerOptions:
     advertise_addr: str | None = None
     initial_cluster: dict[int, str] = field(default_factory=dict)
     settings: RaftSettings = field(default_factory=RaftSettings)
+    tls: NodeTLS | None = None
+    dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
 
 
 def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
@@ -39,6 +63,26 @@ def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"bad port in address {addr!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def server_ssl(tls: NodeTLS) -> ssl.SSLContext:
+    from manager.ca.tls import server_context
+
+    ctx = server_context(tls.cert, tls.key, tls.ca)
+    # Joining nodes have no certificate yet; every other route requires one
+    # (auth_middleware), so the handshake asks for it without insisting.
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def client_ssl(tls: NodeTLS) -> ssl.SSLContext:
+    from manager.ca.tls import client_context
+
+    ctx = client_context(tls.cert, tls.key, tls.ca)
+    # Peers are dialled by address and their certificates name node ids:
+    # the chain to our CA is what is checked; the server checks our role.
+    ctx.check_hostname = False
+    return ctx
 
 
 class ManagerProcess:
@@ -52,10 +96,58 @@ class ManagerProcess:
             settings=opts.settings,
             initial_members=opts.initial_cluster,
             advertise_addr=opts.advertise_addr or opts.listen_addr,
+            ssl_context=client_ssl(opts.tls) if opts.tls else None,
         )
         self.app = build_app(self.raft, self.store)
+        if opts.tls is not None:
+            self.app.middlewares.append(self._auth_middleware)  # inside error_middleware
         self.app.router.add_get(RAFT_PATH, self.raft.transport.handle)
+        add_public_routes(self.app, self.raft, self.store)
+        add_node_routes(self.app, self.raft, self.store)
+        self.dispatcher = Dispatcher(self.raft, self.store, self._identify, opts.dispatcher,
+                                     manager_addrs=lambda: manager_addrs(self.store))
+        self.dispatcher.attach(self.app)
+        self.roles = RoleManager(self.raft, self.store)
         self._runner: web.AppRunner | None = None
+
+    # -- identity and authorization ------------------------------------------
+
+    def _identify(self, request: web.Request) -> str | None:
+        ident = request.get(IDENTITY_KEY)
+        if ident is not None:
+            return ident.node_id
+        return None if self.opts.tls is not None else request.query.get("node")
+
+    @web.middleware
+    async def _auth_middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        from manager.ca import CAError, peer_identity
+
+        sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
+        if der is None:
+            if request.path in PUBLIC_PATHS:
+                return await handler(request)
+            raise HTTPError(401, "unauthenticated", "a client certificate of this cluster is required")
+        try:
+            ident = peer_identity(der)
+        except CAError as e:
+            raise HTTPError(401, "unauthenticated", f"bad client certificate: {e}") from None
+        cluster = cluster_of(self.store)
+        if cluster is not None:
+            if ident.node_id in cluster.removed_nodes:
+                raise HTTPError(403, "permission_denied", f"node {ident.node_id} was removed from the cluster")
+            if ident.cluster_id and ident.cluster_id != cluster.id:
+                raise HTTPError(403, "permission_denied", "certificate of another cluster")
+        request[IDENTITY_KEY] = ident
+        if request.path in PUBLIC_PATHS or request.path == SESSION_PATH:
+            return await handler(request)
+        if ident.role != "manager":
+            raise HTTPError(403, "permission_denied", f"node {ident.node_id} is a {ident.role}: managers only")
+        return await handler(request)
+
+    # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
         os.makedirs(self.opts.data_dir, exist_ok=True)
@@ -63,14 +155,21 @@ class ManagerProcess:
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         host, port = parse_addr(self.opts.listen_addr)
-        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        ssl_ctx = server_ssl(self.opts.tls) if self.opts.tls else None
+        await web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_ctx).start()
         await self.raft.start()
-        log.info("manager %d serving on %s", self.opts.node_id, self.opts.listen_addr)
+        self.dispatcher.start()
+        self.roles.start()
+        log.info("manager %d serving on %s%s", self.opts.node_id, self.opts.listen_addr,
+                 " (mutual TLS)" if ssl_ctx else "")
 
     def add_control_routes(self, app: web.Application) -> None:
         add_routes(app, self.raft, self.store)
+        add_node_routes(app, self.raft, self.store)
 
     async def stop(self) -> None:
+        await self.roles.stop()
+        await self.dispatcher.stop()
         await self.raft.stop()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -328,22 +328,38 @@ class RaftNode:
 
     async def read_barrier(self, *, timeout: float | None = None) -> int:
         """Wait until this replica has applied everything committed before the
-        call (ReadIndex); a read of local state after this is linearizable."""
+        call (ReadIndex); a read of local state after this is linearizable.
+
+        A ReadIndex request is dropped by a node without a leader (or lost
+        with a leader that dies), so it is re-sent each election timeout
+        until it is confirmed: a read during failover answers as soon as
+        the new leader does."""
         self._check_running()
         assert self.node is not None
-        ctx = msgpack.packb([self.id, next(self._seq)])
-        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._reads[ctx] = _ReadWait(fut, ctx)
-        self.node.read_index(ctx)
-        self._wake.set()
         t = timeout or self.settings.proposal_timeout
         deadline = time.monotonic() + t
-        try:
-            index = await asyncio.wait_for(asyncio.shield(fut), t)
-        except asyncio.TimeoutError:
-            raise Timeout("read index not confirmed by a quorum in time") from None
-        finally:
-            self._reads.pop(ctx, None)
+        retry = self.settings.tick_interval * self.settings.election_tick
+        loop = asyncio.get_running_loop()
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout("read index not confirmed by a quorum in time")
+            if self.lead == 0:
+                await asyncio.sleep(min(self.settings.tick_interval, remaining))
+                self._check_running()
+                continue
+            ctx = msgpack.packb([self.id, next(self._seq)])
+            fut: asyncio.Future[int] = loop.create_future()
+            self._reads[ctx] = _ReadWait(fut, ctx)
+            self.node.read_index(ctx)
+            self._wake.set()
+            try:
+                index = await asyncio.wait_for(asyncio.shield(fut), min(retry, remaining))
+                break
+            except asyncio.TimeoutError:
+                continue
+            finally:
+                self._reads.pop(ctx, None)
         await self.wait_applied(index, timeout=max(0.0, deadline - time.monotonic()))
         return index
 

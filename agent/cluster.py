@@ -1,0 +1,366 @@
+"""This node's membership in a cluster: init, join, leave, and resume.
+
+State lives in `<data dir>/cluster/`: `state.json` (cluster id, node id,
+role, raft id, addresses, known managers) and `certs/` (CA certificate,
+node key and certificate; the key is 0600). On start the daemon resumes
+what the state says: the agent session always, the manager while the node
+is a manager.
+
+- init: a new cluster CA, this node's certificate (OU=manager), a
+  single-member Raft group, then the Cluster object (CA, join secrets) and
+  this Node in the store.
+- join: fetch the manager's CA without trusting it, check it against the
+  digest in the token (pinning), then send a CSR with the token over TLS
+  verified against that CA; the answer is our certificate, node id and
+  role. A joining manager starts an empty Raft member that the leader adds
+  as a learner and promotes once caught up.
+- leave: a worker just goes (the managers see it DOWN); a manager must be
+  demoted first unless forced, because leaving could cost quorum.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import secrets
+import shutil
+import socket
+import ssl
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import aiohttp
+
+from agent.session import AgentSession
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 4242
+
+
+class ClusterError(Exception):
+    """A membership operation failed; the message says why and what to do."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ClusterState:
+    cluster_id: str
+    node_id: str
+    role: str  # manager | worker (as of the last certificate)
+    listen_addr: str
+    advertise_addr: str
+    raft_id: int = 0
+    managers: list[str] = field(default_factory=list)
+    joined_at: float = 0.0
+
+
+def _write(path: str, data: str | bytes, mode: int = 0o644) -> None:
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def describe_host(hostname: str | None = None) -> dict[str, Any]:
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    return {"hostname": hostname or socket.gethostname(), "os": "linux", "arch": arch,
+            "nano_cpus": (os.cpu_count() or 1) * 1_000_000_000, "memory_bytes": mem}
+
+
+def _with_port(addr: str, port: int = DEFAULT_PORT) -> str:
+    return addr if ":" in addr.rsplit("]", 1)[-1] else f"{addr}:{port}"
+
+
+class Membership:
+    """Owned by the node daemon; drives its manager and agent session."""
+
+    def __init__(self, data_dir: str, *, hostname: str | None = None, settings: Any = None,
+                 dispatcher: Any = None) -> None:
+        self.dir = os.path.join(data_dir, "cluster")
+        self.data_dir = data_dir
+        self.hostname = hostname
+        self.settings = settings  # RaftSettings for managers
+        self.dispatcher_settings = dispatcher
+        self.state: ClusterState | None = None
+        self.manager: Any = None  # ManagerProcess
+        self.session: AgentSession | None = None
+        self._lock = asyncio.Lock()
+
+    # -- files -----------------------------------------------------------------
+
+    @property
+    def certs(self) -> str:
+        return os.path.join(self.dir, "certs")
+
+    def load(self) -> ClusterState | None:
+        try:
+            with open(os.path.join(self.dir, "state.json")) as f:
+                self.state = ClusterState(**json.load(f))
+        except FileNotFoundError:
+            self.state = None
+        except (ValueError, TypeError) as e:
+            raise ClusterError(f"{self.dir}/state.json is damaged ({e}); `orch leave --force` resets it") from None
+        return self.state
+
+    def _save_state(self) -> None:
+        assert self.state is not None
+        os.makedirs(self.dir, exist_ok=True)
+        _write(os.path.join(self.dir, "state.json"), json.dumps(asdict(self.state), indent=1))
+
+    def _save_certs(self, ca: str, cert: str, key: str) -> None:
+        os.makedirs(self.certs, mode=0o700, exist_ok=True)
+        _write(os.path.join(self.certs, "ca.crt"), ca)
+        _write(os.path.join(self.certs, "node.crt"), cert)
+        _write(os.path.join(self.certs, "node.key"), key, 0o600)
+
+    def tls(self) -> Any:
+        from manager.process import NodeTLS
+
+        def rd(n: str) -> str:
+            with open(os.path.join(self.certs, n)) as f:
+                return f.read()
+
+        return NodeTLS(cert=rd("node.crt"), key=rd("node.key"), ca=rd("ca.crt"))
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def resume(self) -> None:
+        if self.load() is None:
+            return
+        st = self.state
+        assert st is not None
+        if st.role == "manager" and os.path.isdir(os.path.join(self.data_dir, "manager", "raft")):
+            await self._start_manager({})
+        self._start_session()
+
+    async def stop(self) -> None:
+        if self.session is not None:
+            await self.session.stop()
+            self.session = None
+        if self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+
+    async def _start_manager(self, initial: dict[int, str]) -> None:
+        from manager.process import ManagerOptions, ManagerProcess
+        from manager.raft.driver import RaftSettings
+
+        st = self.state
+        assert st is not None
+        kw: dict[str, Any] = {}
+        if self.dispatcher_settings is not None:
+            kw["dispatcher"] = self.dispatcher_settings
+        self.manager = ManagerProcess(ManagerOptions(
+            node_id=st.raft_id, data_dir=os.path.join(self.data_dir, "manager"),
+            listen_addr=st.listen_addr, advertise_addr=st.advertise_addr, initial_cluster=initial,
+            settings=self.settings or RaftSettings(), tls=self.tls(), **kw,
+        ))
+        await self.manager.start()
+
+    def _start_session(self) -> None:
+        from manager.process import client_ssl
+
+        st = self.state
+        assert st is not None
+
+        def on_managers(ms: list[str]) -> None:
+            if self.state is not None and ms != self.state.managers:
+                self.state.managers = ms
+                self._save_state()
+
+        self.session = AgentSession(
+            st.managers or [st.advertise_addr], client_ssl(self.tls()),
+            lambda: describe_host(self.hostname), addr=st.advertise_addr.rpartition(":")[0],
+            on_managers=on_managers,
+        )
+        self.session.start()
+
+    def info(self) -> dict[str, Any]:
+        if self.state is None:
+            return {"cluster": None}
+        out: dict[str, Any] = {"cluster": asdict(self.state)}
+        if self.session is not None:
+            out["session"] = asdict(self.session.state)
+        if self.manager is not None:
+            out["raft"] = self.manager.raft.status()
+        return out
+
+    # -- init ------------------------------------------------------------------
+
+    async def init(self, listen_addr: str, advertise_addr: str | None) -> dict[str, Any]:
+        from api import codec
+        from api.objects import Cluster, ManagerStatus, Meta, Node, NodeDescription, NodeRole, NodeSpec, RootCAState
+        from manager import store as store_ops
+        from manager.ca import RootCA, make_key_and_csr
+        from manager.membership import join_tokens, new_raft_id
+        from manager.tx import commit
+
+        async with self._lock:
+            if self.load() is not None:
+                raise ClusterError("this node is already part of a cluster; `orch leave` first", 409)
+            listen_addr = _with_port(listen_addr)
+            advertise = _with_port(advertise_addr) if advertise_addr else _default_advertise(listen_addr)
+            cluster_id, node_id, raft_id = codec.new_id(), codec.new_id(), new_raft_id()
+            root = RootCA.create(cluster_id)
+            key, csr = make_key_and_csr(node_id)
+            cert = root.issue(csr, node_id, "manager")
+            self._wipe()
+            self._save_certs(root.cert_pem, cert, key)
+            self.state = ClusterState(cluster_id, node_id, "manager", listen_addr, advertise, raft_id,
+                                      [advertise], time.time())
+            try:
+                await self._start_manager({raft_id: advertise})
+                raft = self.manager.raft
+                deadline = time.monotonic() + 15
+                while not raft.is_leader:
+                    if time.monotonic() > deadline:
+                        raise ClusterError("the new manager did not become leader in 15 s", 500)
+                    await asyncio.sleep(0.05)
+                now = time.time()
+                cluster = Cluster(id=cluster_id, meta=Meta(created_at=now, updated_at=now),
+                                  root_ca=RootCAState(ca_cert=root.cert_pem, ca_key=root.key_pem.encode(),
+                                                      worker_secret=secrets.token_hex(16),
+                                                      manager_secret=secrets.token_hex(16)))
+                node = Node(id=node_id, meta=Meta(created_at=now, updated_at=now),
+                            spec=NodeSpec(role=NodeRole.MANAGER), role=NodeRole.MANAGER,
+                            description=NodeDescription.model_validate(describe_host(self.hostname)),
+                            manager_status=ManagerStatus(raft_id=raft_id, addr=advertise))
+                await commit(raft, self.manager.store, [store_ops.Create("clusters", cluster),
+                                                        store_ops.Create("nodes", node)])
+            except BaseException:
+                await self.stop()
+                self.state = None
+                self._wipe()
+                raise
+            self._save_state()
+            self._start_session()
+            return {"node_id": node_id, "cluster_id": cluster_id, "advertise_addr": advertise,
+                    "join_tokens": join_tokens(cluster)}
+
+    # -- join ------------------------------------------------------------------
+
+    async def join(self, token: str, remote: str, listen_addr: str, advertise_addr: str | None) -> dict[str, Any]:
+        from manager.ca import TokenError, make_key_and_csr, parse_token
+
+        async with self._lock:
+            if self.load() is not None:
+                raise ClusterError("this node is already part of a cluster; `orch leave` first", 409)
+            try:
+                tok = parse_token(token)
+            except TokenError as e:
+                raise ClusterError(f"--token: {e}") from None
+            remote = _with_port(remote)
+            listen_addr = _with_port(listen_addr)
+            # 1. The manager's CA, untrusted until it matches the token's digest.
+            insecure = ssl.create_default_context()
+            insecure.check_hostname = False
+            insecure.verify_mode = ssl.CERT_NONE
+            ca_pem = (await _call(insecure, "GET", f"https://{remote}/v1/ca"))["ca_cert"]
+            if not tok.matches_ca(ca_pem):
+                raise ClusterError(
+                    f"the CA of {remote} does not match the join token: wrong token or cluster, "
+                    "or someone is intercepting the connection", 403)
+            # 2. Everything else only over TLS verified against that CA.
+            verified = ssl.create_default_context(cadata=ca_pem)
+            verified.check_hostname = False
+            advertise = _with_port(advertise_addr) if advertise_addr else _local_addr_towards(remote, listen_addr)
+            key, csr = make_key_and_csr("joining")
+            resp = await _call(verified, "POST", f"https://{remote}/v1/join", {
+                "token": token, "csr": csr, "advertise_addr": advertise,
+                "description": describe_host(self.hostname),
+            })
+            self._wipe()
+            self._save_certs(resp["ca_cert"], resp["cert"], key)
+            self.state = ClusterState(resp["cluster_id"], resp["node_id"], resp["role"], listen_addr, advertise,
+                                      int(resp.get("raft_id") or 0), list(resp.get("managers") or [remote]),
+                                      time.time())
+            self._save_state()
+            if self.state.role == "manager":
+                await self._start_manager({})
+            self._start_session()
+            return {"node_id": self.state.node_id, "role": self.state.role, "cluster_id": self.state.cluster_id}
+
+    # -- leave -------------------------------------------------------------------
+
+    async def leave(self, force: bool) -> dict[str, Any]:
+        async with self._lock:
+            if self.load() is None:
+                raise ClusterError("this node is not part of a cluster", 409)
+            if self.state is not None and self.state.role == "manager" and not force:
+                raise ClusterError(
+                    "this node is a manager: leaving can cost the cluster its quorum. "
+                    "Demote it first (orch node demote), or use --force", 409)
+            node_id = self.state.node_id if self.state else ""
+            if self.manager is not None and self.state is not None:
+                raft = self.manager.raft
+                if raft.is_leader and len(raft.conf_state.voters) > 1:
+                    try:
+                        await raft.remove_member(self.state.raft_id)
+                    except Exception as e:  # best effort: --force leaves regardless
+                        log.warning("could not remove this manager from raft before leaving: %s", e)
+            await self.stop()
+            self._wipe()
+            self.state = None
+            return {"node_id": node_id, "left": True}
+
+    def _wipe(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+        shutil.rmtree(os.path.join(self.data_dir, "manager"), ignore_errors=True)
+
+
+async def _call(ctx: ssl.SSLContext, method: str, url: str, body: Any = None) -> Any:
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx),
+                                         timeout=aiohttp.ClientTimeout(total=30)) as s:
+            async with s.request(method, url, json=body) as r:
+                data = await r.json(content_type=None)
+                if r.status >= 400:
+                    err = data.get("error", {}) if isinstance(data, dict) else {}
+                    msg = err.get("message") if isinstance(err, dict) else str(err)
+                    raise ClusterError(f"{url.split('/v1')[0]}: {msg or r.reason}", r.status)
+                return data
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as e:
+        raise ClusterError(f"cannot reach the manager at {url.split('/v1')[0]}: {e}", 502) from None
+
+
+def _default_advertise(listen_addr: str) -> str:
+    host, _, port = listen_addr.rpartition(":")
+    if host not in ("0.0.0.0", "", "::", "[::]"):
+        return listen_addr
+    # The address of the interface that carries the default route; never sends a packet.
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))
+            return f"{s.getsockname()[0]}:{port}"
+    except OSError:
+        raise ClusterError("cannot work out an address to advertise: pass --advertise-addr") from None
+
+
+def _local_addr_towards(remote: str, listen_addr: str) -> str:
+    host, _, port = remote.rpartition(":")
+    lhost, _, lport = listen_addr.rpartition(":")
+    if lhost not in ("0.0.0.0", "", "::", "[::]"):
+        return listen_addr
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host.strip("[]"), int(port)))  # UDP connect: picks the route, sends nothing
+        return f"{s.getsockname()[0]}:{lport}"

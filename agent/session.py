@@ -1,0 +1,163 @@
+"""The agent's side of the dispatcher session.
+
+One websocket at a time to the leader's dispatcher over mutual TLS:
+register with this node's description, then heartbeat at the period the
+manager asks for, with jitter so a fleet that restarted together does not
+beat in lockstep. A follower redirects us to the leader; any failure moves
+on to the next known manager with capped, jittered backoff. The list of
+managers is refreshed from every session the leader grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import msgpack
+
+log = logging.getLogger(__name__)
+
+SESSION_PATH = "/v1/dispatcher/session"
+
+
+@dataclass
+class SessionState:
+    connected: bool = False
+    manager: str = ""
+    session_id: str = ""
+    period: float = 5.0
+    last_error: str = ""
+    heartbeats: int = 0
+    managers: list[str] = field(default_factory=list)
+
+
+class AgentSession:
+    def __init__(
+        self,
+        managers: list[str],
+        ssl_context: ssl.SSLContext | None,
+        describe: Callable[[], dict[str, Any]],
+        *,
+        addr: str = "",
+        on_message: Callable[[dict[str, Any]], None] | None = None,
+        on_managers: Callable[[list[str]], None] | None = None,
+        backoff_min: float = 0.1,
+        backoff_max: float = 5.0,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.state = SessionState(managers=list(managers))
+        self.ssl_context = ssl_context
+        self.describe = describe
+        self.addr = addr
+        self.on_message = on_message
+        self.on_managers = on_managers
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.rng = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._leader_hint = ""
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return False
+        await ws.send_bytes(msgpack.packb(message, use_bin_type=True))
+        return True
+
+    def _candidates(self) -> list[str]:
+        ms = list(dict.fromkeys(self.state.managers))
+        self.rng.shuffle(ms)
+        if self._leader_hint:
+            ms = [self._leader_hint] + [m for m in ms if m != self._leader_hint]
+        return ms
+
+    async def _run(self) -> None:
+        delay = self.backoff_min
+        scheme = "https" if self.ssl_context is not None else "http"
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context or False)) as http:
+            while True:
+                progressed = False
+                for addr in self._candidates():
+                    try:
+                        progressed |= await self._session(http, f"{scheme}://{addr}{SESSION_PATH}", addr)
+                    except asyncio.CancelledError:
+                        raise
+                    except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as e:
+                        self.state.last_error = f"{addr}: {e}"
+                        log.debug("session with %s failed: %s", addr, e)
+                    finally:
+                        self.state.connected = False
+                        self._ws = None
+                    if self._leader_hint and self._leader_hint != addr:
+                        break  # go straight to the leader we were told about
+                if progressed:
+                    delay = self.backoff_min
+                else:
+                    await asyncio.sleep(delay * self.rng.uniform(0.5, 1.0))
+                    delay = min(self.backoff_max, delay * 2)
+
+    async def _session(self, http: aiohttp.ClientSession, url: str, addr: str) -> bool:
+        """One session; True if it was established (for backoff)."""
+        async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5), max_msg_size=4 << 20,
+                                   heartbeat=None) as ws:
+            self._ws = ws
+            await ws.send_bytes(msgpack.packb({"t": "register", "description": self.describe(), "addr": self.addr}))
+            first = await ws.receive(timeout=15)
+            if first.type != aiohttp.WSMsgType.BINARY:
+                raise ValueError(f"session refused ({first.type.name})")
+            msg = msgpack.unpackb(first.data, raw=False)
+            if msg.get("t") == "redirect":
+                self._leader_hint = str(msg.get("leader") or "")
+                self.state.last_error = f"{addr} is not the leader"
+                return False
+            if msg.get("t") == "error":
+                self._leader_hint = ""
+                raise ValueError(str(msg.get("message")))
+            if msg.get("t") != "session":
+                raise ValueError(f"unexpected first frame {msg.get('t')!r}")
+            self._leader_hint = addr
+            st = self.state
+            st.connected, st.manager, st.session_id = True, addr, str(msg["session_id"])
+            st.period = float(msg.get("period") or 5.0)
+            st.last_error = ""
+            if msg.get("managers"):
+                st.managers = [str(m) for m in msg["managers"]]
+                if self.on_managers is not None:
+                    self.on_managers(st.managers)
+            beat = asyncio.create_task(self._heartbeat(ws))
+            try:
+                async for frame in ws:
+                    if frame.type != aiohttp.WSMsgType.BINARY:
+                        break
+                    m = msgpack.unpackb(frame.data, raw=False)
+                    if m.get("t") == "hb":
+                        st.heartbeats += 1
+                        st.period = float(m.get("period") or st.period)
+                    elif self.on_message is not None:
+                        self.on_message(m)
+            finally:
+                beat.cancel()
+            self._leader_hint = ""  # the session ended: the leader may have changed
+            return True
+
+    async def _heartbeat(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while not ws.closed:
+            # Jitter below the period: never late because of it.
+            await asyncio.sleep(self.state.period * self.rng.uniform(0.7, 0.95))
+            await ws.send_bytes(msgpack.packb({"t": "hb"}))

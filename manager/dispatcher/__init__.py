@@ -1,0 +1,5 @@
+"""The dispatcher: one long-lived session per agent, on the leader."""
+
+from .dispatcher import Dispatcher, DispatcherSettings
+
+__all__ = ["Dispatcher", "DispatcherSettings"]
