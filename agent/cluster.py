@@ -105,6 +105,8 @@ class Membership:
         self.manager: Any = None  # ManagerProcess
         self.session: AgentSession | None = None
         self._lock = asyncio.Lock()
+        self._role_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
 
     # -- files -----------------------------------------------------------------
 
@@ -154,6 +156,11 @@ class Membership:
         self._start_session()
 
     async def stop(self) -> None:
+        for t in (self._role_task, self._renew_task):
+            if t is not None and t is not asyncio.current_task():
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
+        self._role_task = self._renew_task = None
         if self.session is not None:
             await self.session.stop()
             self.session = None
@@ -177,7 +184,10 @@ class Membership:
         ))
         await self.manager.start()
 
-    def _start_session(self) -> None:
+    def _start_session_only(self) -> None:
+        self._start_session(renewals=False)
+
+    def _start_session(self, renewals: bool = True) -> None:
         from manager.process import client_ssl
 
         st = self.state
@@ -188,12 +198,104 @@ class Membership:
                 self.state.managers = ms
                 self._save_state()
 
+        def on_role(role: str) -> None:
+            if self.state is not None and role != self.state.role and (
+                    self._role_task is None or self._role_task.done()):
+                self._role_task = asyncio.create_task(self._change_role(role))
+
         self.session = AgentSession(
             st.managers or [st.advertise_addr], client_ssl(self.tls()),
             lambda: describe_host(self.hostname), addr=st.advertise_addr.rpartition(":")[0],
-            on_managers=on_managers,
+            on_managers=on_managers, on_role=on_role,
         )
         self.session.start()
+        if renewals and (self._renew_task is None or self._renew_task.done()):
+            self._renew_task = asyncio.create_task(self._renew_loop())
+
+    # -- certificate renewal and role changes ------------------------------------
+
+    async def _renew(self) -> dict[str, Any]:
+        """A fresh certificate for the role the cluster wants; tries each manager."""
+        from manager.ca import make_key_and_csr
+        from manager.process import client_ssl
+
+        st = self.state
+        assert st is not None
+        ctx = client_ssl(self.tls())
+        key, csr = make_key_and_csr(st.node_id)
+        last: Exception | None = None
+        for m in list(dict.fromkeys((self.session.state.manager if self.session else "",) + tuple(st.managers))):
+            if not m:
+                continue
+            try:
+                resp = await _call(ctx, "POST", f"https://{m}/v1/certs/renew",
+                                   {"csr": csr, "advertise_addr": st.advertise_addr})
+            except ClusterError as e:
+                last = e
+                continue
+            self._save_certs(resp["ca_cert"], resp["cert"], key)
+            return resp
+        raise ClusterError(f"certificate renewal failed on every manager: {last}", 502)
+
+    async def _renew_loop(self) -> None:
+        from manager.ca import renewal_delay
+
+        while True:
+            try:
+                with open(os.path.join(self.certs, "node.crt")) as f:
+                    delay = renewal_delay(f.read())
+            except (OSError, ValueError):
+                return
+            await asyncio.sleep(max(delay, 1.0))
+            try:
+                async with self._lock:
+                    resp = await self._renew()
+                    await self._apply_role(resp)
+                log.info("node certificate renewed")
+            except ClusterError as e:
+                log.warning("%s; retrying in a minute", e)
+                await asyncio.sleep(60)
+
+    async def _change_role(self, want: str) -> None:
+        try:
+            async with self._lock:
+                if self.state is None or self.state.role == want:
+                    return
+                if want == "worker" and self.manager is not None:
+                    # Leave Raft only once the leader has removed us (it checks quorum first).
+                    deadline = time.monotonic() + 60
+                    while not self.manager.raft.removed and time.monotonic() < deadline:
+                        await asyncio.sleep(0.2)
+                resp = await self._renew()
+                await self._apply_role(resp)
+        except ClusterError as e:
+            log.warning("role change to %s: %s", want, e)
+
+    async def _apply_role(self, resp: dict[str, Any]) -> None:
+        st = self.state
+        assert st is not None
+        role = resp["role"]
+        st.managers = list(resp.get("managers") or st.managers)
+        if role == "manager" and self.manager is None:
+            st.role, st.raft_id = "manager", int(resp.get("raft_id") or 0)
+            self._save_state()
+            shutil.rmtree(os.path.join(self.data_dir, "manager"), ignore_errors=True)
+            await self._start_manager({})  # an empty member: the leader adds it as a learner
+            log.info("this node is now a manager (raft id %d)", st.raft_id)
+        elif role == "worker" and self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+            shutil.rmtree(os.path.join(self.data_dir, "manager"), ignore_errors=True)
+            st.role, st.raft_id = "worker", 0
+            self._save_state()
+            log.info("this node is now a worker")
+        else:
+            st.role = role
+            self._save_state()
+        # The session continues with the new certificate.
+        if self.session is not None:
+            await self.session.stop()
+        self._start_session_only()
 
     def info(self) -> dict[str, Any]:
         if self.state is None:

@@ -47,6 +47,7 @@ class AgentSession:
         addr: str = "",
         on_message: Callable[[dict[str, Any]], None] | None = None,
         on_managers: Callable[[list[str]], None] | None = None,
+        on_role: Callable[[str], None] | None = None,
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         rng: random.Random | None = None,
@@ -57,6 +58,7 @@ class AgentSession:
         self.addr = addr
         self.on_message = on_message
         self.on_managers = on_managers
+        self.on_role = on_role
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self.rng = rng or random.Random()
@@ -149,6 +151,8 @@ class AgentSession:
                     if m.get("t") == "hb":
                         st.heartbeats += 1
                         st.period = float(m.get("period") or st.period)
+                        if m.get("role") and self.on_role is not None:
+                            self.on_role(str(m["role"]))
                     elif self.on_message is not None:
                         self.on_message(m)
             finally:

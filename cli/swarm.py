@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .client import Endpoint, request
+from .client import APIError, Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
 
 
@@ -153,12 +153,19 @@ def _set_role(ep: Endpoint, refs: tuple[str, ...], role: str, force: bool, wait:
     for r in refs:
         n = request(ep, "POST", f"/v1/nodes/{r}/update", {"role": role, "force": force})
         deadline = time.monotonic() + wait
-        while n["role"] != role and time.monotonic() < deadline:
+        while n["role"] != role:
+            if time.monotonic() > deadline:
+                fail(f"node {n['id']}: the role change to {role} is requested but not done after {wait:.0f} s "
+                     "(is the node up?)")
             time.sleep(0.2)
-            n = request(ep, "GET", f"/v1/nodes/{n['id']}")
-        if n["role"] != role:
-            fail(f"node {n['id']}: the role change to {role} is requested but not done after {wait:.0f} s "
-                 "(is the node up?)")
+            try:
+                n = request(ep, "GET", f"/v1/nodes/{n['id']}")
+            except APIError as e:
+                if role == "worker" and e.status == 503:
+                    # We demoted the manager we were talking to: it no longer answers node commands.
+                    click.echo(f"Node {n['id']} is now a worker (this node is no longer a manager).")
+                    return
+                raise
         click.echo(f"Node {n['id']} is now a {role}.")
 
 

@@ -72,6 +72,7 @@ def add_public_routes(app: web.Application, raft: RaftNode, store: MemoryStore) 
     app[STORE_KEY] = store
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_post("/v1/join", join)
+    app.router.add_post("/v1/certs/renew", renew)
 
 
 def add_node_routes(app: web.Application, raft: RaftNode, store: MemoryStore) -> None:
@@ -164,6 +165,42 @@ async def join(request: web.Request) -> web.Response:
         "cluster_id": cluster.id, "raft_id": node.manager_status.raft_id if node.manager_status else 0,
         "managers": managers,
     }, 201)
+
+
+async def renew(request: web.Request) -> web.Response:
+    """A node's new certificate, for the role the cluster wants it to have.
+    A node promoted to manager gets its Raft id and address recorded here
+    (the leader's role reconciler then adds it to Raft)."""
+    ident = request.get("orch.identity")
+    if ident is None:
+        raise HTTPError(401, "unauthenticated", "renewal needs the node's current certificate")
+    try:
+        body = await request.json()
+    except ValueError:
+        raise bad_request("request body is not valid JSON") from None
+    csr = body.get("csr") if isinstance(body, dict) else None
+    if not isinstance(csr, str):
+        raise bad_request("csr (PEM) is required", field="csr")
+    await _barrier(request)
+    store = request.app[STORE_KEY]
+    node = store.view().get("nodes", ident.node_id)
+    if node is None:
+        raise HTTPError(403, "permission_denied", f"node {ident.node_id} is not part of this cluster")
+    role = node.spec.role
+    if role == NodeRole.MANAGER and node.manager_status is None:
+        addr = body.get("advertise_addr")
+        if not isinstance(addr, str) or ":" not in addr:
+            raise bad_request("advertise_addr: a node becoming a manager needs HOST:PORT", field="advertise_addr")
+        node = evolve(node, manager_status=ManagerStatus(raft_id=new_raft_id(), addr=addr))
+        await _commit(request, [store_ops.Update("nodes", node)])
+    cluster = _cluster(request)
+    try:
+        cert = RootCA.from_pem(cluster.root_ca.ca_cert, cluster.root_ca.ca_key).issue(csr, node.id, role.value)
+    except CAError as e:
+        raise bad_request(f"csr: {e}", field="csr") from None
+    return json_response({"cert": cert, "role": role.value, "ca_cert": cluster.root_ca.ca_cert,
+                          "raft_id": node.manager_status.raft_id if node.manager_status else 0,
+                          "managers": manager_addrs(store)})
 
 
 def manager_addrs(store: MemoryStore) -> list[str]:
@@ -369,6 +406,11 @@ class RoleManager:
                 if n.status.state == NodeState.DOWN and ms.raft_id not in members:
                     continue  # wait until the node is up to add it
                 await self.raft.add_member(ms.raft_id, ms.addr, timeout=20)
+            if n.spec.role == NodeRole.MANAGER and ms.raft_id in self.raft.conf_state.voters \
+                    and n.role != NodeRole.MANAGER:
+                fresh = self.store.view().get("nodes", n.id)
+                if fresh is not None:
+                    await commit(self.raft, self.store, [store_ops.Update("nodes", evolve(fresh, role=NodeRole.MANAGER))])
             elif n.spec.role == NodeRole.WORKER:
                 if ms.raft_id in members:
                     if ms.raft_id == self.raft.id:

@@ -141,7 +141,7 @@ class ManagerProcess:
             if ident.cluster_id and ident.cluster_id != cluster.id:
                 raise HTTPError(403, "permission_denied", "certificate of another cluster")
         request[IDENTITY_KEY] = ident
-        if request.path in PUBLIC_PATHS or request.path == SESSION_PATH:
+        if request.path in PUBLIC_PATHS or request.path in (SESSION_PATH, "/v1/certs/renew"):
             return await handler(request)
         if ident.role != "manager":
             raise HTTPError(403, "permission_denied", f"node {ident.node_id} is a {ident.role}: managers only")

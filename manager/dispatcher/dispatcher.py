@@ -156,7 +156,11 @@ class Dispatcher:
                 sess.last_seen = self.last_seen[node_id] = self.clock()
                 t = m.get("t")
                 if t == "hb":
-                    sess.outbox.put_nowait({"t": "hb", "period": self.settings.period})
+                    # The ack carries what the cluster wants of the node (its role),
+                    # so a promotion or demotion reaches it within a period.
+                    cur = self.store.view().get("nodes", node_id)
+                    sess.outbox.put_nowait({"t": "hb", "period": self.settings.period,
+                                            "role": cur.spec.role.value if cur is not None else ""})
                 elif t == "status" and self.on_status is not None:
                     self.on_status(node_id, list(m.get("updates") or []))
         finally:

@@ -159,6 +159,7 @@ class RaftNode:
         self._initial_members = initial_members or {}
         self._on_leader_change = on_leader_change
         self.members: dict[int, str] = {}
+        self._learned: dict[int, str] = {}  # peer addresses from connections, not (yet) from the config
         self.storage = MemoryStorage()
         self.transport = Transport(
             node_id,
@@ -255,7 +256,7 @@ class RaftNode:
     async def start(self) -> None:
         if self.node is None:
             self.open()
-        self.transport.set_peers(self.members)
+        self._set_peers()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._ticker(), name=f"raft-tick-{self.id}"),
@@ -493,11 +494,18 @@ class RaftNode:
         self._wake.set()
 
     def _on_peer_addr(self, node_id: int, addr: str) -> None:
-        # Only a replica that knows no members yet (a manager being added)
-        # takes addresses from connecting peers; members otherwise come from
-        # the replicated configuration.
-        if not self.members and node_id != self.id:
-            self.transport.add_peer(node_id, addr)
+        # Addresses come from the replicated configuration; a peer that the
+        # configuration does not name yet (the leader of a manager being
+        # added, whose snapshot may predate that leader) is answered at the
+        # address it connected with until the configuration catches up.
+        if node_id != self.id and node_id not in self.members and self._learned.get(node_id) != addr:
+            self._learned[node_id] = addr
+            self._set_peers()
+
+    def _set_peers(self) -> None:
+        for nid in [n for n in self._learned if n in self.members]:
+            del self._learned[nid]
+        self.transport.set_peers({**self._learned, **self.members})
 
     def _on_unreachable(self, node_id: int) -> None:
         if self.node is not None and not self._stopped:
@@ -594,7 +602,7 @@ class RaftNode:
         self.applied = snap.meta.index
         self._snap_index = snap.meta.index
         if self.node is not None:
-            self.transport.set_peers(self.members)
+            self._set_peers()
 
     def _apply(self, e: Entry) -> None:
         if e.index <= self.applied:
@@ -628,7 +636,7 @@ class RaftNode:
                 self.removed = True
         elif cc.context:
             self.members[cc.node_id] = cc.context.decode()
-        self.transport.set_peers(self.members)
+        self._set_peers()
         self.sm.apply_noop(e.index)
 
     def _wake_appliers(self) -> None:
