@@ -168,7 +168,7 @@ class Membership:
             await self.manager.stop()
             self.manager = None
 
-    async def _start_manager(self, initial: dict[int, str]) -> None:
+    async def _start_manager(self, initial: dict[int, str], force_new_cluster: bool = False) -> None:
         from manager.process import ManagerOptions, ManagerProcess
         from manager.raft.driver import RaftSettings
 
@@ -180,7 +180,7 @@ class Membership:
         self.manager = ManagerProcess(ManagerOptions(
             node_id=st.raft_id, data_dir=os.path.join(self.data_dir, "manager"),
             listen_addr=st.listen_addr, advertise_addr=st.advertise_addr, initial_cluster=initial,
-            settings=self.settings or RaftSettings(), tls=self.tls(), **kw,
+            settings=self.settings or RaftSettings(), tls=self.tls(), force_new_cluster=force_new_cluster, **kw,
         ))
         await self.manager.start()
 
@@ -358,6 +358,43 @@ class Membership:
             self._start_session()
             return {"node_id": node_id, "cluster_id": cluster_id, "advertise_addr": advertise,
                     "join_tokens": join_tokens(cluster)}
+
+    async def force_new_cluster(self) -> dict[str, Any]:
+        """Recover from lost quorum on a surviving manager: keep the state,
+        become the only manager; the other managers are demoted in the store
+        (they rejoin with a token, or are promoted again once back)."""
+        from api.objects import NodeRole, evolve
+        from manager import store as store_ops
+        from manager.membership import join_tokens
+        from manager.tx import commit
+
+        async with self._lock:
+            if self.load() is None or self.state is None or self.state.role != "manager":
+                raise ClusterError("--force-new-cluster needs this node to be a manager of a cluster", 409)
+            await self.stop()
+            await self._start_manager({}, force_new_cluster=True)
+            raft = self.manager.raft
+            deadline = time.monotonic() + 15
+            while not raft.is_leader:
+                if time.monotonic() > deadline:
+                    raise ClusterError("the forced single-member cluster did not elect this node in 15 s", 500)
+                await asyncio.sleep(0.05)
+            store = self.manager.store
+            ops = [store_ops.Update("nodes", evolve(n, spec__role=NodeRole.WORKER, role=NodeRole.WORKER,
+                                                    manager_status=None))
+                   for n in store.view().list("nodes")
+                   if n.id != self.state.node_id and n.manager_status is not None]
+            if ops:
+                await commit(raft, store, ops)
+            self.state.managers = [self.state.advertise_addr]
+            self._save_state()
+            self._start_session()
+            from manager.membership import cluster_of
+
+            c = cluster_of(store)
+            return {"node_id": self.state.node_id, "cluster_id": self.state.cluster_id,
+                    "advertise_addr": self.state.advertise_addr,
+                    "join_tokens": join_tokens(c) if c else {}, "forced": True}
 
     # -- join ------------------------------------------------------------------
 

@@ -464,6 +464,8 @@ async def _membership_call(coro: Any) -> web.Response:
 async def swarm_init(request: web.Request) -> web.Response:
     b = await _body(request)
     m = request.app[MEMBERSHIP_KEY]
+    if b.get("force_new_cluster"):
+        return await _membership_call(m.force_new_cluster())
     return await _membership_call(m.init(str(b.get("listen_addr") or "0.0.0.0:4242"), b.get("advertise_addr")))
 
 

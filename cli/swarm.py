@@ -15,11 +15,17 @@ from .output import FORMAT_OPTION, fail, print_json, print_table
 @click.command("init")
 @click.option("--advertise-addr", help="HOST[:PORT] other nodes use to reach this manager.")
 @click.option("--listen-addr", default="0.0.0.0:4242", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--force-new-cluster", is_flag=True,
+              help="On a manager of a cluster that lost quorum: keep the state, become its only manager.")
 @click.pass_obj
-def init(ep: Endpoint, advertise_addr: str | None, listen_addr: str) -> None:
+def init(ep: Endpoint, advertise_addr: str | None, listen_addr: str, force_new_cluster: bool) -> None:
     """Make this node the first manager of a new cluster."""
-    res = request(ep, "POST", "/v1/swarm/init", {"advertise_addr": advertise_addr, "listen_addr": listen_addr},
-                  timeout=60)
+    res = request(ep, "POST", "/v1/swarm/init", {"advertise_addr": advertise_addr, "listen_addr": listen_addr,
+                                                  "force_new_cluster": force_new_cluster}, timeout=60)
+    if force_new_cluster:
+        click.echo(f"This node ({res['node_id']}) is now the only manager of its cluster; the state was kept. "
+                   "Join or promote managers again to restore fault tolerance.")
+        return
     click.echo(f"Cluster initialized: this node ({res['node_id']}) is now a manager at {res['advertise_addr']}.")
     click.echo("\nTo add a worker to this cluster, run on it:\n")
     click.echo(f"    orch join --token {res['join_tokens']['worker']} {res['advertise_addr']}\n")

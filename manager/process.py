@@ -54,6 +54,7 @@ class ManagerOptions:
     settings: RaftSettings = field(default_factory=RaftSettings)
     tls: NodeTLS | None = None
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
+    force_new_cluster: bool = False  # rewrite the Raft state as a single-member cluster first
 
 
 def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
@@ -151,6 +152,10 @@ class ManagerProcess:
 
     async def start(self) -> None:
         os.makedirs(self.opts.data_dir, exist_ok=True)
+        if self.opts.force_new_cluster:
+            RaftNode(self.opts.node_id, os.path.join(self.opts.data_dir, "raft"), MemoryStore(),
+                     settings=self.opts.settings,
+                     advertise_addr=self.opts.advertise_addr or self.opts.listen_addr).rewrite_as_single_member()
         self.raft.open()
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()

@@ -26,6 +26,7 @@ import concurrent.futures
 import itertools
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -159,6 +160,7 @@ class RaftNode:
         self._initial_members = initial_members or {}
         self._on_leader_change = on_leader_change
         self.members: dict[int, str] = {}
+        self._offline = False  # rewriting state on disk: no network
         self._learned: dict[int, str] = {}  # peer addresses from connections, not (yet) from the config
         self.storage = MemoryStorage()
         self.transport = Transport(
@@ -252,6 +254,42 @@ class RaftNode:
                 self._restore_snapshot(snap)
                 self.term = 1
         self.node = RawNode(self._raft_config(self.applied), self.storage)
+
+    def rewrite_as_single_member(self) -> int:
+        """Recovery from a lost quorum (`--force-new-cluster`): keep every
+        committed entry and make this replica the only voter.
+
+        Committed entries are applied to the state machine, which is saved as
+        a snapshot at the commit index naming only this member; the log and
+        its uncommitted tail are replaced by a new WAL starting at that
+        snapshot, with the term kept so nothing committed can be outvoted.
+        Offline: run on a replica that is not started. Returns the index."""
+        self._offline = True
+        self.open()
+        assert self.node is not None and self.wal is not None
+        hs, _ = self.storage.initial_state()
+        commit = hs.commit
+        lo = self.applied + 1
+        if commit >= lo:
+            for e in self.storage.entries(lo, commit + 1):
+                self._apply(e)
+        term = self.storage.term(commit) if commit else 0
+        members = {self.id: self.transport.advertise_addr}
+        meta = SnapshotMeta(index=commit, term=term, conf_state=ConfState(voters=[self.id]))
+        snap = Snapshot(meta, _wrap_snapshot(members, self.sm.snapshot()))
+        wal_dir = os.path.join(self.dir, "wal")
+        self.wal.close()
+        self.snapshotter.save(snap)
+        old = wal_dir + ".before-force-new-cluster"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(wal_dir, old)
+        wal = WAL.create(wal_dir, msgpack.packb({"node_id": self.id}), segment_size=self.settings.segment_size)
+        wal.save_snapshot(meta)
+        wal.save(HardState(term=hs.term, vote=0, commit=commit), [], sync=True)
+        wal.close()
+        shutil.rmtree(old, ignore_errors=True)
+        log.warning("raft %d: forced a new single-member cluster at index %d (term %d)", self.id, commit, hs.term)
+        return commit
 
     async def start(self) -> None:
         if self.node is None:
@@ -503,6 +541,8 @@ class RaftNode:
             self._set_peers()
 
     def _set_peers(self) -> None:
+        if self._offline:
+            return
         for nid in [n for n in self._learned if n in self.members]:
             del self._learned[nid]
         self.transport.set_peers({**self._learned, **self.members})
