@@ -3,7 +3,7 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft bench-scheduler cluster-up cluster-down
+.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start cluster-up cluster-down
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -29,3 +29,6 @@ cluster-down:       ## stop it and remove .fleet/
 
 bench-scheduler:    ## pure scheduler: 100k tasks onto 5k nodes
 	$(PY) bench/scheduler.py
+
+bench-fleet:        ## one manager, 250/500/1000 simulated agents heartbeating over mutual TLS
+	$(PY) bench/fleet_scale.py

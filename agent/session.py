@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ class SessionState:
     period: float = 5.0
     last_error: str = ""
     heartbeats: int = 0
+    rtts: list[float] | None = None  # heartbeat round trips (s), when recording (benchmarks)
     managers: list[str] = field(default_factory=list)
 
 
@@ -65,6 +67,7 @@ class AgentSession:
         self._task: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._leader_hint = ""
+        self._hb_sent = 0.0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -150,6 +153,8 @@ class AgentSession:
                     m = msgpack.unpackb(frame.data, raw=False)
                     if m.get("t") == "hb":
                         st.heartbeats += 1
+                        if st.rtts is not None and self._hb_sent:
+                            st.rtts.append(time.monotonic() - self._hb_sent)
                         st.period = float(m.get("period") or st.period)
                         if m.get("role") and self.on_role is not None:
                             self.on_role(str(m["role"]))
@@ -164,4 +169,5 @@ class AgentSession:
         while not ws.closed:
             # Jitter below the period: never late because of it.
             await asyncio.sleep(self.state.period * self.rng.uniform(0.7, 0.95))
+            self._hb_sent = time.monotonic()
             await ws.send_bytes(msgpack.packb({"t": "hb"}))
