@@ -12,12 +12,14 @@ from .output import fail
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-H", "--host", envvar="ORCH_HOST", help="Manager address HOST:PORT (default: the local daemon's unix socket).")
 @click.option("--socket", envvar="ORCH_SOCKET", help="Path of the daemon's unix socket.")
+@click.option("--tls-dir", envvar="ORCH_TLS_DIR",
+              help="With -H: directory holding ca.crt, node.crt, node.key for mutual TLS to a manager.")
 @click.pass_context
-def cli(ctx: click.Context, host: str | None, socket: str | None) -> None:
+def cli(ctx: click.Context, host: str | None, socket: str | None, tls_dir: str | None) -> None:
     """orch: a multi-host container orchestrator."""
     from .client import Endpoint
 
-    ctx.obj = Endpoint.from_env(host, socket)
+    ctx.obj = Endpoint.from_env(host, socket, tls_dir)
 
 
 def _register() -> None:
