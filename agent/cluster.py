@@ -105,6 +105,7 @@ class Membership:
         self.manager: Any = None  # ManagerProcess
         self.session: AgentSession | None = None
         self._lock = asyncio.Lock()
+        self.worker: Any = None  # agent.worker.Worker, set by the daemon
         self._role_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
 
@@ -207,6 +208,7 @@ class Membership:
             st.managers or [st.advertise_addr], client_ssl(self.tls()),
             lambda: describe_host(self.hostname), addr=st.advertise_addr.rpartition(":")[0],
             on_managers=on_managers, on_role=on_role,
+            on_message=self.worker.on_message if self.worker is not None else None,
         )
         self.session.start()
         if renewals and (self._renew_task is None or self._renew_task.done()):
@@ -296,6 +298,10 @@ class Membership:
         if self.session is not None:
             await self.session.stop()
         self._start_session_only()
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        """To the leader over the current session (False when there is none)."""
+        return await self.session.send(message) if self.session is not None else False
 
     def info(self) -> dict[str, Any]:
         if self.state is None:

@@ -10,23 +10,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import shutil
 import uuid
 from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
-from pydantic import Field
 
-from agent.runtime.health import HealthConfigError
-from agent.runtime.health import resolve as resolve_health
+from agent.engine import Engine, EngineError, RunRequest, volume_users
 from agent.runtime.runtime import ContainerManager, ContainerRecord, NotFound, RuntimeError_
-from agent.runtime.spec import ContainerSpec, Mount, SpecError
 from agent.runtime.volumes import Volume, VolumeError, VolumeInUse, VolumeNotFound, VolumeStore
 from api.codec import from_json
 from api.errors import ValidationError
-from api.objects import HealthcheckSpec, Model, MountSpec, MountType
 
 from agent.images import ImageError, ImageService, ProgressEvent
 from agent.images.errors import (
@@ -151,31 +145,6 @@ CONTAINERS_KEY = web.AppKey("containers", ContainerManager)
 VOLUMES_KEY = web.AppKey("volumes", VolumeStore)
 
 
-class RunRequest(Model):
-    """POST /v1/containers: what `orch container run` sends."""
-
-    image: str = Field(min_length=1)
-    name: str | None = None
-    command: tuple[str, ...] | None = None  # replaces the image's Entrypoint
-    args: tuple[str, ...] | None = None  # replaces the image's Cmd
-    env: dict[str, str] = Field(default_factory=dict)
-    user: str | None = None
-    workdir: str | None = None
-    hostname: str | None = None
-    memory: int = Field(0, ge=0)
-    pids_limit: int = Field(0, ge=0)
-    cpus: float = Field(0.0, ge=0)
-    stop_signal: str | None = None
-    stop_grace: float = Field(10.0, ge=0)
-    mounts: tuple[MountSpec, ...] = ()
-    healthcheck: HealthcheckSpec | None = None
-    privileged: bool = False
-    cap_add: tuple[str, ...] = ()
-    cap_drop: tuple[str, ...] = ()
-    read_only: bool = False
-    labels: dict[str, str] = Field(default_factory=dict)
-
-
 def add_container_routes(
     app: web.Application, images: ImageService, containers: ContainerManager, volumes: VolumeStore
 ) -> None:
@@ -198,38 +167,8 @@ def _rec(rec: ContainerRecord) -> dict[str, Any]:
     return asdict(rec)
 
 
-def _mounts(req: RunRequest, volumes: VolumeStore, rootfs: str) -> list[Mount]:
-    """API mounts -> runtime mounts; volumes are created (and seeded from
-    the image) on first use."""
-    out: list[Mount] = []
-    for i, m in enumerate(req.mounts):
-        where = f"mounts[{i}]"
-        if m.type == MountType.BIND:
-            if not os.path.isabs(m.source):
-                raise SpecError(f"{where}.source: a bind mount needs an absolute host path (got {m.source!r})")
-            if not os.path.exists(m.source):
-                raise SpecError(f"{where}.source: {m.source} does not exist on this host")
-            out.append(Mount("bind", m.target, m.source, m.readonly))
-        elif m.type == MountType.VOLUME:
-            name = m.source or f"anon-{uuid.uuid4().hex}"
-            try:
-                VolumeStore.check_name(name, f"{where}.source")
-                vol, fresh = volumes.create(name, {"orch.anonymous": "true"} if not m.source else None)
-            except VolumeError as e:
-                raise SpecError(str(e)) from None
-            if fresh:
-                volumes.seed_from_image(vol, rootfs, m.target)
-            out.append(Mount("volume", m.target, vol.path, m.readonly))
-        else:
-            opts = [f"mode={m.tmpfs_mode:o}"] + ([f"size={m.tmpfs_size}"] if m.tmpfs_size else [])
-            out.append(Mount("tmpfs", m.target, "", m.readonly, opts))
-    return out
-
-
 async def run_container(request: web.Request) -> web.Response:
-    images = request.app[IMAGES_KEY]
-    mgr = request.app[CONTAINERS_KEY]
-    volumes = request.app[VOLUMES_KEY]
+    engine = Engine(request.app[IMAGES_KEY], request.app[CONTAINERS_KEY], request.app[VOLUMES_KEY])
     try:
         body = await request.json()
     except ValueError:
@@ -238,50 +177,12 @@ async def run_container(request: web.Request) -> web.Response:
         req = from_json(RunRequest, body, what="container")
     except ValidationError as e:
         return _err(400, "invalid_argument", str(e))
-    ref = req.image
     try:
-        try:
-            images.inspect(ref)
-        except ImageNotFound:
-            await images.pull(ref)
-        image_config = images.image_config(ref)
+        rec = await engine.run(req)
     except ImageError as e:
         return image_error_response(e)
-    try:
-        health = resolve_health(
-            req.healthcheck.model_dump(mode="json") if req.healthcheck is not None else None, image_config
-        )
-    except HealthConfigError as e:
-        return _err(400, "invalid_argument", str(e))
-    if req.name is not None and any(r.name == req.name for r in mgr.records.values()):
-        return _err(409, "conflict", f"a container named {req.name!r} already exists")
-    cid = uuid.uuid4().hex
-    cdir = mgr.cdir(cid)
-    try:
-        rootfs = await images.prepare_rootfs(ref, cdir)
-    except ImageError as e:
-        return image_error_response(e)
-    try:
-        spec = ContainerSpec(
-            image=ref,
-            command=list(req.command) if req.command is not None else None,
-            args=list(req.args) if req.args is not None else None,
-            env=dict(req.env), user=req.user, workdir=req.workdir, hostname=req.hostname,
-            memory=req.memory, pids_limit=req.pids_limit, cpu_quota=int(req.cpus * 100_000),
-            stop_signal=req.stop_signal, stop_grace=req.stop_grace,
-            mounts=_mounts(req, volumes, str(rootfs)), privileged=req.privileged,
-            cap_add=list(req.cap_add), cap_drop=list(req.cap_drop), read_only=req.read_only,
-            labels=dict(req.labels),
-        )
-        await mgr.create(spec, str(rootfs), image_config, name=req.name, cid=cid, healthcheck=health)
-        rec = await mgr.start(cid)
-    except (RuntimeError_, SpecError) as e:
-        try:
-            await mgr.remove(cid, force=True, before_cleanup=images.release_rootfs)
-        except NotFound:
-            images.release_rootfs(cdir)
-            shutil.rmtree(cdir, ignore_errors=True)
-        return _err(400 if isinstance(e, SpecError) else 500, type(e).__name__.rstrip("_"), str(e))
+    except EngineError as e:
+        return _err(e.status, e.code, str(e))
     return _json(_rec(rec), 201)
 
 
@@ -350,35 +251,19 @@ async def stop_container(request: web.Request) -> web.Response:
 
 async def remove_container(request: web.Request) -> web.Response:
     rec = _get(request)
-    mgr = request.app[CONTAINERS_KEY]
-    images = request.app[IMAGES_KEY]
-    volumes = request.app[VOLUMES_KEY]
+    engine = Engine(request.app[IMAGES_KEY], request.app[CONTAINERS_KEY], request.app[VOLUMES_KEY])
     try:
-        await mgr.remove(rec.id, force=request.query.get("force") in ("1", "true"),
-                         before_cleanup=images.release_rootfs)
+        await engine.remove(rec.id, force=request.query.get("force") in ("1", "true"))
     except RuntimeError_ as e:
         return _err(409, "conflict", str(e))
-    # Anonymous volumes go with their container (named ones stay).
-    for m in rec.spec.get("mounts", []):
-        if m.get("type") != "volume":
-            continue
-        for vol in volumes.list():
-            if vol.path == m.get("source") and vol.labels.get("orch.anonymous") == "true":
-                if not _volume_users(mgr, vol):
-                    volumes.remove(vol.name, [])
     return _json({"id": rec.id, "removed": True})
 
 
 # -- volumes ---------------------------------------------------------------
 
 
-def _volume_users(mgr: ContainerManager, vol: Volume) -> list[str]:
-    return [r.name for r in mgr.list()
-            if any(m.get("source") == vol.path for m in r.spec.get("mounts", []))]
-
-
 def _volume_json(mgr: ContainerManager, vol: Volume) -> dict[str, Any]:
-    return {**asdict(vol), "used_by": _volume_users(mgr, vol)}
+    return {**asdict(vol), "used_by": volume_users(mgr, vol)}
 
 
 def _volume_error(e: VolumeError) -> web.Response:
@@ -423,7 +308,7 @@ async def remove_volume(request: web.Request) -> web.Response:
     mgr = request.app[CONTAINERS_KEY]
     try:
         vol = volumes.get(request.match_info["name"])
-        volumes.remove(vol.name, _volume_users(mgr, vol))
+        volumes.remove(vol.name, volume_users(mgr, vol))
     except VolumeError as e:
         return _volume_error(e)
     return _json({"name": vol.name, "removed": True})

@@ -50,6 +50,7 @@ class NodeDaemon:
         self.volumes: Any = None
         self.manager: Any = None
         self.membership: Any = None
+        self.worker: Any = None
         self._local: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -94,6 +95,12 @@ class NodeDaemon:
         add_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_cluster_routes(local, self.membership)
+        from .engine import Engine
+        from .worker import Worker
+
+        self.worker = Worker(Engine(self.images, self.containers, self.volumes), self.membership.send)
+        self.membership.worker = self.worker
+        self.worker.start()
         if self.opts.manager is not None:
             from manager.process import ManagerProcess
 
@@ -132,6 +139,8 @@ class NodeDaemon:
             await self.manager.stop()
         if self.membership is not None:
             await self.membership.stop()
+        if self.worker is not None:
+            await self.worker.stop()
         if self.containers is not None:
             await self.containers.close()
         if self.images is not None:

@@ -42,6 +42,16 @@ from .validation import (
 )
 
 __all__ = [
+    "UpdateStatus",
+    "UpdateState",
+    "UpdateOrder",
+    "UpdateConfig",
+    "RestartPolicy",
+    "RestartCondition",
+    "Resources",
+    "ResourceSpec",
+    "Placement",
+    "FailureAction",
     "Cluster",
     "ClusterSpec",
     "Config",
@@ -286,6 +296,8 @@ def _state_default(state: TaskState) -> Any:
 class ServiceMode(enum.StrEnum):
     REPLICATED = "replicated"
     GLOBAL = "global"
+    REPLICATED_JOB = "replicated-job"
+    GLOBAL_JOB = "global-job"
 
 
 class _FileReference(Model):
@@ -357,22 +369,96 @@ class HealthcheckSpec(Model):
 
 
 class ContainerSpec(Model):
-    image: str = Field(min_length=1)
-    command: tuple[str, ...] = ()
-    args: tuple[str, ...] = ()
-    env: tuple[str, ...] = ()
+    """What runs in each task's container (`docker service create` flags)."""
+
+    image: str = Field(min_length=1)  # resolved to repo@digest at create/update
+    command: tuple[str, ...] = ()  # replaces the image's Entrypoint
+    args: tuple[str, ...] = ()  # replaces the image's Cmd
+    env: tuple[str, ...] = ()  # KEY=VALUE
     dir: str = ""
     user: str = ""
+    hostname: str = ""
     labels: LabelsField
+    mounts: tuple[MountSpec, ...] = ()
     secrets: tuple[SecretReference, ...] = ()
     configs: tuple[ConfigReference, ...] = ()
+    healthcheck: HealthcheckSpec | None = None
+    stop_signal: str = ""
+    stop_grace_period: float = Field(10.0, ge=0)
+    read_only: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for i, item in enumerate(v):
+            if "=" not in item or item.startswith("="):
+                raise PydanticCustomError("env_item", "item {i} must be KEY=VALUE (got {got})",
+                                          {"i": i, "got": repr(item)})
+        return v
+
+
+class ResourceSpec(Model):
+    nano_cpus: int = Field(0, ge=0)  # 1e9 = one CPU
+    memory_bytes: int = Field(0, ge=0)
+    pids: int = Field(0, ge=0)  # limits only
+
+
+class Resources(Model):
+    limits: ResourceSpec = ResourceSpec()
+    reservations: ResourceSpec = ResourceSpec()
+
+
+class RestartCondition(enum.StrEnum):
+    NONE = "none"
+    ON_FAILURE = "on-failure"
+    ANY = "any"
+
+
+class RestartPolicy(Model):
+    condition: RestartCondition = RestartCondition.ANY
+    delay: float = Field(5.0, ge=0)
+    max_attempts: int = Field(0, ge=0)  # 0 = unlimited
+    window: float = Field(0.0, ge=0)  # seconds over which attempts are counted; 0 = forever
+
+
+class Placement(Model):
+    constraints: tuple[str, ...] = ()  # "node.labels.zone==eu", "node.role!=manager"
+    preferences: tuple[str, ...] = ()  # spread over these label keys: "node.labels.zone"
+    max_replicas: int = Field(0, ge=0)  # per node; 0 = no limit
+    platforms: tuple[str, ...] = ()  # "linux/amd64"
 
 
 class TaskSpec(Model):
     """What a task runs; a service's template, copied into each task."""
 
     container: ContainerSpec
+    resources: Resources = Resources()
+    restart_policy: RestartPolicy = RestartPolicy()
+    placement: Placement = Placement()
     networks: tuple[ObjectId, ...] = ()  # network ids
+    force_update: int = Field(0, ge=0)  # bump to redeploy with an unchanged spec
+
+
+class FailureAction(enum.StrEnum):
+    PAUSE = "pause"
+    CONTINUE = "continue"
+    ROLLBACK = "rollback"
+
+
+class UpdateOrder(enum.StrEnum):
+    STOP_FIRST = "stop-first"
+    START_FIRST = "start-first"
+
+
+class UpdateConfig(Model):
+    parallelism: int = Field(1, ge=0)  # 0 = all at once
+    delay: float = Field(0.0, ge=0)
+    failure_action: FailureAction = FailureAction.PAUSE
+    monitor: float = Field(5.0, ge=0)
+    max_failure_ratio: float = Field(0.0, ge=0, le=1)
+    order: UpdateOrder = UpdateOrder.STOP_FIRST
 
 
 class ServiceSpec(Model):
@@ -380,7 +466,27 @@ class ServiceSpec(Model):
     labels: LabelsField
     task: TaskSpec
     mode: ServiceMode = ServiceMode.REPLICATED
-    replicas: int = Field(1, ge=0)  # ignored in global mode
+    replicas: int = Field(1, ge=0)  # replicated: desired tasks; ignored in global mode
+    max_concurrent: int = Field(0, ge=0)  # jobs: tasks running at once (0 = replicas)
+    total_completions: int = Field(0, ge=0)  # replicated jobs: successful runs wanted (0 = replicas)
+    update_config: UpdateConfig = UpdateConfig()
+    rollback_config: UpdateConfig = UpdateConfig(failure_action=FailureAction.PAUSE)
+
+
+class UpdateState(enum.StrEnum):
+    UPDATING = "updating"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ROLLBACK_STARTED = "rollback_started"
+    ROLLBACK_PAUSED = "rollback_paused"
+    ROLLBACK_COMPLETED = "rollback_completed"
+
+
+class UpdateStatus(Model):
+    state: UpdateState = UpdateState.COMPLETED
+    started_at: float = 0.0
+    completed_at: float = 0.0
+    message: str = ""
 
 
 class Service(Model):
@@ -388,6 +494,9 @@ class Service(Model):
     id: ObjectId
     meta: Meta = Meta()
     spec: ServiceSpec
+    previous_spec: ServiceSpec | None = None  # what a rollback returns to
+    spec_version: int = Field(0, ge=0)  # bumped by every spec change; tasks record the one they run
+    update_status: UpdateStatus | None = None
 
 
 class TaskStatus(Model):
@@ -414,8 +523,11 @@ class Task(Model):
     slot: int = Field(0, ge=0)  # 0 for global services
     node_id: str = ""  # "" until scheduled
     spec: TaskSpec
+    spec_version: int = Field(0, ge=0)  # the service's spec_version this task runs
     desired_state: TaskStateField = _state_default(TaskState.RUNNING)
     status: TaskStatus = TaskStatus()
+    created_at: float = 0.0
+    not_before: float = 0.0  # restart delay: not scheduled before this time (unix s)
 
 
 # -- Networks and the cluster ------------------------------------------------------

@@ -109,6 +109,9 @@ class ManagerProcess:
                                      manager_addrs=lambda: manager_addrs(self.store))
         self.dispatcher.attach(self.app)
         self.roles = RoleManager(self.raft, self.store)
+        from .orchestrator.loop import Orchestrator
+
+        self.orchestrator = Orchestrator(self.raft, self.store)
         self._runner: web.AppRunner | None = None
 
     # -- identity and authorization ------------------------------------------
@@ -165,6 +168,7 @@ class ManagerProcess:
         await self.raft.start()
         self.dispatcher.start()
         self.roles.start()
+        self.orchestrator.start()
         log.info("manager %d serving on %s%s", self.opts.node_id, self.opts.listen_addr,
                  " (mutual TLS)" if ssl_ctx else "")
 
@@ -173,6 +177,7 @@ class ManagerProcess:
         add_node_routes(app, self.raft, self.store)
 
     async def stop(self) -> None:
+        await self.orchestrator.stop()
         await self.roles.stop()
         await self.dispatcher.stop()
         await self.raft.stop()

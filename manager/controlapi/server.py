@@ -59,6 +59,9 @@ def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore) -> None
     app.router.add_get("/v1/configs/{ref}", get_config)
     app.router.add_delete("/v1/configs/{ref}", delete_config)
     app.router.add_get("/v1/openapi.json", openapi)
+    from .services import add_service_routes
+
+    add_service_routes(app)
 
 
 # -- helpers ---------------------------------------------------------------

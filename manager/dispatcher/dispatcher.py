@@ -32,10 +32,12 @@ from typing import Any
 import msgpack
 from aiohttp import WSMsgType, web
 
-from api.objects import Node, NodeDescription, NodeState, evolve
+from api import codec
+from api.objects import Node, NodeDescription, NodeState, TaskState, TaskStatus, evolve
 from manager import store as store_ops
 from manager.raft.driver import RaftError, RaftNode
 from manager.store import MemoryStore
+from manager.store.errors import WatchError
 from manager.tx import TxFailed, commit
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ class DispatcherSettings:
     period: float = 5.0  # heartbeat period told to agents
     down_after: float = 3.0  # periods without a heartbeat before DOWN
     check_interval: float | None = None  # default: period / 2
+    assign_coalesce: float = 0.02  # wait this long to batch assignment changes
+    status_coalesce: float = 0.05  # and status reports
 
 
 @dataclass
@@ -82,21 +86,132 @@ class Dispatcher:
         self.last_seen: dict[str, float] = {}
         self.leader_since: float | None = None
         self._task: asyncio.Task[None] | None = None
-        # Hooks for the orchestration layer (assignments, task status).
-        self.on_status: Callable[[str, list[dict[str, Any]]], None] | None = None
-        self.on_session: Callable[[str], None] | None = None
+        self._assign_task: asyncio.Task[None] | None = None
+        self._status_task: asyncio.Task[None] | None = None
+        self._status_q: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._status_event = asyncio.Event()
 
     def attach(self, app: web.Application) -> None:
         app.router.add_get(SESSION_PATH, self.handle)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        self._assign_task = asyncio.create_task(self._assignments())
+        self._status_task = asyncio.create_task(self._statuses())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for t in (self._task, self._assign_task, self._status_task):
+            if t is not None:
+                t.cancel()
+                await asyncio.gather(t, return_exceptions=True)
         await self._close_all("manager stopping")
+
+    # -- assignments ---------------------------------------------------------
+
+    def assignment_set(self, node_id: str) -> list[dict[str, Any]]:
+        """The tasks a node must know: those it should run, and those it
+        still runs but should stop."""
+        view = self.store.view()
+        services = {}
+        out = []
+        for t in view.find("tasks", "node_id", node_id):
+            if t.desired_state > TaskState.RUNNING and t.status.state.terminal:
+                continue
+            if t.status.state < TaskState.ASSIGNED:
+                continue
+            svc = services.get(t.service_id)
+            if svc is None:
+                svc = services[t.service_id] = view.get("services", t.service_id)
+            out.append({
+                "id": t.id, "service_id": t.service_id, "service_name": svc.spec.name if svc else "",
+                "slot": t.slot, "spec_version": t.spec_version, "spec": codec.to_dict(t.spec),
+                "desired_state": int(t.desired_state), "state": int(t.status.state),
+            })
+        return out
+
+    def _push(self, node_id: str) -> None:
+        if node_id in self.sessions:
+            self.send(node_id, {"t": "assign", "full": True, "tasks": self.assignment_set(node_id)})
+
+    async def _assignments(self) -> None:
+        """Full assignment sets to nodes whose tasks changed, coalesced."""
+        while True:
+            if not self.raft.is_leader:
+                await asyncio.sleep(0.1)
+                continue
+            watch = self.store.watch(frozenset({"tasks"}))
+            try:
+                while self.raft.is_leader:
+                    try:
+                        batch = await asyncio.wait_for(watch.next_batch(), 1.0)
+                    except asyncio.TimeoutError:
+                        continue
+                    await asyncio.sleep(self.settings.assign_coalesce)
+                    batch += watch.poll()
+                    dirty = set()
+                    for ev in batch:
+                        dirty.add(ev.obj.node_id)
+                        if ev.old is not None:
+                            dirty.add(ev.old.node_id)
+                    for nid in dirty:
+                        if nid:
+                            self._push(nid)
+            except WatchError:
+                pass
+            finally:
+                watch.close()
+
+    # -- task status ---------------------------------------------------------
+
+    def _queue_status(self, node_id: str, updates: list[dict[str, Any]]) -> None:
+        for u in updates:
+            if isinstance(u, dict) and isinstance(u.get("id"), str):
+                self._status_q[u["id"]] = (node_id, u)
+        self._status_event.set()
+
+    async def _statuses(self) -> None:
+        """Agents' task status reports, written in batches: forward moves only,
+        and only from the node the task is assigned to."""
+        while True:
+            await self._status_event.wait()
+            self._status_event.clear()
+            await asyncio.sleep(self.settings.status_coalesce)
+            pending, self._status_q = self._status_q, {}
+            for _attempt in range(3):
+                view = self.store.view()
+                ops = []
+                for tid, (nid, u) in pending.items():
+                    t = view.get("tasks", tid)
+                    if t is None or t.node_id != nid:
+                        continue
+                    try:
+                        state = TaskState(int(u.get("state")))
+                    except (TypeError, ValueError):
+                        continue
+                    if state <= t.status.state:
+                        continue
+                    code = u.get("exit_code")
+                    ops.append(store_ops.Update("tasks", evolve(t, status=TaskStatus(
+                        state=state, timestamp=float(u.get("timestamp") or time.time()),
+                        message=str(u.get("message") or "")[:1024], err=str(u.get("err") or "")[:4096],
+                        container_id=str(u.get("container_id") or t.status.container_id),
+                        exit_code=code if isinstance(code, int) else t.status.exit_code))))
+                if not ops:
+                    break
+                try:
+                    for i in range(0, len(ops), 200):
+                        await commit(self.raft, self.store, ops[i:i + 200])
+                    break
+                except TxFailed:
+                    continue  # a task changed meanwhile: re-read and retry
+                except RaftError as e:
+                    log.info("task status not written: %s", e)
+                    # Keep them for the next round (unless newer ones arrived).
+                    for k, v in pending.items():
+                        self._status_q.setdefault(k, v)
+                    await asyncio.sleep(0.5)
+                    self._status_event.set()
+                    break
 
     # -- sessions ------------------------------------------------------------
 
@@ -143,8 +258,7 @@ class Dispatcher:
             "t": "session", "session_id": sess.session_id, "node_id": node_id,
             "period": self.settings.period, "managers": self.manager_addrs(),
         }))
-        if self.on_session is not None:
-            self.on_session(node_id)
+        self._push(node_id)  # the full set on every new session
         sender = asyncio.create_task(self._pump(sess))
         try:
             async for frame in ws:
@@ -161,8 +275,8 @@ class Dispatcher:
                     cur = self.store.view().get("nodes", node_id)
                     sess.outbox.put_nowait({"t": "hb", "period": self.settings.period,
                                             "role": cur.spec.role.value if cur is not None else ""})
-                elif t == "status" and self.on_status is not None:
-                    self.on_status(node_id, list(m.get("updates") or []))
+                elif t == "status":
+                    self._queue_status(node_id, list(m.get("updates") or []))
         finally:
             sender.cancel()
             if self.sessions.get(node_id) is sess:

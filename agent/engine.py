@@ -1,0 +1,156 @@
+"""The engine's one way to run a container: image -> rootfs -> runtime.
+
+Used by the node-local API (`orch container run`) and by the agent's worker
+for tasks, so both get the same behaviour: the image is pulled when
+missing, mounts are resolved (volumes created and seeded from the image on
+first use), the healthcheck comes from the request or the image, and a
+container that fails to start leaves nothing behind (runtime state, rootfs
+mount, directory).
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from typing import Any
+
+from pydantic import Field
+
+from agent.images import ImageService
+from agent.images.errors import ImageNotFound
+from agent.runtime.health import HealthConfigError
+from agent.runtime.health import resolve as resolve_health
+from agent.runtime.runtime import ContainerManager, ContainerRecord, NotFound, RuntimeError_
+from agent.runtime.spec import ContainerSpec, Mount, SpecError
+from agent.runtime.volumes import Volume, VolumeError, VolumeStore
+from api.objects import HealthcheckSpec, Model, MountSpec, MountType
+
+
+class EngineError(Exception):
+    def __init__(self, message: str, status: int = 500, code: str = "runtime") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class RunRequest(Model):
+    """POST /v1/containers: what `orch container run` sends."""
+
+    image: str = Field(min_length=1)
+    name: str | None = None
+    command: tuple[str, ...] | None = None  # replaces the image's Entrypoint
+    args: tuple[str, ...] | None = None  # replaces the image's Cmd
+    env: dict[str, str] = Field(default_factory=dict)
+    user: str | None = None
+    workdir: str | None = None
+    hostname: str | None = None
+    memory: int = Field(0, ge=0)
+    pids_limit: int = Field(0, ge=0)
+    cpus: float = Field(0.0, ge=0)
+    stop_signal: str | None = None
+    stop_grace: float = Field(10.0, ge=0)
+    mounts: tuple[MountSpec, ...] = ()
+    healthcheck: HealthcheckSpec | None = None
+    privileged: bool = False
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    read_only: bool = False
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+def volume_users(mgr: ContainerManager, vol: Volume) -> list[str]:
+    return [r.name for r in mgr.list()
+            if any(m.get("source") == vol.path for m in r.spec.get("mounts", []))]
+
+
+class Engine:
+    def __init__(self, images: ImageService, containers: ContainerManager, volumes: VolumeStore) -> None:
+        self.images = images
+        self.containers = containers
+        self.volumes = volumes
+
+    def _mounts(self, req: RunRequest, rootfs: str) -> list[Mount]:
+        out: list[Mount] = []
+        for i, m in enumerate(req.mounts):
+            where = f"mounts[{i}]"
+            if m.type == MountType.BIND:
+                import os
+
+                if not os.path.isabs(m.source):
+                    raise SpecError(f"{where}.source: a bind mount needs an absolute host path (got {m.source!r})")
+                if not os.path.exists(m.source):
+                    raise SpecError(f"{where}.source: {m.source} does not exist on this host")
+                out.append(Mount("bind", m.target, m.source, m.readonly))
+            elif m.type == MountType.VOLUME:
+                name = m.source or f"anon-{uuid.uuid4().hex}"
+                try:
+                    VolumeStore.check_name(name, f"{where}.source")
+                    vol, fresh = self.volumes.create(name, {"orch.anonymous": "true"} if not m.source else None)
+                except VolumeError as e:
+                    raise SpecError(str(e)) from None
+                if fresh:
+                    self.volumes.seed_from_image(vol, rootfs, m.target)
+                out.append(Mount("volume", m.target, vol.path, m.readonly))
+            else:
+                opts = [f"mode={m.tmpfs_mode:o}"] + ([f"size={m.tmpfs_size}"] if m.tmpfs_size else [])
+                out.append(Mount("tmpfs", m.target, "", m.readonly, opts))
+        return out
+
+    async def ensure_image(self, ref: str) -> dict[str, Any]:
+        """The image's config, pulling the image first if this node lacks it."""
+        try:
+            self.images.inspect(ref)
+        except ImageNotFound:
+            await self.images.pull(ref)
+        return self.images.image_config(ref)
+
+    async def run(self, req: RunRequest, *, cid: str | None = None, pulled: bool = False) -> ContainerRecord:
+        """Create and start a container; raises ImageError or EngineError."""
+        mgr = self.containers
+        image_config = await self.ensure_image(req.image)
+        try:
+            health = resolve_health(
+                req.healthcheck.model_dump(mode="json") if req.healthcheck is not None else None, image_config
+            )
+        except HealthConfigError as e:
+            raise EngineError(str(e), 400, "invalid_argument") from None
+        if req.name is not None and any(r.name == req.name for r in mgr.records.values()):
+            raise EngineError(f"a container named {req.name!r} already exists", 409, "conflict")
+        cid = cid or uuid.uuid4().hex
+        cdir = mgr.cdir(cid)
+        rootfs = await self.images.prepare_rootfs(req.image, cdir)
+        try:
+            spec = ContainerSpec(
+                image=req.image,
+                command=list(req.command) if req.command is not None else None,
+                args=list(req.args) if req.args is not None else None,
+                env=dict(req.env), user=req.user, workdir=req.workdir, hostname=req.hostname,
+                memory=req.memory, pids_limit=req.pids_limit, cpu_quota=int(req.cpus * 100_000),
+                stop_signal=req.stop_signal, stop_grace=req.stop_grace,
+                mounts=self._mounts(req, str(rootfs)), privileged=req.privileged,
+                cap_add=list(req.cap_add), cap_drop=list(req.cap_drop), read_only=req.read_only,
+                labels=dict(req.labels),
+            )
+            await mgr.create(spec, str(rootfs), image_config, name=req.name, cid=cid, healthcheck=health)
+            return await mgr.start(cid)
+        except (RuntimeError_, SpecError) as e:
+            try:
+                await mgr.remove(cid, force=True, before_cleanup=self.images.release_rootfs)
+            except NotFound:
+                self.images.release_rootfs(cdir)
+                shutil.rmtree(cdir, ignore_errors=True)
+            if isinstance(e, SpecError):
+                raise EngineError(str(e), 400, "invalid_argument") from None
+            raise EngineError(str(e), 500, "runtime") from None
+
+    async def remove(self, cid: str, force: bool = False) -> None:
+        """Delete a container, its rootfs mount and its anonymous volumes."""
+        rec = self.containers.get(cid)
+        await self.containers.remove(rec.id, force=force, before_cleanup=self.images.release_rootfs)
+        for m in rec.spec.get("mounts", []):
+            if m.get("type") != "volume":
+                continue
+            for vol in self.volumes.list():
+                if vol.path == m.get("source") and vol.labels.get("orch.anonymous") == "true":
+                    if not volume_users(self.containers, vol):
+                        self.volumes.remove(vol.name, [])

@@ -1,0 +1,411 @@
+"""`orch service ...`: services across the cluster, flags as `docker service`.
+
+create, scale, update and rollback wait until the service converged (every
+wanted task RUNNING on the current spec, or all gone when scaled to 0) with a
+live progress display, unless --detach; a task that cannot be placed shows
+the scheduler's reason while waiting.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.live import Live
+
+from .client import Endpoint, request
+from .output import FORMAT_OPTION, fail, print_json, print_table
+from .specflags import build_healthcheck, health_options, parse_duration, parse_mount, parse_size
+
+LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+
+
+def _spec_options(f: Any) -> Any:
+    opts = [
+        click.option("--replicas", type=click.IntRange(min=0), help="Number of tasks (replicated mode)."),
+        click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE"),
+        click.option("-l", "--label", "labels", multiple=True, help="Service label KEY=VALUE"),
+        click.option("--container-label", multiple=True, help="Container label KEY=VALUE"),
+        click.option("-u", "--user"),
+        click.option("-w", "--workdir"),
+        click.option("--hostname"),
+        click.option("--entrypoint", help="Override the image's entrypoint (space-separated)."),
+        click.option("--mount", "mounts", multiple=True, help="type=bind|volume|tmpfs,source=...,target=..."),
+        click.option("--constraint", "constraints", multiple=True, help="e.g. node.labels.zone==eu"),
+        click.option("--placement-pref", "prefs", multiple=True, help="spread=node.labels.NAME"),
+        click.option("--max-replicas", type=click.IntRange(min=0), help="Maximum tasks per node."),
+        click.option("--reserve-cpu", type=float, help="CPUs reserved per task."),
+        click.option("--reserve-memory", help="Memory reserved per task, e.g. 512m."),
+        click.option("--limit-cpu", type=float, help="CPU limit per task."),
+        click.option("--limit-memory", help="Memory limit per task, e.g. 512m."),
+        click.option("--limit-pids", type=click.IntRange(min=0), help="Pids limit per task."),
+        click.option("--restart-condition", type=click.Choice(["none", "on-failure", "any"])),
+        click.option("--restart-delay", help="Delay between restarts (e.g. 5s)."),
+        click.option("--restart-max-attempts", type=click.IntRange(min=0)),
+        click.option("--restart-window", help="Window in which restarts are counted (e.g. 1m)."),
+        click.option("--update-parallelism", type=click.IntRange(min=0)),
+        click.option("--update-delay"),
+        click.option("--update-order", type=click.Choice(["stop-first", "start-first"])),
+        click.option("--update-failure-action", type=click.Choice(["pause", "continue", "rollback"])),
+        click.option("--update-monitor"),
+        click.option("--update-max-failure-ratio", type=click.FloatRange(0, 1)),
+        click.option("--rollback-parallelism", type=click.IntRange(min=0)),
+        click.option("--rollback-order", type=click.Choice(["stop-first", "start-first"])),
+        click.option("--stop-signal"),
+        click.option("--stop-grace-period"),
+        click.option("--read-only", is_flag=True, default=None),
+        click.option("-d", "--detach", is_flag=True, help="Return at once; do not wait for convergence."),
+        click.option("-q", "--quiet", is_flag=True, help="Print only the service id."),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return health_options(f)
+
+
+def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not k or not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
+        out[k] = v
+    return out
+
+
+def _apply(spec: dict[str, Any], o: dict[str, Any]) -> None:
+    """Fold the flags that were given into a service spec (JSON form)."""
+    task = spec.setdefault("task", {})
+    c = task.setdefault("container", {})
+    if o.get("replicas") is not None:
+        spec["replicas"] = o["replicas"]
+    if o.get("env"):
+        env = dict(e.split("=", 1) for e in c.get("env", []) if "=" in e)
+        env.update(_pairs(o["env"], "--env"))
+        c["env"] = [f"{k}={v}" for k, v in env.items()]
+    if o.get("labels"):
+        spec["labels"] = {**spec.get("labels", {}), **_pairs(o["labels"], "--label")}
+    if o.get("container_label"):
+        c["labels"] = {**c.get("labels", {}), **_pairs(o["container_label"], "--container-label")}
+    for flag, key in (("user", "user"), ("workdir", "dir"), ("hostname", "hostname"), ("stop_signal", "stop_signal")):
+        if o.get(flag):
+            c[key] = o[flag]
+    if o.get("entrypoint"):
+        c["command"] = o["entrypoint"].split()
+    if o.get("mounts"):
+        c["mounts"] = [parse_mount(m) for m in o["mounts"]]
+    if o.get("read_only") is not None:
+        c["read_only"] = o["read_only"]
+    if o.get("stop_grace_period"):
+        c["stop_grace_period"] = parse_duration(o["stop_grace_period"], "--stop-grace-period")
+    hc = build_healthcheck(o)
+    if hc is not None:
+        c["healthcheck"] = hc
+    pl = task.setdefault("placement", {})
+    if o.get("constraints"):
+        pl["constraints"] = list(o["constraints"])
+    if o.get("prefs"):
+        prefs = []
+        for p in o["prefs"]:
+            kind, _, label = p.partition("=")
+            if kind != "spread" or not label:
+                raise click.BadParameter(f"{p!r}: expected spread=node.labels.NAME", param_hint="--placement-pref")
+            prefs.append(label)
+        pl["preferences"] = prefs
+    if o.get("max_replicas") is not None:
+        pl["max_replicas"] = o["max_replicas"]
+    res = task.setdefault("resources", {})
+    lim, rsv = res.setdefault("limits", {}), res.setdefault("reservations", {})
+    if o.get("reserve_cpu") is not None:
+        rsv["nano_cpus"] = int(o["reserve_cpu"] * 1e9)
+    if o.get("reserve_memory"):
+        rsv["memory_bytes"] = parse_size(o["reserve_memory"], "--reserve-memory")
+    if o.get("limit_cpu") is not None:
+        lim["nano_cpus"] = int(o["limit_cpu"] * 1e9)
+    if o.get("limit_memory"):
+        lim["memory_bytes"] = parse_size(o["limit_memory"], "--limit-memory")
+    if o.get("limit_pids") is not None:
+        lim["pids"] = o["limit_pids"]
+    rp = task.setdefault("restart_policy", {})
+    if o.get("restart_condition"):
+        rp["condition"] = o["restart_condition"]
+    if o.get("restart_delay"):
+        rp["delay"] = parse_duration(o["restart_delay"], "--restart-delay")
+    if o.get("restart_max_attempts") is not None:
+        rp["max_attempts"] = o["restart_max_attempts"]
+    if o.get("restart_window"):
+        rp["window"] = parse_duration(o["restart_window"], "--restart-window")
+    uc = spec.setdefault("update_config", {})
+    if o.get("update_parallelism") is not None:
+        uc["parallelism"] = o["update_parallelism"]
+    if o.get("update_delay"):
+        uc["delay"] = parse_duration(o["update_delay"], "--update-delay")
+    if o.get("update_order"):
+        uc["order"] = o["update_order"]
+    if o.get("update_failure_action"):
+        uc["failure_action"] = o["update_failure_action"]
+    if o.get("update_monitor"):
+        uc["monitor"] = parse_duration(o["update_monitor"], "--update-monitor")
+    if o.get("update_max_failure_ratio") is not None:
+        uc["max_failure_ratio"] = o["update_max_failure_ratio"]
+    rc = spec.setdefault("rollback_config", {})
+    if o.get("rollback_parallelism") is not None:
+        rc["parallelism"] = o["rollback_parallelism"]
+    if o.get("rollback_order"):
+        rc["order"] = o["rollback_order"]
+
+
+def _converged(svc: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[bool, str]:
+    spec = svc["spec"]
+    live = [t for t in tasks if t["desired_state"] in LIVE]
+    current = [t for t in live if t["spec_version"] == svc["spec_version"]]
+    running = [t for t in current if t["status"]["state"] == "running"]
+    mode = spec["mode"]
+    failed = [t for t in tasks if t["status"]["state"] in ("failed", "rejected")
+              and t["spec_version"] == svc["spec_version"]]
+    us = svc.get("update_status") or {}
+    if us.get("state") in ("paused", "rollback_paused"):
+        return True, us.get("message", "update paused")
+    if mode in ("replicated-job", "global-job"):
+        done = sum(1 for t in tasks if t["status"]["state"] == "complete")
+        want = spec.get("total_completions") or spec["replicas"] if mode == "replicated-job" else None
+        finished = not live
+        return finished, f"{done} completed" + (f" of {want}" if want else "") + (
+            f", {len(live)} running" if live else "")
+    pending = [t for t in live if t["status"]["state"] == "pending" and t["status"]["message"]]
+    if mode == "replicated":
+        want = spec["replicas"]
+        ok = len(running) == want and len(live) == want
+    else:
+        want = len({t["node_id"] for t in live}) or 0
+        ok = len(running) == len(live) and all(t["spec_version"] == svc["spec_version"] for t in live)
+    stopping = [t for t in tasks if t["desired_state"] not in LIVE and t["status"]["state"] in LIVE
+                and t["node_id"] and t["status"]["state"] not in ("new", "pending")]
+    if stopping:
+        ok = False
+    msg = f"{len(running)}/{want} running" + (f", {len(stopping)} stopping" if stopping else "")
+    if pending:
+        msg += f"; pending: {pending[0]['status']['message']}"
+    elif failed and not ok:
+        f0 = failed[-1]["status"]
+        msg += f"; last failure: {f0.get('err') or f0.get('message')}"
+    return ok, msg
+
+
+def wait_converged(ep: Endpoint, sid: str, timeout: float) -> None:
+    console = Console(stderr=True)
+    deadline = time.monotonic() + timeout
+    msg = ""
+    with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:
+        while True:
+            svc = request(ep, "GET", f"/v1/services/{sid}")
+            tasks = request(ep, "GET", f"/v1/tasks?service={sid}")
+            ok, msg = _converged(svc, tasks)
+            live.update(f"[bold]{svc['spec']['name']}[/]: {msg}", refresh=True)
+            if ok:
+                break
+            if time.monotonic() > deadline:
+                fail(f"service {svc['spec']['name']} did not converge in {timeout:.0f} s: {msg}")
+            time.sleep(0.2)
+    us = svc.get("update_status") or {}
+    if us.get("state") in ("paused", "rollback_paused"):
+        fail(f"service {svc['spec']['name']}: {us.get('message')}")
+    click.echo(f"{svc['spec']['name']}: {msg}: converged", err=True)
+
+
+@click.group()
+def service() -> None:
+    """Manage services (on a manager)."""
+
+
+@service.command("create", context_settings={"ignore_unknown_options": True})
+@click.option("--name", required=True)
+@click.option("--mode", type=click.Choice(["replicated", "global", "replicated-job", "global-job"]),
+              default="replicated", show_default=True)
+@click.option("--max-concurrent", type=click.IntRange(min=0), help="Jobs: tasks running at once.")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for convergence.")
+@_spec_options
+@click.argument("image")
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, timeout: float, image: str,
+           args: tuple[str, ...], detach: bool, quiet: bool, **o: Any) -> None:
+    """Create a service running IMAGE [ARGS...]."""
+    spec: dict[str, Any] = {"name": name, "mode": mode, "task": {"container": {"image": image}}}
+    if args:
+        spec["task"]["container"]["args"] = list(args)
+    if max_concurrent is not None:
+        spec["max_concurrent"] = max_concurrent
+    if mode == "replicated-job" and o.get("replicas") is None:
+        o["replicas"] = 1
+    _apply(spec, o)
+    svc = request(ep, "POST", "/v1/services", spec)
+    click.echo(svc["id"])
+    if not detach:
+        wait_converged(ep, svc["id"], timeout)
+
+
+@service.command("update", context_settings={"ignore_unknown_options": True})
+@click.option("--image", help="New image.")
+@click.option("--args", "new_args", help="New command arguments (space-separated).")
+@click.option("--force", is_flag=True, help="Redeploy the tasks even if nothing changed.")
+@click.option("--env-rm", multiple=True, help="Remove an environment variable.")
+@click.option("--constraint-rm", multiple=True)
+@click.option("--timeout", type=float, default=600, show_default=True)
+@_spec_options
+@click.argument("ref")
+@click.pass_obj
+def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, env_rm: tuple[str, ...],
+           constraint_rm: tuple[str, ...], timeout: float, ref: str, detach: bool, quiet: bool, **o: Any) -> None:
+    """Change a service; tasks are replaced as its update config says."""
+    svc = request(ep, "GET", f"/v1/services/{ref}")
+    spec = copy.deepcopy(svc["spec"])
+    c = spec["task"]["container"]
+    if image:
+        c["image"] = image
+    if new_args is not None:
+        c["args"] = new_args.split()
+    if env_rm:
+        c["env"] = [e for e in c.get("env", []) if e.split("=", 1)[0] not in env_rm]
+    if constraint_rm:
+        pl = spec["task"]["placement"]
+        pl["constraints"] = [x for x in pl.get("constraints", []) if x not in constraint_rm]
+    if force:
+        spec["task"]["force_update"] = spec["task"].get("force_update", 0) + 1
+    _apply(spec, o)
+    new = request(ep, "POST", f"/v1/services/{svc['id']}/update", {"spec": spec, "version": svc["meta"]["version"]})
+    click.echo(new["id"] if quiet else new["spec"]["name"])
+    if not detach:
+        wait_converged(ep, new["id"], timeout)
+
+
+@service.command("scale")
+@click.argument("pairs", nargs=-1, required=True)
+@click.option("-d", "--detach", is_flag=True)
+@click.option("--timeout", type=float, default=600, show_default=True)
+@click.pass_obj
+def scale(ep: Endpoint, pairs: tuple[str, ...], detach: bool, timeout: float) -> None:
+    """Set replicas: SERVICE=N [SERVICE=N...]."""
+    for p in pairs:
+        ref, sep, n = p.partition("=")
+        if not sep or not n.isdigit():
+            raise click.BadParameter(f"{p!r}: expected SERVICE=REPLICAS", param_hint="PAIRS")
+        svc = request(ep, "GET", f"/v1/services/{ref}")
+        if svc["spec"]["mode"] != "replicated":
+            fail(f"{ref}: scale works on replicated services only (this one is {svc['spec']['mode']})")
+        spec = copy.deepcopy(svc["spec"])
+        spec["replicas"] = int(n)
+        request(ep, "POST", f"/v1/services/{svc['id']}/update", {"spec": spec, "version": svc["meta"]["version"]})
+        click.echo(f"{svc['spec']['name']} scaled to {n}")
+        if not detach:
+            wait_converged(ep, svc["id"], timeout)
+
+
+@service.command("rollback")
+@click.argument("ref")
+@click.option("-d", "--detach", is_flag=True)
+@click.option("--timeout", type=float, default=600, show_default=True)
+@click.pass_obj
+def rollback(ep: Endpoint, ref: str, detach: bool, timeout: float) -> None:
+    """Return a service to its previous spec."""
+    svc = request(ep, "POST", f"/v1/services/{ref}/rollback", {})
+    click.echo(svc["spec"]["name"])
+    if not detach:
+        wait_converged(ep, svc["id"], timeout)
+
+
+def _replicas(s: dict[str, Any]) -> str:
+    rs = s.get("replicas_status") or {}
+    mode = s["spec"]["mode"]
+    if mode == "replicated":
+        return f"{rs.get('running', 0)}/{s['spec']['replicas']}"
+    if mode == "replicated-job":
+        return f"{rs.get('running', 0)}/{s['spec'].get('max_concurrent') or s['spec']['replicas']} " \
+               f"({rs.get('completed', 0)}/{s['spec'].get('total_completions') or s['spec']['replicas']} completed)"
+    return f"{rs.get('running', 0)}/{rs.get('desired', 0)}"
+
+
+@service.command("ls")
+@FORMAT_OPTION
+@click.option("-q", "--quiet", is_flag=True)
+@click.pass_obj
+def ls(ep: Endpoint, fmt: str, quiet: bool) -> None:
+    """List services."""
+    items = request(ep, "GET", "/v1/services")
+    if fmt == "json":
+        print_json(items)
+        return
+    if quiet:
+        for s in items:
+            click.echo(s["id"])
+        return
+    print_table(sorted(items, key=lambda s: s["spec"]["name"]), [
+        ("ID", lambda s: s["id"][:12]),
+        ("NAME", lambda s: s["spec"]["name"]),
+        ("MODE", lambda s: s["spec"]["mode"]),
+        ("REPLICAS", _replicas),
+        ("IMAGE", lambda s: s["spec"]["task"]["container"]["image"]),
+    ])
+
+
+@service.command("ps")
+@click.argument("ref")
+@FORMAT_OPTION
+@click.option("-a", "--all", "all_", is_flag=True, help="Include the task history.")
+@click.pass_obj
+def ps(ep: Endpoint, ref: str, fmt: str, all_: bool) -> None:
+    """List a service's tasks."""
+    tasks = request(ep, "GET", f"/v1/tasks?service={ref}")
+    if not all_:
+        tasks = [t for t in tasks if t["desired_state"] in LIVE or t["status"]["state"] in LIVE]
+    if fmt == "json":
+        print_json(tasks)
+        return
+    svc = request(ep, "GET", f"/v1/services/{ref}")
+    nodes = {n["id"]: n["description"]["hostname"] for n in request(ep, "GET", "/v1/nodes")}
+    name = svc["spec"]["name"]
+    tasks.sort(key=lambda t: (t["slot"], t["node_id"], -t["created_at"]))
+    print_table(tasks, [
+        ("ID", lambda t: t["id"][:12]),
+        ("NAME", lambda t: f"{name}.{t['slot']}" if t["slot"] else f"{name}.{t['node_id'][:12]}"),
+        ("IMAGE", lambda t: t["spec"]["container"]["image"]),
+        ("NODE", lambda t: nodes.get(t["node_id"], t["node_id"][:12])),
+        ("DESIRED STATE", lambda t: t["desired_state"].capitalize()),
+        ("CURRENT STATE", lambda t: f"{t['status']['state'].capitalize()} {_ago(t['status']['timestamp'])}"),
+        ("ERROR", lambda t: t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending"
+                                                   else "")),
+    ])
+
+
+def _ago(ts: float) -> str:
+    d = max(0.0, time.time() - ts)
+    if d < 60:
+        return f"{d:.0f} seconds ago"
+    if d < 3600:
+        return f"{d / 60:.0f} minutes ago"
+    return f"{d / 3600:.0f} hours ago"
+
+
+@service.command("inspect")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def inspect(ep: Endpoint, refs: tuple[str, ...]) -> None:
+    """Show services in detail."""
+    print_json([request(ep, "GET", f"/v1/services/{r}") for r in refs])
+
+
+@service.command("rm")
+@click.argument("refs", nargs=-1, required=True)
+@click.pass_obj
+def rm(ep: Endpoint, refs: tuple[str, ...]) -> None:
+    """Remove services (their tasks are stopped)."""
+    for r in refs:
+        request(ep, "DELETE", f"/v1/services/{r}")
+        click.echo(r)
+
+
+COMMANDS: list[click.Command] = [service]
+

@@ -1,0 +1,151 @@
+"""Control API: services and tasks.
+
+A service write is one store transaction. Changing the task template bumps
+`spec_version` (the orchestrator then rolls tasks over to it, following
+update_config) and keeps the previous spec for `rollback`; changing only
+replicas or other service-level fields does not restart anything.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+
+from api import codec
+from api.errors import ValidationError
+from api.objects import Meta, Service, ServiceSpec, TaskState, UpdateState, UpdateStatus, evolve
+from manager import store as store_ops
+from scheduler.constraints import ConstraintError, parse_constraint
+
+from .errors import bad_request, conflict, json_response
+from .server import STORE_KEY, _barrier, _commit, _json_body, _resolve
+
+
+def add_service_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/services", list_services)
+    app.router.add_post("/v1/services", create_service)
+    app.router.add_get("/v1/services/{ref}", get_service)
+    app.router.add_post("/v1/services/{ref}/update", update_service)
+    app.router.add_post("/v1/services/{ref}/rollback", rollback_service)
+    app.router.add_delete("/v1/services/{ref}", delete_service)
+    app.router.add_get("/v1/tasks", list_tasks)
+
+
+def parse_spec(body: Any) -> ServiceSpec:
+    try:
+        spec = codec.from_json(ServiceSpec, body, what="service")
+    except ValidationError as e:
+        raise bad_request(str(e), field=e.errors[0][0] if e.errors else None) from None
+    for i, c in enumerate(spec.task.placement.constraints):
+        where = f"task.placement.constraints[{i}]"
+        try:
+            parse_constraint(c, where)
+        except ConstraintError as e:
+            raise bad_request(str(e), field=where) from None
+    for i, p in enumerate(spec.task.placement.preferences):
+        if not p.startswith("node.labels.") or len(p) <= len("node.labels."):
+            where = f"task.placement.preferences[{i}]"
+            raise bad_request(f"{where}: spread over node.labels.NAME (got {p!r})", field=where)
+    return spec
+
+
+def _counts(store: Any, svc: Service) -> dict[str, int]:
+    running = desired = 0
+    for t in store.view().find("tasks", "service_id", svc.id):
+        if t.desired_state <= TaskState.RUNNING:
+            desired += 1
+            if t.status.state == TaskState.RUNNING:
+                running += 1
+    completed = sum(1 for t in store.view().find("tasks", "service_id", svc.id)
+                    if t.status.state == TaskState.COMPLETE)
+    return {"running": running, "desired": desired, "completed": completed}
+
+
+def service_json(store: Any, svc: Service) -> dict[str, Any]:
+    return {**codec.to_json(svc), "replicas_status": _counts(store, svc)}
+
+
+async def list_services(request: web.Request) -> web.Response:
+    await _barrier(request)
+    store = request.app[STORE_KEY]
+    return json_response([service_json(store, s) for s in store.view().list("services")])
+
+
+async def get_service(request: web.Request) -> web.Response:
+    await _barrier(request)
+    store = request.app[STORE_KEY]
+    return json_response(service_json(store, _resolve(store, "services", request.match_info["ref"])))
+
+
+async def create_service(request: web.Request) -> web.Response:
+    spec = parse_spec(await _json_body(request))
+    now = time.time()
+    svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
+    result = await _commit(request, [store_ops.Create("services", svc)])
+    return json_response(service_json(request.app[STORE_KEY], result.events[0].obj), 201)
+
+
+async def update_service(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if "spec" not in body:
+        raise bad_request("spec: the service's new spec is required", field="spec")
+    spec = parse_spec(body["spec"])
+    await _barrier(request)
+    store = request.app[STORE_KEY]
+    svc = _resolve(store, "services", request.match_info["ref"])
+    version = body.get("version")
+    if version is not None and version != svc.meta.version:
+        raise conflict(f"service {svc.spec.name} changed since version {version} (now {svc.meta.version}); "
+                       "inspect it again")
+    if spec.name != svc.spec.name:
+        raise bad_request("spec.name: a service cannot be renamed", field="spec.name")
+    if spec.mode != svc.spec.mode:
+        raise bad_request("spec.mode: the mode of a service cannot change", field="spec.mode")
+    changes: dict[str, Any] = {"spec": spec}
+    if spec.task != svc.spec.task:
+        changes.update(previous_spec=svc.spec, spec_version=svc.spec_version + 1,
+                       update_status=UpdateStatus(state=UpdateState.UPDATING, started_at=time.time(),
+                                                  message="update in progress"))
+    new = evolve(svc, **changes)
+    result = await _commit(request, [store_ops.Update("services", new)])
+    return json_response(service_json(store, result.events[0].obj))
+
+
+async def rollback_service(request: web.Request) -> web.Response:
+    await _barrier(request)
+    store = request.app[STORE_KEY]
+    svc = _resolve(store, "services", request.match_info["ref"])
+    if svc.previous_spec is None:
+        raise conflict(f"service {svc.spec.name} has no previous spec to roll back to")
+    new = evolve(svc, spec=svc.previous_spec, previous_spec=svc.spec, spec_version=svc.spec_version + 1,
+                 update_status=UpdateStatus(state=UpdateState.ROLLBACK_STARTED, started_at=time.time(),
+                                            message="manually requested rollback"))
+    result = await _commit(request, [store_ops.Update("services", new)])
+    return json_response(service_json(store, result.events[0].obj))
+
+
+async def delete_service(request: web.Request) -> web.Response:
+    await _barrier(request)
+    svc = _resolve(request.app[STORE_KEY], "services", request.match_info["ref"])
+    # Its tasks are shut down and reaped by the orchestrator.
+    await _commit(request, [store_ops.Delete("services", svc.id)])
+    return web.Response(status=204)
+
+
+async def list_tasks(request: web.Request) -> web.Response:
+    await _barrier(request)
+    store = request.app[STORE_KEY]
+    view = store.view()
+    q = request.query
+    if "service" in q:
+        svc = _resolve(store, "services", q["service"])
+        tasks = view.find("tasks", "service_id", svc.id)
+    elif "node" in q:
+        tasks = view.find("tasks", "node_id", q["node"])
+    else:
+        tasks = view.list("tasks")
+    if q.get("desired") == "running":
+        tasks = [t for t in tasks if t.desired_state <= TaskState.RUNNING]
+    return json_response([codec.to_json(t) for t in tasks])

@@ -1,0 +1,505 @@
+"""The orchestrators' decisions, as pure functions of the store's state.
+
+One pass over a read view returns the writes that move the cluster towards
+what the services ask for; the leader's loop (`loop.py`) runs passes when the
+store changes and commits their writes in batches. Being pure, a pass is the
+same on whichever manager leads, so a new leader simply carries on where
+the old one stopped: there is no hidden progress to lose.
+
+- replicated services: slots 1..replicas each hold one live task; missing
+  ones are created, extra ones shut down (highest slots first).
+- global services: one live task on every eligible node (ready, active,
+  constraints and platform match); tasks on nodes that stop being eligible
+  are shut down.
+- jobs: replicated jobs run until `total_completions` tasks completed, at
+  most `max_concurrent` at once; global jobs once per eligible node.
+- restart supervisor: a task that ended while wanted running is replaced
+  in its slot according to the restart policy (condition, delay, attempts
+  in a window); one that must not be restarted marks its slot finished.
+- node loss and drain: tasks on DOWN or drained nodes are shut down and
+  their slots refilled elsewhere.
+- rolling update: tasks of an older spec version are replaced a batch
+  (`parallelism`) at a time, stop-first or start-first; the next batch
+  waits until the last one ran for `monitor` seconds; failures beyond
+  `max_failure_ratio` pause, continue or roll back.
+- scheduler: new tasks are placed by the pure scheduler, grouped per
+  (service, spec version); unplaceable ones stay PENDING with its reason.
+- reaper: at most `task_history_retention_limit` ended tasks per slot, and
+  the tasks of removed services once they stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from api import codec
+from api.objects import (
+    Cluster,
+    FailureAction,
+    Node,
+    NodeAvailability,
+    NodeState,
+    RestartCondition,
+    Service,
+    ServiceMode,
+    Task,
+    TaskState,
+    TaskStatus,
+    UpdateOrder,
+    UpdateState,
+    UpdateStatus,
+    evolve,
+)
+from manager import store as store_ops
+from scheduler.constraints import ConstraintError, parse_constraints
+from scheduler.model import NodeInfo, TaskGroup
+from scheduler.scheduler import schedule_group
+
+JOB_MODES = (ServiceMode.REPLICATED_JOB, ServiceMode.GLOBAL_JOB)
+ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
+
+
+@dataclass
+class Pass:
+    """The writes of one reconciliation pass, and when to look again."""
+
+    ops: list[Any] = field(default_factory=list)
+    wake_at: float | None = None  # earliest time something becomes due (restart delay, monitor)
+
+    def wake(self, t: float) -> None:
+        if self.wake_at is None or t < self.wake_at:
+            self.wake_at = t
+
+
+def _node_down(n: Node | None) -> bool:
+    return n is None or n.status.state == NodeState.DOWN
+
+
+def _eligible_static(svc: Service, n: Node) -> bool:
+    if n.status.state != NodeState.READY or n.spec.availability != NodeAvailability.ACTIVE:
+        return False
+    info = node_info(n)
+    try:
+        cons = parse_constraints(svc.spec.task.placement.constraints)
+    except ConstraintError:
+        return False
+    return all(c.matches(info) for c in cons) and _platform_ok(svc, info)
+
+
+def _platform_ok(svc: Service, info: NodeInfo) -> bool:
+    plats = svc.spec.task.placement.platforms
+    if not plats:
+        return True
+    for p in plats:
+        os_, _, arch = p.partition("/")
+        if (not os_ or os_ == info.os) and (not arch or ARCH_ALIASES.get(arch, arch) == info.arch):
+            return True
+    return False
+
+
+def node_info(n: Node) -> NodeInfo:
+    d = n.description
+    return NodeInfo(
+        id=n.id, hostname=d.hostname, role=n.role.value, labels=dict(n.spec.labels), os=d.os or "linux",
+        arch=ARCH_ALIASES.get(d.arch, d.arch), ready=n.status.state == NodeState.READY,
+        availability=n.spec.availability.value, cpu_nanos=d.nano_cpus, memory_bytes=d.memory_bytes,
+    )
+
+
+def live(t: Task, nodes: dict[str, Node]) -> bool:
+    """Wanted running, not ended, and not stranded on a lost or drained node."""
+    if t.desired_state > TaskState.RUNNING or t.status.state.terminal:
+        return False
+    if t.node_id:
+        n = nodes.get(t.node_id)
+        if _node_down(n) or (n is not None and n.spec.availability == NodeAvailability.DRAIN):
+            return False
+    return True
+
+
+def new_task(svc: Service, slot: int, node_id: str, now: float, not_before: float = 0.0) -> Task:
+    return Task(
+        id=codec.new_id(), service_id=svc.id, slot=slot, node_id=node_id, spec=svc.spec.task,
+        spec_version=svc.spec_version, desired_state=TaskState.RUNNING,
+        status=TaskStatus(state=TaskState.NEW, timestamp=now, message="created"),
+        created_at=now, not_before=not_before,
+    )
+
+
+def _shutdown(t: Task, message: str = "") -> Any:
+    kw: dict[str, Any] = {"desired_state": TaskState.SHUTDOWN}
+    if not t.node_id and not t.status.state.terminal:
+        # Never reached a node: nothing will report on it, so end it here.
+        kw["status"] = evolve(t.status, state=TaskState.SHUTDOWN, message=message or "shut down before start")
+    return store_ops.Update("tasks", evolve(t, **kw))
+
+
+def _restart_decision(svc: Service, slot_tasks: list[Task], t: Task, now: float) -> tuple[bool, float]:
+    """(restart?, not_before) for task `t` that ended while wanted running."""
+    pol = svc.spec.task.restart_policy
+    cond = pol.condition
+    if svc.spec.mode in JOB_MODES and cond == RestartCondition.ANY:
+        cond = RestartCondition.ON_FAILURE  # a job that completed is done
+    st = t.status.state
+    if cond == RestartCondition.NONE:
+        return False, 0.0
+    if cond == RestartCondition.ON_FAILURE and st == TaskState.COMPLETE:
+        return False, 0.0
+    if st == TaskState.SHUTDOWN and t.desired_state <= TaskState.RUNNING and svc.spec.mode in JOB_MODES:
+        return False, 0.0
+    if pol.max_attempts:
+        # Restarts so far in this slot (the first run is not a restart).
+        runs = [x for x in slot_tasks if x.status.state.terminal and
+                (not pol.window or x.created_at >= now - pol.window)]
+        if len(runs) > pol.max_attempts:
+            return False, 0.0
+    return True, max(now, t.status.timestamp) + pol.delay
+
+
+def plan(view: Any, now: float | None = None) -> Pass:
+    now = time.time() if now is None else now
+    out = Pass()
+    nodes: dict[str, Node] = {n.id: n for n in view.list("nodes")}
+    services: dict[str, Service] = {s.id: s for s in view.list("services")}
+    clusters: list[Cluster] = view.list("clusters")
+    history = clusters[0].spec.task_history_retention_limit if clusters else 5
+    by_service: dict[str, list[Task]] = defaultdict(list)
+    for t in view.list("tasks"):
+        by_service[t.service_id].append(t)
+
+    for sid, tasks in by_service.items():
+        if sid not in services:
+            _orphaned_service_tasks(tasks, out)
+    for svc in services.values():
+        tasks = by_service.get(svc.id, [])
+        if svc.spec.mode in (ServiceMode.GLOBAL, ServiceMode.GLOBAL_JOB):
+            _global(svc, tasks, nodes, now, out)
+        else:
+            _replicated(svc, tasks, nodes, now, out)
+        _reap(tasks, nodes, history, out)
+    _schedule(view, nodes, services, by_service, now, out)
+    out.ops.extend(retire_replaced(view))
+    out.ops = _dedupe(out.ops)
+    return out
+
+
+def _dedupe(ops: list[Any]) -> list[Any]:
+    """One write per object per pass (a second would fail its version check
+    and with it the batch); later decisions are taken again next pass."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for op in ops:
+        key = (op.table, op.id if isinstance(op, store_ops.Delete) else op.obj.id)
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(op)
+    return out
+
+
+def _orphaned_service_tasks(tasks: list[Task], out: Pass) -> None:
+    for t in tasks:
+        if t.desired_state <= TaskState.RUNNING:
+            out.ops.append(_shutdown(t, "service removed"))
+        elif t.status.state.terminal or not t.node_id:
+            out.ops.append(store_ops.Delete("tasks", t.id))
+
+
+def _replicated(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float, out: Pass) -> None:
+    spec = svc.spec
+    job = spec.mode == ServiceMode.REPLICATED_JOB
+    slots: dict[int, list[Task]] = defaultdict(list)
+    for t in tasks:
+        slots[t.slot].append(t)
+    for ts in slots.values():
+        ts.sort(key=lambda x: (x.created_at, x.id))
+    handled: set[str] = set()
+
+    # Ended tasks that are still wanted running: restart or finish the slot.
+    for slot, ts in slots.items():
+        for t in ts:
+            if t.desired_state <= TaskState.RUNNING and not live(t, nodes) and t.id not in handled:
+                handled.add(t.id)
+                stranded = not t.status.state.terminal  # on a lost/drained node
+                if stranded:
+                    out.ops.append(store_ops.Update("tasks", evolve(t, desired_state=TaskState.SHUTDOWN)))
+                    restart, not_before = True, now
+                else:
+                    restart, not_before = _restart_decision(svc, ts, t, now)
+                if restart and (job or slot <= spec.replicas):
+                    if not stranded:
+                        out.ops.append(store_ops.Update("tasks", evolve(t, desired_state=TaskState.SHUTDOWN)))
+                    out.ops.append(store_ops.Create("tasks", new_task(svc, slot, "", now, not_before)))
+                    if not_before > now:
+                        out.wake(not_before)
+                elif not stranded:
+                    # Finished for good: desired follows observed so the slot counts as done.
+                    out.ops.append(store_ops.Update("tasks", evolve(
+                        t, desired_state=TaskState.COMPLETE if t.status.state == TaskState.COMPLETE
+                        else TaskState.FAILED)))
+
+    def slot_done(ts: list[Task]) -> bool:
+        last = ts[-1] if ts else None
+        return last is not None and last.desired_state in (TaskState.COMPLETE, TaskState.FAILED)
+
+    def slot_live(ts: list[Task]) -> bool:
+        return any(t.desired_state <= TaskState.RUNNING and (live(t, nodes) or t.id in handled) for t in ts)
+
+    if job:
+        total = spec.total_completions or spec.replicas
+        concurrent = spec.max_concurrent or spec.replicas
+        done = sum(1 for ts in slots.values() if slot_done(ts) and ts[-1].desired_state == TaskState.COMPLETE)
+        running = sum(1 for ts in slots.values() if slot_live(ts))
+        failed = sum(1 for ts in slots.values() if slot_done(ts) and ts[-1].desired_state == TaskState.FAILED)
+        want_new = min(concurrent - running, total - done - running - failed)
+        slot = max(slots, default=0)
+        for _ in range(max(0, want_new)):
+            slot += 1
+            out.ops.append(store_ops.Create("tasks", new_task(svc, slot, "", now)))
+        return
+
+    # Service: every slot up to replicas holds a live task (or finished by policy).
+    for slot in range(1, spec.replicas + 1):
+        ts = slots.get(slot, [])
+        if slot_live(ts) or slot_done(ts):
+            continue
+        out.ops.append(store_ops.Create("tasks", new_task(svc, slot, "", now)))
+    for slot, ts in slots.items():
+        if slot > spec.replicas:
+            for t in ts:
+                if t.desired_state <= TaskState.RUNNING and t.id not in handled:
+                    out.ops.append(_shutdown(t, "scaled down"))
+                elif t.desired_state > TaskState.RUNNING and (t.status.state.terminal or not t.node_id):
+                    out.ops.append(store_ops.Delete("tasks", t.id))  # a removed slot keeps no history
+    _rolling_update(svc, slots, nodes, now, out, handled)
+
+
+def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str, Node], now: float,
+                    out: Pass, handled: set[str]) -> None:
+    """Replace tasks of older spec versions, a batch at a time."""
+    spec = svc.spec
+    rolling_back = svc.update_status is not None and svc.update_status.state in (
+        UpdateState.ROLLBACK_STARTED, UpdateState.ROLLBACK_PAUSED)
+    cfg = spec.rollback_config if rolling_back else spec.update_config
+    status = svc.update_status
+    if status is not None and status.state in (UpdateState.PAUSED, UpdateState.ROLLBACK_PAUSED):
+        return
+    current: list[Task] = []
+    stale: list[Task] = []
+    for slot, ts in slots.items():
+        if slot > spec.replicas:
+            continue
+        for t in ts:
+            if t.desired_state <= TaskState.RUNNING and t.id not in handled and live(t, nodes):
+                (current if t.spec_version == svc.spec_version else stale).append(t)
+    if not stale:
+        if status is not None and status.state in (UpdateState.UPDATING, UpdateState.ROLLBACK_STARTED):
+            if all(t.status.state == TaskState.RUNNING for t in current):
+                done = UpdateState.ROLLBACK_COMPLETED if rolling_back else UpdateState.COMPLETED
+                out.ops.append(store_ops.Update("services", evolve(
+                    svc, update_status=UpdateStatus(state=done, started_at=status.started_at, completed_at=now,
+                                                    message="rollback completed" if rolling_back
+                                                    else "update completed"))))
+        return
+    # Failures among the new version's tasks (ended while wanted running).
+    new_tasks = [t for ts in slots.values() for t in ts if t.spec_version == svc.spec_version]
+    failed = [t for t in new_tasks if t.status.state in (TaskState.FAILED, TaskState.REJECTED)
+              and (status is None or t.created_at >= status.started_at)]
+    if new_tasks and len(failed) / max(1, len(new_tasks)) > cfg.max_failure_ratio and failed:
+        if cfg.failure_action == FailureAction.ROLLBACK and not rolling_back and svc.previous_spec is not None:
+            out.ops.append(store_ops.Update("services", evolve(
+                svc, spec=svc.previous_spec, previous_spec=svc.spec, spec_version=svc.spec_version + 1,
+                update_status=UpdateStatus(state=UpdateState.ROLLBACK_STARTED, started_at=now,
+                                           message=f"update rolled back: task {failed[0].id[:12]} "
+                                                   f"failed: {failed[0].status.err or failed[0].status.message}"))))
+            return
+        if cfg.failure_action in (FailureAction.PAUSE, FailureAction.ROLLBACK):
+            out.ops.append(store_ops.Update("services", evolve(
+                svc, update_status=UpdateStatus(
+                    state=UpdateState.ROLLBACK_PAUSED if rolling_back else UpdateState.PAUSED,
+                    started_at=status.started_at if status else now,
+                    message=f"update paused: task {failed[0].id[:12]} failed: "
+                            f"{failed[0].status.err or failed[0].status.message}"))))
+            return
+    # The batch in flight: new tasks not yet running for `monitor` seconds.
+    in_flight = [t for t in current if t.status.state != TaskState.RUNNING or
+                 (t.status.timestamp > now - cfg.monitor and t.created_at >= (status.started_at if status else 0))]
+    parallelism = cfg.parallelism or len(stale)
+    if len(in_flight) >= parallelism:
+        for t in in_flight:
+            if t.status.state == TaskState.RUNNING:
+                out.wake(t.status.timestamp + cfg.monitor)
+        return
+    budget = parallelism - len(in_flight)
+    for t in sorted(stale, key=lambda x: x.slot)[:budget]:
+        not_before = now + cfg.delay if cfg.delay and current else 0.0
+        if cfg.order == UpdateOrder.START_FIRST:
+            # The old task stops once its replacement runs (see _retire_replaced).
+            out.ops.append(store_ops.Create("tasks", new_task(svc, t.slot, "", now, not_before)))
+        else:
+            out.ops.append(_shutdown(t, "replaced by an update"))
+            out.ops.append(store_ops.Create("tasks", new_task(svc, t.slot, "", now, not_before)))
+        if not_before:
+            out.wake(not_before)
+        handled.add(t.id)
+
+
+def retire_replaced(view: Any) -> list[Any]:
+    """start-first: once a slot's new task runs, stop the old one."""
+    ops = []
+    nodes = {n.id: n for n in view.list("nodes")}
+    services = {s.id: s for s in view.list("services")}
+    slots: dict[tuple[str, int], list[Task]] = defaultdict(list)
+    for t in view.list("tasks"):
+        if t.slot and t.desired_state <= TaskState.RUNNING and live(t, nodes):
+            slots[(t.service_id, t.slot)].append(t)
+    for (sid, _), ts in slots.items():
+        svc = services.get(sid)
+        if svc is None or len(ts) < 2:
+            continue
+        running_new = [t for t in ts if t.spec_version == svc.spec_version and t.status.state == TaskState.RUNNING]
+        if running_new:
+            for t in ts:
+                if t.spec_version != svc.spec_version:
+                    ops.append(_shutdown(t, "replaced by an update"))
+    return ops
+
+
+def _global(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float, out: Pass) -> None:
+    job = svc.spec.mode == ServiceMode.GLOBAL_JOB
+    by_node: dict[str, list[Task]] = defaultdict(list)
+    for t in tasks:
+        by_node[t.node_id].append(t)
+    for ts in by_node.values():
+        ts.sort(key=lambda x: (x.created_at, x.id))
+    for n in nodes.values():
+        ts = by_node.get(n.id, [])
+        if not _eligible_static(svc, n):
+            for t in ts:
+                if t.desired_state <= TaskState.RUNNING:
+                    out.ops.append(_shutdown(t, "node no longer eligible"))
+            continue
+        live_ts = [t for t in ts if t.desired_state <= TaskState.RUNNING and live(t, nodes)]
+        if live_ts:
+            stale = [t for t in live_ts if t.spec_version != svc.spec_version]
+            for t in stale[: max(1, svc.spec.update_config.parallelism or len(stale))]:
+                out.ops.append(_shutdown(t, "replaced by an update"))
+                out.ops.append(store_ops.Create("tasks", new_task(svc, 0, n.id, now)))
+            continue
+        last = ts[-1] if ts else None
+        if last is not None and last.desired_state in (TaskState.COMPLETE, TaskState.FAILED):
+            continue  # finished here for good
+        if last is not None and last.desired_state <= TaskState.RUNNING and last.status.state.terminal:
+            restart, nb = _restart_decision(svc, ts, last, now)
+            if not restart:
+                out.ops.append(store_ops.Update("tasks", evolve(
+                    last, desired_state=TaskState.COMPLETE if last.status.state == TaskState.COMPLETE
+                    else TaskState.FAILED)))
+                continue
+            out.ops.append(store_ops.Update("tasks", evolve(last, desired_state=TaskState.SHUTDOWN)))
+            out.ops.append(store_ops.Create("tasks", new_task(svc, 0, n.id, now, nb)))
+            if nb > now:
+                out.wake(nb)
+            continue
+        if job and any(t.status.state == TaskState.COMPLETE for t in ts):
+            continue
+        out.ops.append(store_ops.Create("tasks", new_task(svc, 0, n.id, now)))
+    # Tasks on nodes that no longer exist.
+    for nid, ts in by_node.items():
+        if nid and nid not in nodes:
+            for t in ts:
+                if t.desired_state <= TaskState.RUNNING:
+                    out.ops.append(_shutdown(t, "node removed"))
+
+
+def _reap(tasks: list[Task], nodes: dict[str, Node], history: int, out: Pass) -> None:
+    """Keep `history` ended tasks per slot (per node for global services)."""
+    groups: dict[tuple[int, str], list[Task]] = defaultdict(list)
+    for t in tasks:
+        groups[(t.slot, t.node_id if t.slot == 0 else "")].append(t)
+    for ts in groups.values():
+        ended = [t for t in ts if t.desired_state > TaskState.RUNNING and
+                 (t.status.state.terminal or not t.node_id or t.node_id not in nodes)]
+        ended.sort(key=lambda x: (x.created_at, x.id))
+        for t in ended[: max(0, len(ended) - history)]:
+            out.ops.append(store_ops.Delete("tasks", t.id))
+
+
+def _schedule(view: Any, nodes: dict[str, Node], services: dict[str, Service],
+              by_service: dict[str, list[Task]], now: float, out: Pass) -> None:
+    pending: dict[tuple[str, int], list[Task]] = defaultdict(list)
+    created = {op.obj.id: op.obj for op in out.ops if isinstance(op, store_ops.Create) and op.table == "tasks"}
+    changed = {op.obj.id for op in out.ops if isinstance(op, store_ops.Update) and op.table == "tasks"}
+    candidates: Iterable[Task] = [t for ts in by_service.values() for t in ts if t.id not in changed]
+    for t in list(candidates) + list(created.values()):
+        if t.node_id or t.desired_state != TaskState.RUNNING or t.status.state > TaskState.PENDING:
+            continue
+        if t.not_before > now:
+            out.wake(t.not_before)
+            continue
+        pending[(t.service_id, t.spec_version)].append(t)
+    if not pending:
+        return
+    infos = {nid: node_info(n) for nid, n in nodes.items()}
+    for ts in by_service.values():
+        for t in ts:
+            if t.node_id in infos and live(t, nodes):
+                ni = infos[t.node_id]
+                ni.service_tasks[t.service_id] += 1
+                ni.total_tasks += 1
+                res = t.spec.resources.reservations
+                ni.reserved_cpu += res.nano_cpus
+                ni.reserved_memory += res.memory_bytes
+            elif t.node_id in infos and t.status.state == TaskState.FAILED and t.created_at > now - 300:
+                infos[t.node_id].recent_failures[t.service_id] += 1
+    node_list = sorted(infos.values(), key=lambda n: n.id)
+    replaced: dict[str, int] = {}
+    for i, op in enumerate(out.ops):
+        if isinstance(op, store_ops.Create) and op.table == "tasks":
+            replaced[op.obj.id] = i
+    for (sid, _), ts in sorted(pending.items()):
+        svc = services.get(sid)
+        if svc is None:
+            continue
+        pl = svc.spec.task.placement
+        try:
+            cons = parse_constraints(pl.constraints)
+        except ConstraintError as e:
+            for t in ts:
+                _set_pending(t, f"invalid placement: {e}", out, replaced, now)
+            continue
+        spread = [p.removeprefix("node.labels.") for p in pl.preferences]
+        plats = [(p.partition("/")[0], ARCH_ALIASES.get(p.partition("/")[2], p.partition("/")[2]))
+                 for p in pl.platforms]
+        res = svc.spec.task.resources.reservations
+        g = TaskGroup(service_id=sid, task_ids=[t.id for t in ts], constraints=cons, spread=spread,
+                      reserve_cpu=res.nano_cpus, reserve_memory=res.memory_bytes,
+                      max_replicas_per_node=pl.max_replicas, platforms=plats)
+        placed = schedule_group(g, node_list)
+        by_id = {t.id: t for t in ts}
+        for tid, nid in placed.assignments:
+            t = by_id[tid]
+            new = evolve(t, node_id=nid, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now,
+                                                           message="scheduled"))
+            _put(new, out, replaced)
+        for tid in placed.unplaced:
+            _set_pending(by_id[tid], placed.reason, out, replaced, now)
+
+
+def _set_pending(t: Task, reason: str, out: Pass, replaced: dict[str, int], now: float) -> None:
+    if t.status.state == TaskState.PENDING and t.status.message == reason:
+        return
+    _put(evolve(t, status=TaskStatus(state=TaskState.PENDING, timestamp=now, message=reason)), out, replaced)
+
+
+def _put(new: Task, out: Pass, replaced: dict[str, int]) -> None:
+    """A task created in this pass is written in its final form; an existing one is updated."""
+    i = replaced.get(new.id)
+    if i is not None:
+        out.ops[i] = store_ops.Create("tasks", new)
+    else:
+        out.ops.append(store_ops.Update("tasks", new))
