@@ -195,7 +195,7 @@ def _converged(svc: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[bool, 
     return ok, msg
 
 
-def wait_converged(ep: Endpoint, sid: str, timeout: float) -> None:
+def wait_converged(ep: Endpoint, sid: str, timeout: float, *, rollback_is_failure: bool = False) -> None:
     console = Console(stderr=True)
     deadline = time.monotonic() + timeout
     msg = ""
@@ -211,7 +211,8 @@ def wait_converged(ep: Endpoint, sid: str, timeout: float) -> None:
                 fail(f"service {svc['spec']['name']} did not converge in {timeout:.0f} s: {msg}")
             time.sleep(0.2)
     us = svc.get("update_status") or {}
-    if us.get("state") in ("paused", "rollback_paused"):
+    if us.get("state") in ("paused", "rollback_paused") or (
+            rollback_is_failure and us.get("state") in ("rollback_started", "rollback_completed")):
         fail(f"service {svc['spec']['name']}: {us.get('message')}")
     click.echo(f"{svc['spec']['name']}: {msg}: converged", err=True)
 
@@ -279,7 +280,7 @@ def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, e
     new = request(ep, "POST", f"/v1/services/{svc['id']}/update", {"spec": spec, "version": svc["meta"]["version"]})
     click.echo(new["id"] if quiet else new["spec"]["name"])
     if not detach:
-        wait_converged(ep, new["id"], timeout)
+        wait_converged(ep, new["id"], timeout, rollback_is_failure=True)
 
 
 @service.command("scale")

@@ -302,8 +302,8 @@ def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str,
                 done = UpdateState.ROLLBACK_COMPLETED if rolling_back else UpdateState.COMPLETED
                 out.ops.append(store_ops.Update("services", evolve(
                     svc, update_status=UpdateStatus(state=done, started_at=status.started_at, completed_at=now,
-                                                    message="rollback completed" if rolling_back
-                                                    else "update completed"))))
+                                                    message=f"rollback completed: {status.message}"
+                                                    if rolling_back else "update completed"))))
         return
     # Failures among the new version's tasks (ended while wanted running).
     new_tasks = [t for ts in slots.values() for t in ts if t.spec_version == svc.spec_version]
