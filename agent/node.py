@@ -95,6 +95,16 @@ class NodeDaemon:
         add_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_cluster_routes(local, self.membership)
+
+        async def service_logs(request: web.Request) -> web.StreamResponse:
+            m = self._current_manager()
+            if m is None:
+                from manager.controlapi.errors import HTTPError
+
+                raise HTTPError(503, "not_manager", "this node is not a manager: run the command on a manager")
+            return await m.service_logs(request)
+
+        local.router.add_get("/v1/services/{ref}/logs", service_logs)
         from .engine import Engine
         from .worker import Worker
 

@@ -79,6 +79,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._log_streams: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         self.engine.containers.on_change = self.container_changed
@@ -93,6 +94,15 @@ class Worker:
     # -- input -------------------------------------------------------------------
 
     def on_message(self, m: dict[str, Any]) -> None:
+        if m.get("t") == "logs":
+            rid = str(m.get("id"))
+            self._log_streams[rid] = asyncio.create_task(self._stream_logs(rid, m))
+            return
+        if m.get("t") == "logs_cancel":
+            t = self._log_streams.pop(str(m.get("id")), None)
+            if t is not None:
+                t.cancel()
+            return
         if m.get("t") == "assign":
             self.assigned = {t["id"]: t for t in m.get("tasks") or [] if isinstance(t, dict) and "id" in t}
             # The manager may lack reports sent before a reconnect: send ours again.
@@ -181,6 +191,48 @@ class Worker:
             pass
         finally:
             self._busy.pop(tid, None)
+
+    async def _stream_logs(self, rid: str, m: dict[str, Any]) -> None:
+        """Send the logs of the requested tasks' containers to the manager,
+        a batch of lines per frame; each task's stream ends with log_end."""
+        by_task = self._containers_by_task()
+        tail = m.get("tail") if isinstance(m.get("tail"), int) else None
+
+        async def one(tid: str) -> None:
+            rec = by_task.get(tid)
+            if rec is None:
+                await self.send({"t": "log_end", "id": rid, "task": tid, "error": "no container on this node"})
+                return
+            batch: list[list[str]] = []
+
+            async def flusher() -> None:
+                nonlocal batch
+                while True:
+                    await asyncio.sleep(0.1)
+                    if batch:
+                        out, batch = batch, []
+                        await self.send({"t": "log", "id": rid, "task": tid, "lines": out})
+
+            fl = asyncio.create_task(flusher())
+            try:
+                async for ts, stream, line in self.engine.containers.logs(rec.id, follow=bool(m.get("follow")),
+                                                                          tail=tail):
+                    batch.append([ts, stream, line])
+                    if len(batch) >= 500:
+                        out, batch = batch, []
+                        await self.send({"t": "log", "id": rid, "task": tid, "lines": out})
+            except NotFound:
+                pass
+            finally:
+                fl.cancel()
+            if batch:
+                await self.send({"t": "log", "id": rid, "task": tid, "lines": batch})
+            await self.send({"t": "log_end", "id": rid, "task": tid})
+
+        try:
+            await asyncio.gather(*(one(str(t)) for t in m.get("tasks") or []))
+        finally:
+            self._log_streams.pop(rid, None)
 
     async def _reconcile_loop(self) -> None:
         while True:

@@ -408,5 +408,35 @@ def rm(ep: Endpoint, refs: tuple[str, ...]) -> None:
         click.echo(r)
 
 
+@service.command("logs")
+@click.argument("ref")
+@click.option("-f", "--follow", is_flag=True)
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Lines from the end of each task's log.")
+@click.option("--no-prefix", is_flag=True, help="Print the lines only.")
+@click.option("-t", "--timestamps", is_flag=True)
+@click.pass_obj
+def logs(ep: Endpoint, ref: str, follow: bool, tail: int | None, no_prefix: bool, timestamps: bool) -> None:
+    """The logs of all of a service's tasks, from every node, merged."""
+    import asyncio
+
+    from .engine import _stream
+
+    q = f"?follow={'1' if follow else '0'}" + (f"&tail={tail}" if tail is not None else "")
+
+    async def run() -> None:
+        async for m in _stream(ep, "GET", f"/v1/services/{ref}/logs{q}"):
+            prefix = "" if no_prefix else f"{m['name']}@{m['node']}    | "
+            if "error" in m:
+                click.echo(f"{prefix}(logs unavailable: {m['error']})", err=True)
+                continue
+            ts = f"{m['ts']} " if timestamps else ""
+            click.echo(f"{prefix}{ts}{m['line']}", err=m["stream"] == "stderr")
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
 COMMANDS: list[click.Command] = [service]
 

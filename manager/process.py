@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from api.objects import TaskState
 from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
 from manager.store import MemoryStore
@@ -108,6 +109,7 @@ class ManagerProcess:
         self.dispatcher = Dispatcher(self.raft, self.store, self._identify, opts.dispatcher,
                                      manager_addrs=lambda: manager_addrs(self.store))
         self.dispatcher.attach(self.app)
+        self.app.router.add_get("/v1/services/{ref}/logs", self.service_logs)
         self.roles = RoleManager(self.raft, self.store)
         from .orchestrator.loop import Orchestrator
 
@@ -150,6 +152,62 @@ class ManagerProcess:
         if ident.role != "manager":
             raise HTTPError(403, "permission_denied", f"node {ident.node_id} is a {ident.role}: managers only")
         return await handler(request)
+
+    # -- service logs ----------------------------------------------------------
+
+    async def service_logs(self, request: web.Request) -> web.StreamResponse:
+        """The merged logs of a service's tasks, fetched from their nodes
+        through the dispatcher's sessions (on the leader; a follower relays)."""
+        import json
+
+        import aiohttp
+
+        from .controlapi.server import _resolve
+
+        if not self.raft.is_leader:
+            leader = self.raft.members.get(self.raft.lead) if self.raft.lead else None
+            if not leader or self.opts.tls is None:
+                raise HTTPError(503, "unavailable", "no leader to fetch logs from; retry shortly")
+            resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            url = f"https://{leader}{request.path_qs}"
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ssl(self.opts.tls))) as s:
+                async with s.get(url) as r:
+                    if r.status >= 400:
+                        raise HTTPError(r.status, "upstream", (await r.text())[:2000])
+                    await resp.prepare(request)
+                    async for chunk in r.content.iter_any():
+                        await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+        await self.raft.read_barrier()
+        svc = _resolve(self.store, "services", request.match_info["ref"])
+        follow = request.query.get("follow") in ("1", "true")
+        tail_q = request.query.get("tail", "")
+        tail = int(tail_q) if tail_q.isdigit() else None
+        view = self.store.view()
+        hosts = {n.id: n.description.hostname for n in view.list("nodes")}
+        by_node: dict[str, list[str]] = {}
+        names = {}
+        for t in view.find("tasks", "service_id", svc.id):
+            if not t.node_id or t.status.state < TaskState.STARTING:
+                continue
+            if not follow or t.desired_state <= TaskState.RUNNING:
+                by_node.setdefault(t.node_id, []).append(t.id)
+                names[t.id] = f"{svc.spec.name}.{t.slot or t.node_id[:12]}.{t.id[:12]}"
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await resp.prepare(request)
+        async for m in self.dispatcher.logs(by_node, follow=follow, tail=tail):
+            tid = m.get("task", "")
+            node = next((n for n, ts in by_node.items() if tid in ts), "")
+            base = {"task": tid, "name": names.get(tid, tid), "node": hosts.get(node, node)}
+            if m.get("t") == "log":
+                out = "".join(json.dumps({**base, "ts": ts, "stream": st, "line": line}) + "\n"
+                              for ts, st, line in m.get("lines") or [])
+                await resp.write(out.encode())
+            elif m.get("error"):
+                await resp.write((json.dumps({**base, "error": m["error"]}) + "\n").encode())
+        await resp.write_eof()
+        return resp
 
     # -- lifecycle ---------------------------------------------------------
 

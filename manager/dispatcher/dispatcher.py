@@ -90,6 +90,7 @@ class Dispatcher:
         self._status_task: asyncio.Task[None] | None = None
         self._status_q: dict[str, tuple[str, dict[str, Any]]] = {}
         self._status_event = asyncio.Event()
+        self._log_subs: dict[str, asyncio.Queue[dict[str, Any]]] = {}
 
     def attach(self, app: web.Application) -> None:
         app.router.add_get(SESSION_PATH, self.handle)
@@ -160,6 +161,33 @@ class Dispatcher:
                 pass
             finally:
                 watch.close()
+
+    # -- logs ------------------------------------------------------------------
+
+    async def logs(self, by_node: dict[str, list[str]], *, follow: bool, tail: int | None) -> Any:
+        """Yield log frames of the given tasks ({node: [task ids]}) from
+        their agents, merged as they arrive; ends when every task's stream
+        ended (never, with follow, until the caller stops iterating)."""
+        req = secrets.token_hex(8)
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._log_subs[req] = q
+        open_tasks = set()
+        try:
+            for nid, tids in by_node.items():
+                if self.send(nid, {"t": "logs", "id": req, "tasks": tids, "follow": follow, "tail": tail}):
+                    open_tasks.update(tids)
+                else:
+                    for tid in tids:
+                        yield {"t": "log_end", "task": tid, "error": f"node {nid} is not connected"}
+            while open_tasks:
+                m = await q.get()
+                if m.get("t") == "log_end":
+                    open_tasks.discard(m.get("task"))
+                yield m
+        finally:
+            del self._log_subs[req]
+            for nid in by_node:
+                self.send(nid, {"t": "logs_cancel", "id": req})
 
     # -- task status ---------------------------------------------------------
 
@@ -277,6 +305,10 @@ class Dispatcher:
                                             "role": cur.spec.role.value if cur is not None else ""})
                 elif t == "status":
                     self._queue_status(node_id, list(m.get("updates") or []))
+                elif t in ("log", "log_end"):
+                    q = self._log_subs.get(str(m.get("id")))
+                    if q is not None:
+                        q.put_nowait(m)
         finally:
             sender.cancel()
             if self.sessions.get(node_id) is sess:
