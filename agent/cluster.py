@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from agent.session import AgentSession
+from manager.secretbox import load_key, new_key, save_key
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,17 @@ class Membership:
     def certs(self) -> str:
         return os.path.join(self.dir, "certs")
 
+    @property
+    def key_path(self) -> str:
+        return os.path.join(self.dir, "secrets.key")
+
+    def _save_secrets_key(self, resp: dict[str, Any]) -> None:
+        if resp.get("secrets_key"):
+            import base64
+
+            os.makedirs(self.dir, exist_ok=True)
+            save_key(self.key_path, base64.b64decode(resp["secrets_key"]))
+
     def load(self) -> ClusterState | None:
         try:
             with open(os.path.join(self.dir, "state.json")) as f:
@@ -181,7 +193,8 @@ class Membership:
         self.manager = ManagerProcess(ManagerOptions(
             node_id=st.raft_id, data_dir=os.path.join(self.data_dir, "manager"),
             listen_addr=st.listen_addr, advertise_addr=st.advertise_addr, initial_cluster=initial,
-            settings=self.settings or RaftSettings(), tls=self.tls(), force_new_cluster=force_new_cluster, **kw,
+            settings=self.settings or RaftSettings(), tls=self.tls(), force_new_cluster=force_new_cluster,
+            secrets_key=load_key(self.key_path), **kw,
         ))
         await self.manager.start()
 
@@ -279,6 +292,7 @@ class Membership:
         role = resp["role"]
         st.managers = list(resp.get("managers") or st.managers)
         if role == "manager" and self.manager is None:
+            self._save_secrets_key(resp)
             st.role, st.raft_id = "manager", int(resp.get("raft_id") or 0)
             self._save_state()
             shutil.rmtree(os.path.join(self.data_dir, "manager"), ignore_errors=True)
@@ -288,6 +302,10 @@ class Membership:
             await self.manager.stop()
             self.manager = None
             shutil.rmtree(os.path.join(self.data_dir, "manager"), ignore_errors=True)
+            try:
+                os.unlink(self.key_path)  # workers never hold the secrets key
+            except FileNotFoundError:
+                pass
             st.role, st.raft_id = "worker", 0
             self._save_state()
             log.info("this node is now a worker")
@@ -334,6 +352,7 @@ class Membership:
             cert = root.issue(csr, node_id, "manager")
             self._wipe()
             self._save_certs(root.cert_pem, cert, key)
+            save_key(self.key_path, new_key())
             self.state = ClusterState(cluster_id, node_id, "manager", listen_addr, advertise, raft_id,
                                       [advertise], time.time())
             try:
@@ -436,6 +455,7 @@ class Membership:
             })
             self._wipe()
             self._save_certs(resp["ca_cert"], resp["cert"], key)
+            self._save_secrets_key(resp)
             self.state = ClusterState(resp["cluster_id"], resp["node_id"], resp["role"], listen_addr, advertise,
                                       int(resp.get("raft_id") or 0), list(resp.get("managers") or [remote]),
                                       time.time())

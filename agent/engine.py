@@ -10,7 +10,9 @@ mount, directory).
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import uuid
 from typing import Any
 
@@ -74,8 +76,6 @@ class Engine:
         for i, m in enumerate(req.mounts):
             where = f"mounts[{i}]"
             if m.type == MountType.BIND:
-                import os
-
                 if not os.path.isabs(m.source):
                     raise SpecError(f"{where}.source: a bind mount needs an absolute host path (got {m.source!r})")
                 if not os.path.exists(m.source):
@@ -104,8 +104,48 @@ class Engine:
             await self.images.pull(ref)
         return self.images.image_config(ref)
 
-    async def run(self, req: RunRequest, *, cid: str | None = None, pulled: bool = False) -> ContainerRecord:
-        """Create and start a container; raises ImageError or EngineError."""
+    def _cleanup(self, cdir: str) -> None:
+        """Before a container directory goes: its secrets tmpfs, then its rootfs."""
+        secrets_dir = os.path.join(cdir, "secrets")
+        if os.path.ismount(secrets_dir):
+            subprocess.run(["umount", "-l", secrets_dir], check=False, capture_output=True)
+        self.images.release_rootfs(cdir)
+
+    def _files(self, cdir: str, files: list[dict[str, Any]]) -> list[Mount]:
+        """Secrets on a private tmpfs (never on disk), configs as plain files;
+        each bind-mounted read-only at its target."""
+        mounts = []
+        if any(f["kind"] == "secret" for f in files):
+            d = os.path.join(cdir, "secrets")
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            if not os.path.ismount(d):
+                size = sum(len(f["data"]) + 4096 for f in files if f["kind"] == "secret") + 65536
+                r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700,nodev,nosuid,noexec",
+                                    "tmpfs", d], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise SpecError(f"cannot mount the secrets tmpfs: {r.stderr.strip()}")
+        os.makedirs(os.path.join(cdir, "configs"), mode=0o700, exist_ok=True)
+        for i, f in enumerate(files):
+            target = str(f["target"])
+            if not target.startswith("/"):
+                raise SpecError(f"files[{i}].target: must be an absolute path (got {target!r})")
+            base = "secrets" if f["kind"] == "secret" else "configs"
+            path = os.path.join(cdir, base, f"{i}")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(bytes(f["data"]))
+            try:
+                os.chown(path, int(f.get("uid") or 0), int(f.get("gid") or 0))
+            except ValueError:
+                raise SpecError(f"files[{i}]: uid and gid must be numbers") from None
+            os.chmod(path, int(f.get("mode", 0o444)))
+            mounts.append(Mount("bind", target, path, True))
+        return mounts
+
+    async def run(self, req: RunRequest, *, cid: str | None = None,
+                  files: list[dict[str, Any]] | None = None) -> ContainerRecord:
+        """Create and start a container; raises ImageError or EngineError.
+        `files`: secrets and configs to mount ({kind, target, data, uid, gid, mode})."""
         mgr = self.containers
         image_config = await self.ensure_image(req.image)
         try:
@@ -127,7 +167,7 @@ class Engine:
                 env=dict(req.env), user=req.user, workdir=req.workdir, hostname=req.hostname,
                 memory=req.memory, pids_limit=req.pids_limit, cpu_quota=int(req.cpus * 100_000),
                 stop_signal=req.stop_signal, stop_grace=req.stop_grace,
-                mounts=self._mounts(req, str(rootfs)), privileged=req.privileged,
+                mounts=self._mounts(req, str(rootfs)) + self._files(cdir, files or []), privileged=req.privileged,
                 cap_add=list(req.cap_add), cap_drop=list(req.cap_drop), read_only=req.read_only,
                 labels=dict(req.labels),
             )
@@ -135,9 +175,9 @@ class Engine:
             return await mgr.start(cid)
         except (RuntimeError_, SpecError) as e:
             try:
-                await mgr.remove(cid, force=True, before_cleanup=self.images.release_rootfs)
+                await mgr.remove(cid, force=True, before_cleanup=self._cleanup)
             except NotFound:
-                self.images.release_rootfs(cdir)
+                self._cleanup(cdir)
                 shutil.rmtree(cdir, ignore_errors=True)
             if isinstance(e, SpecError):
                 raise EngineError(str(e), 400, "invalid_argument") from None
@@ -146,7 +186,7 @@ class Engine:
     async def remove(self, cid: str, force: bool = False) -> None:
         """Delete a container, its rootfs mount and its anonymous volumes."""
         rec = self.containers.get(cid)
-        await self.containers.remove(rec.id, force=force, before_cleanup=self.images.release_rootfs)
+        await self.containers.remove(rec.id, force=force, before_cleanup=self._cleanup)
         for m in rec.spec.get("mounts", []):
             if m.get("type") != "volume":
                 continue

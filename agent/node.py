@@ -92,7 +92,11 @@ class NodeDaemon:
         # node runs now (none, a static one, or one from init/join).
         raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
             _Forward(lambda: self._current_manager(), "store")
-        add_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
+        def secrets_key() -> bytes | None:
+            m = self._current_manager()
+            return m.opts.secrets_key if m is not None else None
+
+        add_routes(local, raft_ref, store_ref, secrets_key)  # type: ignore[arg-type]
         add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_cluster_routes(local, self.membership)
 

@@ -284,7 +284,7 @@ class Worker:
                 return
             self._report(tid, TaskState.STARTING, "starting")
             try:
-                rec = await self.engine.run(req)
+                rec = await self.engine.run(req, files=list(t.get("files") or []))
             except (EngineError, ImageError) as e:
                 self._report(tid, TaskState.FAILED, "failed", err=str(e))
                 return

@@ -30,6 +30,7 @@ def _register() -> None:
         cli.add_command(c)
     cli.add_command(cluster.cluster)
     cli.add_command(config.config)
+    cli.add_command(config.secret)
     try:  # node-local engine commands (image, container), when present
         from . import engine
 

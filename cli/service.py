@@ -58,6 +58,10 @@ def _spec_options(f: Any) -> Any:
         click.option("--stop-signal"),
         click.option("--stop-grace-period"),
         click.option("--read-only", is_flag=True, default=None),
+        click.option("--secret", "secrets", multiple=True,
+                     help="NAME or source=NAME[,target=PATH][,uid=][,gid=][,mode=0444]; at /run/secrets/NAME"),
+        click.option("--config", "configs", multiple=True,
+                     help="NAME or source=NAME[,target=PATH][,uid=][,gid=][,mode=0444]; at /NAME"),
         click.option("-d", "--detach", is_flag=True, help="Return at once; do not wait for convergence."),
         click.option("-q", "--quiet", is_flag=True, help="Print only the service id."),
     ]
@@ -76,7 +80,35 @@ def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
     return out
 
 
-def _apply(spec: dict[str, Any], o: dict[str, Any]) -> None:
+def _file_ref(ep: Endpoint, kind: str, s: str) -> dict[str, Any]:
+    """--secret/--config: NAME or source=NAME,target=...,uid=...,gid=...,mode=0400."""
+    flag = f"--{kind}"
+    fields: dict[str, str] = {}
+    for part in s.split(","):
+        k, sep, v = part.partition("=")
+        if not sep:
+            fields["source"] = k
+        elif k in ("source", "src", "target", "uid", "gid", "mode"):
+            fields["source" if k == "src" else k] = v
+        else:
+            raise click.BadParameter(f"unknown key {k!r} in {s!r}", param_hint=flag)
+    if not fields.get("source"):
+        raise click.BadParameter(f"{s!r} names no {kind}", param_hint=flag)
+    obj = request(ep, "GET", f"/v1/{kind}s/{fields['source']}")
+    ref: dict[str, Any] = {f"{kind}_id": obj["id"], f"{kind}_name": obj["spec"]["name"],
+                           "target": fields.get("target", "")}
+    for k in ("uid", "gid"):
+        if k in fields:
+            ref[k] = fields[k]
+    if "mode" in fields:
+        try:
+            ref["mode"] = int(fields["mode"], 8)
+        except ValueError:
+            raise click.BadParameter(f"mode {fields['mode']!r} is not octal", param_hint=flag) from None
+    return ref
+
+
+def _apply(spec: dict[str, Any], o: dict[str, Any], ep: Endpoint | None = None) -> None:
     """Fold the flags that were given into a service spec (JSON form)."""
     task = spec.setdefault("task", {})
     c = task.setdefault("container", {})
@@ -99,6 +131,10 @@ def _apply(spec: dict[str, Any], o: dict[str, Any]) -> None:
         c["mounts"] = [parse_mount(m) for m in o["mounts"]]
     if o.get("read_only") is not None:
         c["read_only"] = o["read_only"]
+    if o.get("secrets") and ep is not None:
+        c["secrets"] = [_file_ref(ep, "secret", x) for x in o["secrets"]]
+    if o.get("configs") and ep is not None:
+        c["configs"] = [_file_ref(ep, "config", x) for x in o["configs"]]
     if o.get("stop_grace_period"):
         c["stop_grace_period"] = parse_duration(o["stop_grace_period"], "--stop-grace-period")
     hc = build_healthcheck(o)
@@ -242,7 +278,7 @@ def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, timeo
         spec["max_concurrent"] = max_concurrent
     if mode == "replicated-job" and o.get("replicas") is None:
         o["replicas"] = 1
-    _apply(spec, o)
+    _apply(spec, o, ep)
     svc = request(ep, "POST", "/v1/services", spec)
     click.echo(svc["id"])
     if not detach:
@@ -276,7 +312,7 @@ def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, e
         pl["constraints"] = [x for x in pl.get("constraints", []) if x not in constraint_rm]
     if force:
         spec["task"]["force_update"] = spec["task"].get("force_update", 0) + 1
-    _apply(spec, o)
+    _apply(spec, o, ep)
     new = request(ep, "POST", f"/v1/services/{svc['id']}/update", {"spec": spec, "version": svc["meta"]["version"]})
     click.echo(new["id"] if quiet else new["spec"]["name"])
     if not detach:

@@ -66,10 +66,25 @@ def new_raft_id() -> int:
     return secrets.randbits(62) + 1
 
 
-def add_public_routes(app: web.Application, raft: RaftNode, store: MemoryStore) -> None:
+KEYFN_KEY = web.AppKey("m_secrets_key", object)
+
+
+def _manager_secrets(request: web.Request, role: NodeRole) -> dict[str, Any]:
+    """What only managers get: the cluster's secrets key (over mutual TLS)."""
+    if role != NodeRole.MANAGER:
+        return {}
+    fn = request.app.get(KEYFN_KEY)
+    key = fn() if fn is not None else None  # type: ignore[operator]
+    import base64
+
+    return {"secrets_key": base64.b64encode(key).decode()} if key else {}
+
+
+def add_public_routes(app: web.Application, raft: RaftNode, store: MemoryStore, secrets_key: Any = None) -> None:
     """Routes that a node without a certificate may call (TCP port only)."""
     app[RAFT_KEY] = raft
     app[STORE_KEY] = store
+    app[KEYFN_KEY] = secrets_key or (lambda: None)
     app.router.add_get("/v1/ca", get_ca)
     app.router.add_post("/v1/join", join)
     app.router.add_post("/v1/certs/renew", renew)
@@ -163,7 +178,7 @@ async def join(request: web.Request) -> web.Response:
     return json_response({
         "node_id": node_id, "role": role.value, "cert": cert, "ca_cert": ca.ca_cert,
         "cluster_id": cluster.id, "raft_id": node.manager_status.raft_id if node.manager_status else 0,
-        "managers": managers,
+        "managers": managers, **_manager_secrets(request, role),
     }, 201)
 
 
@@ -200,7 +215,7 @@ async def renew(request: web.Request) -> web.Response:
         raise bad_request(f"csr: {e}", field="csr") from None
     return json_response({"cert": cert, "role": role.value, "ca_cert": cluster.root_ca.ca_cert,
                           "raft_id": node.manager_status.raft_id if node.manager_status else 0,
-                          "managers": manager_addrs(store)})
+                          "managers": manager_addrs(store), **_manager_secrets(request, role)})
 
 
 def manager_addrs(store: MemoryStore) -> list[str]:

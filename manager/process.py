@@ -56,6 +56,7 @@ class ManagerOptions:
     tls: NodeTLS | None = None
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
     force_new_cluster: bool = False  # rewrite the Raft state as a single-member cluster first
+    secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see manager.secretbox)
 
 
 def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
@@ -100,14 +101,15 @@ class ManagerProcess:
             advertise_addr=opts.advertise_addr or opts.listen_addr,
             ssl_context=client_ssl(opts.tls) if opts.tls else None,
         )
-        self.app = build_app(self.raft, self.store)
+        self.app = build_app(self.raft, self.store, lambda: self.opts.secrets_key)
         if opts.tls is not None:
             self.app.middlewares.append(self._auth_middleware)  # inside error_middleware
         self.app.router.add_get(RAFT_PATH, self.raft.transport.handle)
-        add_public_routes(self.app, self.raft, self.store)
+        add_public_routes(self.app, self.raft, self.store, lambda: self.opts.secrets_key)
         add_node_routes(self.app, self.raft, self.store)
         self.dispatcher = Dispatcher(self.raft, self.store, self._identify, opts.dispatcher,
-                                     manager_addrs=lambda: manager_addrs(self.store))
+                                     manager_addrs=lambda: manager_addrs(self.store),
+                                     secrets_key=lambda: self.opts.secrets_key)
         self.dispatcher.attach(self.app)
         self.app.router.add_get("/v1/services/{ref}/logs", self.service_logs)
         self.roles = RoleManager(self.raft, self.store)
@@ -231,7 +233,7 @@ class ManagerProcess:
                  " (mutual TLS)" if ssl_ctx else "")
 
     def add_control_routes(self, app: web.Application) -> None:
-        add_routes(app, self.raft, self.store)
+        add_routes(app, self.raft, self.store, lambda: self.opts.secrets_key)
         add_node_routes(app, self.raft, self.store)
 
     async def stop(self) -> None:

@@ -41,14 +41,16 @@ RAFT_KEY = web.AppKey("raft", RaftNode)
 STORE_KEY = web.AppKey("store", MemoryStore)
 
 
-def build_app(raft: RaftNode, store: MemoryStore) -> web.Application:
+def build_app(raft: RaftNode, store: MemoryStore, secrets_key: Any = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
-    add_routes(app, raft, store)
+    add_routes(app, raft, store, secrets_key)
     return app
 
 
-def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore) -> None:
-    """The control API routes, on the manager's TCP app or the local socket's."""
+def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore,
+               secrets_key: Any = None) -> None:
+    """The control API routes, on the manager's TCP app or the local socket's.
+    `secrets_key()` gives the cluster's secrets key (None: no secrets here)."""
     app[RAFT_KEY] = raft
     app[STORE_KEY] = store
     app.router.add_get("/v1/cluster/status", cluster_status)
@@ -59,9 +61,11 @@ def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore) -> None
     app.router.add_get("/v1/configs/{ref}", get_config)
     app.router.add_delete("/v1/configs/{ref}", delete_config)
     app.router.add_get("/v1/openapi.json", openapi)
+    from .secrets import add_secret_routes
     from .services import add_service_routes
 
     add_service_routes(app)
+    add_secret_routes(app, secrets_key or (lambda: None))
 
 
 # -- helpers ---------------------------------------------------------------
@@ -223,6 +227,11 @@ async def create_config(request: web.Request) -> web.Response:
 async def delete_config(request: web.Request) -> web.Response:
     await _barrier(request)
     obj = _resolve(request.app[STORE_KEY], "configs", request.match_info["ref"])
+    from .secrets import users_of
+
+    users = users_of(request.app[STORE_KEY], "configs", obj.id)
+    if users:
+        raise conflict(f"config {obj.spec.name} is in use by service(s) {', '.join(users)}")
     await _commit(request, [store_ops.Delete("configs", obj.id, expect_version=obj.meta.version)])
     return web.Response(status=204)
 

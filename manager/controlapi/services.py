@@ -79,8 +79,23 @@ async def get_service(request: web.Request) -> web.Response:
     return json_response(service_json(store, _resolve(store, "services", request.match_info["ref"])))
 
 
+def _check_refs(store: Any, spec: ServiceSpec) -> None:
+    view = store.view()
+    c = spec.task.container
+    for i, r in enumerate(c.secrets):
+        if view.get("secrets", r.secret_id) is None:
+            where = f"task.container.secrets[{i}]"
+            raise bad_request(f"{where}: no secret with id {r.secret_id} ({r.secret_name})", field=where)
+    for i, r in enumerate(c.configs):
+        if view.get("configs", r.config_id) is None:
+            where = f"task.container.configs[{i}]"
+            raise bad_request(f"{where}: no config with id {r.config_id} ({r.config_name})", field=where)
+
+
 async def create_service(request: web.Request) -> web.Response:
     spec = parse_spec(await _json_body(request))
+    await _barrier(request)
+    _check_refs(request.app[STORE_KEY], spec)
     now = time.time()
     svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
     result = await _commit(request, [store_ops.Create("services", svc)])
@@ -95,6 +110,7 @@ async def update_service(request: web.Request) -> web.Response:
     await _barrier(request)
     store = request.app[STORE_KEY]
     svc = _resolve(store, "services", request.match_info["ref"])
+    _check_refs(store, spec)
     version = body.get("version")
     if version is not None and version != svc.meta.version:
         raise conflict(f"service {svc.spec.name} changed since version {version} (now {svc.meta.version}); "

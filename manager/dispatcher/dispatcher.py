@@ -74,6 +74,7 @@ class Dispatcher:
         settings: DispatcherSettings | None = None,
         *,
         manager_addrs: Callable[[], list[str]] | None = None,
+        secrets_key: Callable[[], bytes | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.raft = raft
@@ -81,6 +82,7 @@ class Dispatcher:
         self.identify = identify  # node id from the peer certificate (None = refuse)
         self.settings = settings or DispatcherSettings()
         self.manager_addrs = manager_addrs or (lambda: [])
+        self.secrets_key = secrets_key or (lambda: None)
         self.clock = clock
         self.sessions: dict[str, _Session] = {}
         self.last_seen: dict[str, float] = {}
@@ -123,12 +125,42 @@ class Dispatcher:
             svc = services.get(t.service_id)
             if svc is None:
                 svc = services[t.service_id] = view.get("services", t.service_id)
-            out.append({
+            item = {
                 "id": t.id, "service_id": t.service_id, "service_name": svc.spec.name if svc else "",
                 "slot": t.slot, "spec_version": t.spec_version, "spec": codec.to_dict(t.spec),
                 "desired_state": int(t.desired_state), "state": int(t.status.state),
-            })
+            }
+            if t.desired_state <= TaskState.RUNNING:
+                # Secrets and configs travel only with the tasks that use them,
+                # to the node that runs them.
+                item["files"] = self._files(view, t)
+            out.append(item)
         return out
+
+    def _files(self, view: Any, t: Any) -> list[dict[str, Any]]:
+        from manager.secretbox import SecretBoxError, open_
+
+        files = []
+        c = t.spec.container
+        key = self.secrets_key()
+        for r in c.secrets:
+            s = view.get("secrets", r.secret_id)
+            if s is None or key is None:
+                continue
+            try:
+                data = open_(key, s.id, s.spec.data)
+            except SecretBoxError as e:
+                log.error("%s", e)
+                continue
+            files.append({"kind": "secret", "target": r.target or f"/run/secrets/{r.secret_name}", "data": data,
+                          "uid": r.uid, "gid": r.gid, "mode": r.mode})
+        for r in c.configs:
+            cfg = view.get("configs", r.config_id)
+            if cfg is None:
+                continue
+            files.append({"kind": "config", "target": r.target or f"/{r.config_name}", "data": cfg.spec.data,
+                          "uid": r.uid, "gid": r.gid, "mode": r.mode})
+        return files
 
     def _push(self, node_id: str) -> None:
         if node_id in self.sessions:
@@ -151,6 +183,8 @@ class Dispatcher:
                     batch += watch.poll()
                     dirty = set()
                     for ev in batch:
+                        if ev.table != "tasks":
+                            continue
                         dirty.add(ev.obj.node_id)
                         if ev.old is not None:
                             dirty.add(ev.old.node_id)
