@@ -107,6 +107,7 @@ class Membership:
         self.session: AgentSession | None = None
         self._lock = asyncio.Lock()
         self.worker: Any = None  # agent.worker.Worker, set by the daemon
+        self.resolve_image: Any = None  # the daemon's ImageService.resolve
         self._role_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
 
@@ -194,7 +195,7 @@ class Membership:
             node_id=st.raft_id, data_dir=os.path.join(self.data_dir, "manager"),
             listen_addr=st.listen_addr, advertise_addr=st.advertise_addr, initial_cluster=initial,
             settings=self.settings or RaftSettings(), tls=self.tls(), force_new_cluster=force_new_cluster,
-            secrets_key=load_key(self.key_path), **kw,
+            secrets_key=load_key(self.key_path), resolve_image=self.resolve_image, **kw,
         ))
         await self.manager.start()
 

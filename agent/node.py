@@ -88,6 +88,7 @@ class NodeDaemon:
 
         self.membership = Membership(self.opts.data_dir, hostname=self.opts.hostname,
                                      settings=self.opts.raft_settings, dispatcher=self.opts.dispatcher)
+        self.membership.resolve_image = self.images.resolve
         # The control API on the local socket follows whichever manager this
         # node runs now (none, a static one, or one from init/join).
         raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
@@ -96,7 +97,7 @@ class NodeDaemon:
             m = self._current_manager()
             return m.opts.secrets_key if m is not None else None
 
-        add_routes(local, raft_ref, store_ref, secrets_key)  # type: ignore[arg-type]
+        add_routes(local, raft_ref, store_ref, secrets_key, self.images.resolve)  # type: ignore[arg-type]
         add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_cluster_routes(local, self.membership)
 

@@ -280,6 +280,8 @@ def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, timeo
         o["replicas"] = 1
     _apply(spec, o, ep)
     svc = request(ep, "POST", "/v1/services", spec)
+    for w in svc.get("warnings", []):
+        click.echo(f"warning: {w}", err=True)
     click.echo(svc["id"])
     if not detach:
         wait_converged(ep, svc["id"], timeout)

@@ -16,6 +16,7 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -57,6 +58,7 @@ class ManagerOptions:
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
     force_new_cluster: bool = False  # rewrite the Raft state as a single-member cluster first
     secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see manager.secretbox)
+    resolve_image: Any = None  # async (ref) -> ref@digest, from this node's image service
 
 
 def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
@@ -101,7 +103,7 @@ class ManagerProcess:
             advertise_addr=opts.advertise_addr or opts.listen_addr,
             ssl_context=client_ssl(opts.tls) if opts.tls else None,
         )
-        self.app = build_app(self.raft, self.store, lambda: self.opts.secrets_key)
+        self.app = build_app(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image)
         if opts.tls is not None:
             self.app.middlewares.append(self._auth_middleware)  # inside error_middleware
         self.app.router.add_get(RAFT_PATH, self.raft.transport.handle)
@@ -233,7 +235,7 @@ class ManagerProcess:
                  " (mutual TLS)" if ssl_ctx else "")
 
     def add_control_routes(self, app: web.Application) -> None:
-        add_routes(app, self.raft, self.store, lambda: self.opts.secrets_key)
+        add_routes(app, self.raft, self.store, lambda: self.opts.secrets_key, self.opts.resolve_image)
         add_node_routes(app, self.raft, self.store)
 
     async def stop(self) -> None:

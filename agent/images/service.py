@@ -409,6 +409,15 @@ class ImageService:
                 return matches[0], [], "id" if by_config else "digest"
         raise ImageNotFound(f"no such image: {ref}")
 
+    async def resolve(self, ref: str) -> str:
+        """`ref` pinned to the digest its registry serves now (the tag is kept
+        for display): what a service records so every node runs the same bits."""
+        r = parse_reference(ref)
+        if r.digest:
+            return str(r)
+        fetched = await self.client.get_manifest(r)
+        return str(r.with_digest(fetched.digest))
+
     def list(self) -> list[Image]:
         live = self.store.live_images()
         images = [self._image(rec) for rec in self.store.list_images() if rec.manifest_digest in live]

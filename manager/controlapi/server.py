@@ -41,14 +41,15 @@ RAFT_KEY = web.AppKey("raft", RaftNode)
 STORE_KEY = web.AppKey("store", MemoryStore)
 
 
-def build_app(raft: RaftNode, store: MemoryStore, secrets_key: Any = None) -> web.Application:
+def build_app(raft: RaftNode, store: MemoryStore, secrets_key: Any = None,
+              resolve_image: Any = None) -> web.Application:
     app = web.Application(middlewares=[error_middleware], client_max_size=MAX_BODY)
-    add_routes(app, raft, store, secrets_key)
+    add_routes(app, raft, store, secrets_key, resolve_image)
     return app
 
 
 def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore,
-               secrets_key: Any = None) -> None:
+               secrets_key: Any = None, resolve_image: Any = None) -> None:
     """The control API routes, on the manager's TCP app or the local socket's.
     `secrets_key()` gives the cluster's secrets key (None: no secrets here)."""
     app[RAFT_KEY] = raft
@@ -64,7 +65,7 @@ def add_routes(app: web.Application, raft: RaftNode, store: MemoryStore,
     from .secrets import add_secret_routes
     from .services import add_service_routes
 
-    add_service_routes(app)
+    add_service_routes(app, resolve_image)
     add_secret_routes(app, secrets_key or (lambda: None))
 
 

@@ -23,7 +23,11 @@ from .errors import bad_request, conflict, json_response
 from .server import STORE_KEY, _barrier, _commit, _json_body, _resolve
 
 
-def add_service_routes(app: web.Application) -> None:
+RESOLVE_KEY = web.AppKey("resolve_image", object)
+
+
+def add_service_routes(app: web.Application, resolve_image: Any = None) -> None:
+    app[RESOLVE_KEY] = resolve_image
     app.router.add_get("/v1/services", list_services)
     app.router.add_post("/v1/services", create_service)
     app.router.add_get("/v1/services/{ref}", get_service)
@@ -92,14 +96,33 @@ def _check_refs(store: Any, spec: ServiceSpec) -> None:
             raise bad_request(f"{where}: no config with id {r.config_id} ({r.config_name})", field=where)
 
 
+async def _pin_image(request: web.Request, spec: ServiceSpec) -> tuple[ServiceSpec, str]:
+    """The spec with its image pinned to the registry's current digest, so
+    every node runs the same bits; if the registry cannot be asked, the
+    reference stays as given and a warning says so (as Swarm does)."""
+    resolve = request.app.get(RESOLVE_KEY)
+    image = spec.task.container.image
+    if resolve is None or "@" in image:
+        return spec, ""
+    try:
+        pinned = await resolve(image)  # type: ignore[operator]
+    except Exception as e:  # registry unreachable, unknown tag, auth...
+        return spec, f"image {image} could not be resolved to a digest ({e}); nodes pull the tag as it is then"
+    return evolve(spec, task=evolve(spec.task, container=evolve(spec.task.container, image=pinned))), ""
+
+
 async def create_service(request: web.Request) -> web.Response:
     spec = parse_spec(await _json_body(request))
     await _barrier(request)
     _check_refs(request.app[STORE_KEY], spec)
+    spec, warning = await _pin_image(request, spec)
     now = time.time()
     svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
     result = await _commit(request, [store_ops.Create("services", svc)])
-    return json_response(service_json(request.app[STORE_KEY], result.events[0].obj), 201)
+    out = service_json(request.app[STORE_KEY], result.events[0].obj)
+    if warning:
+        out["warnings"] = [warning]
+    return json_response(out, 201)
 
 
 async def update_service(request: web.Request) -> web.Response:
@@ -119,6 +142,9 @@ async def update_service(request: web.Request) -> web.Response:
         raise bad_request("spec.name: a service cannot be renamed", field="spec.name")
     if spec.mode != svc.spec.mode:
         raise bad_request("spec.mode: the mode of a service cannot change", field="spec.mode")
+    warning = ""
+    if spec.task.container.image != svc.spec.task.container.image:
+        spec, warning = await _pin_image(request, spec)
     changes: dict[str, Any] = {"spec": spec}
     if spec.task != svc.spec.task:
         changes.update(previous_spec=svc.spec, spec_version=svc.spec_version + 1,
@@ -126,7 +152,10 @@ async def update_service(request: web.Request) -> web.Response:
                                                   message="update in progress"))
     new = evolve(svc, **changes)
     result = await _commit(request, [store_ops.Update("services", new)])
-    return json_response(service_json(store, result.events[0].obj))
+    out = service_json(store, result.events[0].obj)
+    if warning:
+        out["warnings"] = [warning]
+    return json_response(out)
 
 
 async def rollback_service(request: web.Request) -> web.Response:

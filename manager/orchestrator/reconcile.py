@@ -125,7 +125,8 @@ def new_task(svc: Service, slot: int, node_id: str, now: float, not_before: floa
     return Task(
         id=codec.new_id(), service_id=svc.id, slot=slot, node_id=node_id, spec=svc.spec.task,
         spec_version=svc.spec_version, desired_state=TaskState.RUNNING,
-        status=TaskStatus(state=TaskState.NEW, timestamp=now, message="created"),
+        status=TaskStatus(state=TaskState.NEW, timestamp=now,
+                          message="waiting for the restart delay" if not_before > now else "created"),
         created_at=now, not_before=not_before,
     )
 
