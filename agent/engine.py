@@ -19,7 +19,6 @@ from typing import Any
 from pydantic import Field
 
 from agent.images import ImageService
-from agent.images.errors import ImageNotFound
 from agent.runtime.health import HealthConfigError
 from agent.runtime.health import resolve as resolve_health
 from agent.runtime.runtime import ContainerManager, ContainerRecord, NotFound, RuntimeError_
@@ -98,9 +97,7 @@ class Engine:
 
     async def ensure_image(self, ref: str) -> dict[str, Any]:
         """The image's config, pulling the image first if this node lacks it."""
-        try:
-            self.images.inspect(ref)
-        except ImageNotFound:
+        if not self.images.has(ref):
             await self.images.pull(ref)
         return self.images.image_config(ref)
 

@@ -121,12 +121,12 @@ def daemon(
     # garbage less often removes most of the collector's pauses under load.
     gc.set_threshold(50_000, 20, 100)
     try:
-        try:
-            import uvloop  # faster event loop where installed
-        except ImportError:
-            asyncio.run(NodeDaemon(opts).run_forever())
-        else:
+        if os.environ.get("ORCH_EVENT_LOOP") == "uvloop":
+            import uvloop
+
             uvloop.run(NodeDaemon(opts).run_forever())
+        else:
+            asyncio.run(NodeDaemon(opts).run_forever())
     except (OSError, WALError, SnapshotError) as e:
         # Damaged state is never repaired silently: say what and where, stop.
         fail(f"daemon: {e}")

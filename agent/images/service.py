@@ -423,6 +423,14 @@ class ImageService:
         images = [self._image(rec) for rec in self.store.list_images() if rec.manifest_digest in live]
         return sorted(images, key=lambda i: (i.names[0] if i.names else "~", i.manifest_digest))
 
+    def has(self, ref: str) -> bool:
+        """Whether the image is here (cheap: no lease scan, unlike inspect)."""
+        try:
+            self._resolve(ref)
+        except ImageNotFound:
+            return False
+        return True
+
     def inspect(self, ref: str) -> Image:
         rec, _, _ = self._resolve(ref)
         return self._image(rec)

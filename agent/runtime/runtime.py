@@ -56,11 +56,13 @@ class ContainerRecord:
 
 
 def _atomic_write(path: str, data: bytes) -> None:
+    """Replace a file atomically. No fsync: these files (bundle, record) are
+    rewritten on every change and what matters after a host crash is
+    re-derived from the runtime's state and conmon's exit files; an fsync per
+    write would stall the event loop for every container started."""
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -211,7 +213,8 @@ class ContainerManager:
             rec.exit_code = 127
             self._save(rec)
             raise
-        st = await self._state(cid) if pid > 0 else None
+        # conmon reports the pid once `runtime create` succeeded: no need to ask the runtime again.
+        st: dict[str, Any] | None = {"pid": pid} if pid > 0 else None
         if st is None:
             if message:
                 rec.status, rec.error, rec.exit_code = "exited", message, 127

@@ -436,11 +436,20 @@ def _schedule(view: Any, nodes: dict[str, Node], services: dict[str, Service],
     created = {op.obj.id: op.obj for op in out.ops if isinstance(op, store_ops.Create) and op.table == "tasks"}
     changed = {op.obj.id for op in out.ops if isinstance(op, store_ops.Update) and op.table == "tasks"}
     candidates: Iterable[Task] = [t for ts in by_service.values() for t in ts if t.id not in changed]
+    replaced_early: dict[str, int] = {}
+    for i, op in enumerate(out.ops):
+        if isinstance(op, store_ops.Create) and op.table == "tasks":
+            replaced_early[op.obj.id] = i
     for t in list(candidates) + list(created.values()):
-        if t.node_id or t.desired_state != TaskState.RUNNING or t.status.state > TaskState.PENDING:
+        if t.desired_state != TaskState.RUNNING or t.status.state > TaskState.PENDING:
             continue
         if t.not_before > now:
             out.wake(t.not_before)
+            continue
+        if t.node_id:
+            # Global tasks are made for their node: they only wait out their delay.
+            _put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")),
+                 out, replaced_early)
             continue
         pending[(t.service_id, t.spec_version)].append(t)
     if not pending:

@@ -182,6 +182,7 @@ def test_global_follows_nodes_and_constraints() -> None:
                                       placement=Placement(constraints=("node.labels.zone==eu",)))))
     c.converge()
     assert sorted(t.node_id for t in c.live("g")) == ["a", "c"]
+    assert all(t.status.state == TaskState.RUNNING for t in c.live("g"))  # assigned, so agents start them
     c.tx(Create("nodes", mknode("d", zone="eu")))
     c.converge()
     assert sorted(t.node_id for t in c.live("g")) == ["a", "c", "d"]
