@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .seccomp import SeccompError, default_profile, load_profile
+
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Docker's default capability set.
@@ -84,6 +86,7 @@ class ContainerSpec:
     stop_grace: float = 10.0
     labels: dict[str, str] = field(default_factory=dict)
     netns: str | None = None  # path of a network namespace to join; None = a new one
+    seccomp: str | None = None  # None = the default profile, "unconfined" = none, else a Docker-format JSON file
 
 
 def _cap(name: str) -> str:
@@ -239,6 +242,12 @@ def build_config(
     if not spec.privileged:
         linux["maskedPaths"] = MASKED_PATHS
         linux["readonlyPaths"] = READONLY_PATHS
+    # Privileged containers run without seccomp, as in Docker.
+    if not spec.privileged and spec.seccomp != "unconfined":
+        try:
+            linux["seccomp"] = default_profile(caps) if spec.seccomp is None else load_profile(spec.seccomp, caps)
+        except SeccompError as e:
+            raise SpecError(f"seccomp: {e}") from None
     env = merge_env(image.get("Env") or [], spec.env, home)
     cwd = spec.workdir or image.get("WorkingDir") or "/"
     return {
