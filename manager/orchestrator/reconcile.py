@@ -297,7 +297,14 @@ def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str,
         for t in ts:
             if t.desired_state <= TaskState.RUNNING and t.id not in handled and live(t, nodes):
                 (current if t.spec_version == svc.spec_version else stale).append(t)
+    # start-first: a slot whose replacement exists already keeps its old task
+    # until the new one runs (retire_replaced); it is not replaced twice.
+    current_slots = {t.slot for t in current}
+    waiting_retire = [t for t in stale if t.slot in current_slots]
+    stale = [t for t in stale if t.slot not in current_slots]
     if not stale:
+        if waiting_retire:
+            return
         if status is not None and status.state in (UpdateState.UPDATING, UpdateState.ROLLBACK_STARTED):
             if all(t.status.state == TaskState.RUNNING for t in current):
                 done = UpdateState.ROLLBACK_COMPLETED if rolling_back else UpdateState.COMPLETED

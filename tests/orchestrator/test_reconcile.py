@@ -233,6 +233,8 @@ def test_rolling_update_batches_and_rollback_on_failure() -> None:
     c.settle()
     fresh = [t for t in c.live("api") if t.spec_version == 2]
     assert len(fresh) == 2  # one batch
+    c.settle()
+    assert len([t for t in c.live("api") if t.spec_version == 2]) == 2  # not replaced twice meanwhile
     c.agents_run()
     c.settle()
     # start-first: the old tasks of those slots stop only once the new ones run.
@@ -259,3 +261,23 @@ def _status() -> Any:
     from api.objects import UpdateStatus
 
     return UpdateStatus()
+
+
+def test_start_first_update_never_doubles_a_slot() -> None:
+    c = Cluster(mknode("n1"), mknode("n2"))
+    uc = UpdateConfig(parallelism=2, monitor=1, order=UpdateOrder.START_FIRST)
+    c.tx(Create("services", mkservice("api", 4, update_config=uc)))
+    c.converge()
+    svc = c.store.view().get("services", "api")
+    c.tx(Update("services", evolve(svc, spec__task=evolve(svc.spec.task, force_update=1), previous_spec=svc.spec,
+                                   spec_version=2)))
+    for _ in range(12):
+        c.step()
+        c.agents_run()
+        c.now += 0.5
+        for slot in range(1, 5):
+            new = [t for t in c.live("api") if t.slot == slot and t.spec_version == 2]
+            assert len(new) <= 1, f"slot {slot} has {len(new)} new tasks"
+    c.converge()
+    live = c.live("api")
+    assert sorted(t.slot for t in live) == [1, 2, 3, 4] and all(t.spec_version == 2 for t in live)
