@@ -426,6 +426,13 @@ class _Reader:
             raise self.fail(where, f"must be a list, got {type(v).__name__}")
         return v
 
+    @staticmethod
+    def opt(d: dict[str, Any], key: str) -> Any:
+        """An optional list: absent or null is empty (as Go decodes it); any
+        other value must then be a list."""
+        v = d.get(key)
+        return [] if v is None else v
+
     def strs(self, v: Any, where: str, allowed: frozenset[str] | None = None) -> tuple[str, ...]:
         if v is None:
             return ()
@@ -485,7 +492,7 @@ class _Reader:
             errno_ret = self.int_(d["errnoRet"], f"{where}.errnoRet", 0, 0xFFFF)
         if isinstance(d.get("comment"), (dict, list)):
             raise self.fail(f"{where}.comment", "must be a string")
-        args = tuple(self.arg(a, f"{where}.args[{i}]") for i, a in enumerate(self.list_(d.get("args") or [], f"{where}.args")))
+        args = tuple(self.arg(a, f"{where}.args[{i}]") for i, a in enumerate(self.list_(self.opt(d, "args"), f"{where}.args")))
         return Rule(names, action, errno_ret, args, self.cond(d.get("includes"), f"{where}.includes"),
                     self.cond(d.get("excludes"), f"{where}.excludes"))
 
@@ -502,11 +509,11 @@ class _Reader:
             if action != ERRNO:
                 raise self.fail("defaultErrnoRet", f"only valid with defaultAction SCMP_ACT_ERRNO, not {action}")
             errno_ret = self.int_(d["defaultErrnoRet"], "defaultErrnoRet", 0, 0xFFFF)
-        if d.get("architectures") and d.get("archMap"):
+        architectures = self.strs(d.get("architectures"), "architectures", SCMP_ARCHES)
+        if architectures and self.opt(d, "archMap"):
             raise self.fail("archMap", "both 'architectures' and 'archMap' are given; use one")
-        architectures = self.strs(d.get("architectures"), "architectures", SCMP_ARCHES) if d.get("architectures") else None
         arch_map: dict[str, tuple[str, ...]] = {}
-        for i, a in enumerate(self.list_(d.get("archMap") or [], "archMap")):
+        for i, a in enumerate(self.list_(self.opt(d, "archMap"), "archMap")):
             w = f"archMap[{i}]"
             e = self.obj(a, w, frozenset({"architecture", "subArchitectures"}))
             if "architecture" not in e:
@@ -520,11 +527,12 @@ class _Reader:
             if not listener_path.startswith("/"):
                 raise self.fail("listenerPath", f"must be an absolute path, got {listener_path!r}")
         listener_metadata = self.str_(d["listenerMetadata"], "listenerMetadata") if d.get("listenerMetadata") else ""
-        rules = tuple(self.rule(r, f"syscalls[{i}]") for i, r in enumerate(self.list_(d.get("syscalls") or [], "syscalls")))
+        rules = tuple(self.rule(r, f"syscalls[{i}]") for i, r in enumerate(self.list_(self.opt(d, "syscalls"), "syscalls")))
         uses_notify = action == "SCMP_ACT_NOTIFY" or any(r.action == "SCMP_ACT_NOTIFY" for r in rules)
         if uses_notify and not listener_path:
             raise self.fail("listenerPath", "required when an action is SCMP_ACT_NOTIFY")
-        return Profile(action, errno_ret, rules, architectures, arch_map, flags, listener_path, listener_metadata)
+        return Profile(action, errno_ret, rules, architectures or None, arch_map, flags, listener_path,
+                       listener_metadata)
 
 
 MAX_PROFILE_BYTES = 4 << 20
