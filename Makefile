@@ -21,11 +21,11 @@ sim-many:           ## deterministic Raft simulation over many more seeds
 bench-raft:         ## Raft write benchmark against etcd
 	$(PY) bench/raft_writes.py
 
-cluster-up:         ## a local 3-manager cluster on loopback (ports 4242-4244), state in .fleet/
-	$(PY) -m tests.harness.local_cluster up
+cluster-up:         ## a local fleet: 3 managers + 2 workers, each host a network namespace (state in .fleet/)
+	$(PY) -m tests.harness.fleet_cluster up
 
-cluster-down:       ## stop it and remove .fleet/
-	$(PY) -m tests.harness.local_cluster down
+cluster-down:       ## stop the fleet and remove everything it made
+	$(PY) -m tests.harness.fleet_cluster down
 
 bench-scheduler:    ## pure scheduler: 100k tasks onto 5k nodes
 	$(PY) bench/scheduler.py

@@ -1,0 +1,208 @@
+"""An orch cluster on a netns fleet: one `orch daemon` per host, each in its
+own network namespace on the fleet's underlay, with its own data dir,
+socket, cgroup parent and runtime state (tests/harness/fleet.py).
+
+Used by the multi-host tests and by `make cluster-up` / `make cluster-down`:
+
+    python -m tests.harness.fleet_cluster up [--managers 3] [--workers 2]
+    python -m tests.harness.fleet_cluster down
+
+`up` leaves a small owner process holding the fleet (it tears everything
+down on SIGTERM) and prints how to use the CLI against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.harness.fleet import Fleet, Host
+
+REPO = Path(__file__).resolve().parent.parent.parent
+PORT = 4242
+STATE = REPO / ".fleet"
+
+
+class OrchFleet:
+    def __init__(self, fleet: Fleet, *, heartbeat: float = 0.5, extra: list[str] | None = None) -> None:
+        self.fleet = fleet
+        self.heartbeat = heartbeat
+        self.extra = list(extra or [])
+
+    def addr(self, h: Host) -> str:
+        return f"{h.addr}:{PORT}"
+
+    def argv(self, h: Host) -> list[str]:
+        return [sys.executable, "-m", "cli.main", "daemon", "--data-dir", str(h.data_dir),
+                "--socket", str(h.socket_path), "--cgroup-parent", h.cgroup_parent, "--hostname", h.name,
+                "--listen-addr", self.addr(h), "--heartbeat-period", str(self.heartbeat), *self.extra]
+
+    def start(self, h: Host) -> None:
+        Path(h.socket_path).unlink(missing_ok=True)
+        h.start(self.argv(h), env={"PYTHONPATH": str(REPO)})
+        deadline = time.monotonic() + 20
+        while not Path(h.socket_path).exists():
+            if not h.alive():
+                raise RuntimeError(f"{h.name}: daemon exited:\n{h.log_tail(30)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{h.name}: no socket after 20 s:\n{h.log_tail(30)}")
+            time.sleep(0.05)
+
+    def orch(self, h: Host, *args: str, timeout: float = 60, check: bool = True,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """The CLI against a host's local unix socket (reachable from here:
+        hosts share the filesystem, not the network)."""
+        r = subprocess.run([sys.executable, "-m", "cli.main", "--socket", str(h.socket_path), *args],
+                           capture_output=True, text=True, timeout=timeout, cwd=REPO, input=input)
+        if check and r.returncode != 0:
+            raise AssertionError(f"orch {' '.join(args)} on {h.name} failed ({r.returncode}): {r.stderr.strip()}"
+                                 f"\n--- {h.name} log ---\n{h.log_tail(30)}")
+        return r
+
+    def json(self, h: Host, *args: str) -> Any:
+        return json.loads(self.orch(h, *args, "--format", "json").stdout)
+
+    def init_and_join(self, managers: list[Host], workers: list[Host]) -> dict[str, str]:
+        first = managers[0]
+        self.orch(first, "init", "--advertise-addr", self.addr(first), "--listen-addr", self.addr(first))
+        tokens = {r: self.orch(first, "join-token", "-q", r).stdout.strip() for r in ("worker", "manager")}
+        for h in managers[1:]:
+            self.orch(h, "join", "--token", tokens["manager"], "--listen-addr", self.addr(h),
+                      "--advertise-addr", self.addr(h), self.addr(first))
+        for h in workers:
+            self.orch(h, "join", "--token", tokens["worker"], "--listen-addr", self.addr(h),
+                      "--advertise-addr", self.addr(h), self.addr(first))
+        return tokens
+
+    def wait_nodes(self, h: Host, want: dict[str, str], timeout: float = 30) -> list[dict[str, Any]]:
+        """Until `node ls` on h shows these hostnames in these states."""
+        deadline = time.monotonic() + timeout
+        while True:
+            r = self.orch(h, "node", "ls", "--format", "json", check=False)
+            if r.returncode == 0:
+                nodes = json.loads(r.stdout)
+                got = {n["description"]["hostname"]: n["status"]["state"] for n in nodes}
+                if all(got.get(k) == v for k, v in want.items()):
+                    return nodes
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nodes on {h.name}: {r.stdout or r.stderr} (wanted {want})")
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for h in self.fleet:
+            h.stop(timeout=10)
+
+
+def _up(managers: int, workers: int) -> None:
+    names = [f"m{i + 1}" for i in range(managers)] + [f"w{i + 1}" for i in range(workers)]
+    STATE.mkdir(exist_ok=True)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        with os.fdopen(r) as f:
+            msg = f.read()
+        if not msg.startswith("ok"):
+            raise SystemExit(f"cluster-up failed: {msg}")
+        info = json.loads((STATE / "info.json").read_text())
+        print(f"A fleet of {len(names)} hosts is up (owner pid {info['owner']}); each host is a network namespace:")
+        for h in info["hosts"]:
+            print(f"  {h['name']:4} {h['addr']:15} socket {h['socket']}")
+        m1 = info["hosts"][0]["socket"]
+        print("\nUse the CLI against a host's daemon through its socket, for example:")
+        print(f"  orch --socket {m1} node ls")
+        print(f"  orch --socket {m1} service create --name web --replicas 3 IMAGE sleep 3600")
+        print(f"  export ORCH_SOCKET={m1}   # then plain `orch node ls`")
+        print("\nTear it down with: make cluster-down")
+        return
+    os.close(r)
+    os.setsid()
+    fleet = Fleet("dev", names, base_dir=STATE / "hosts")
+    status = os.fdopen(w, "w")
+    try:
+        fleet.up()
+        of = OrchFleet(fleet, heartbeat=5.0)
+        for h in fleet:
+            of.start(h)
+        hosts = list(fleet)
+        of.init_and_join(hosts[:managers], hosts[managers:])
+        of.wait_nodes(hosts[0], {h.name: "ready" for h in hosts})
+        (STATE / "info.json").write_text(json.dumps({
+            "owner": os.getpid(),
+            "hosts": [{"name": h.name, "addr": h.addr, "socket": str(h.socket_path)} for h in hosts],
+        }, indent=1))
+        status.write("ok")
+        status.close()
+    except BaseException as e:
+        try:
+            status.write(f"{type(e).__name__}: {e}")
+            status.close()
+        finally:
+            fleet.close()
+        os._exit(1)
+    stop = False
+
+    def on_term(*_: Any) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    while not stop:
+        time.sleep(0.5)
+    try:
+        of.stop_all()
+    finally:
+        fleet.close()
+        (STATE / "info.json").unlink(missing_ok=True)
+    os._exit(0)
+
+
+def _down() -> None:
+    try:
+        info = json.loads((STATE / "info.json").read_text())
+    except FileNotFoundError:
+        from tests.harness.fleet import cleanup_stale
+
+        gone = cleanup_stale()
+        print("no fleet is up" + (f" (removed leftovers of {', '.join(gone)})" if gone else ""))
+        return
+    pid = info["owner"]
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if os.path.exists(f"/proc/{pid}"):
+        raise SystemExit(f"the fleet owner {pid} did not stop in 60 s")
+    print("fleet removed")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("--managers", type=int, default=3)
+    up.add_argument("--workers", type=int, default=2)
+    sub.add_parser("down")
+    a = ap.parse_args()
+    if a.cmd == "up":
+        _up(a.managers, a.workers)
+    else:
+        _down()
+
+
+if __name__ == "__main__":
+    main()
