@@ -93,9 +93,10 @@ class LoopNode:
         except OSError:
             return ""
 
-    def orch(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def orch(self, *args: str, timeout: float = 120, check: bool = True,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
         r = subprocess.run([sys.executable, "-m", "cli.main", "--socket", str(self.sock), *args],
-                           capture_output=True, text=True, timeout=timeout, cwd=REPO)
+                           capture_output=True, text=True, timeout=timeout, cwd=REPO, input=input)
         if check and r.returncode != 0:
             raise AssertionError(f"orch {' '.join(args)} on {self.name} failed ({r.returncode}): "
                                  f"{r.stderr.strip()}\n--- {self.name} log ---\n{self.log_tail()}")
