@@ -57,6 +57,8 @@ class RunRequest(Model):
     cap_drop: tuple[str, ...] = ()
     read_only: bool = False
     labels: dict[str, str] = Field(default_factory=dict)
+    seccomp: str | None = None  # None: the default profile; "unconfined"; or a Docker-format profile file
+    devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
 
 
 def volume_users(mgr: ContainerManager, vol: Volume) -> list[str]:
@@ -166,7 +168,7 @@ class Engine:
                 stop_signal=req.stop_signal, stop_grace=req.stop_grace,
                 mounts=self._mounts(req, str(rootfs)) + self._files(cdir, files or []), privileged=req.privileged,
                 cap_add=list(req.cap_add), cap_drop=list(req.cap_drop), read_only=req.read_only,
-                labels=dict(req.labels),
+                labels=dict(req.labels), seccomp=req.seccomp, devices=list(req.devices),
             )
             await mgr.create(spec, str(rootfs), image_config, name=req.name, cid=cid, healthcheck=health)
             return await mgr.start(cid)

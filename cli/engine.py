@@ -193,6 +193,9 @@ async def _print_logs(ep: Endpoint, ref: str, follow: bool, tail: int | None) ->
 @click.option("--cap-add", multiple=True)
 @click.option("--cap-drop", multiple=True)
 @click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only.")
+@click.option("--security-opt", "security_opts", multiple=True,
+              help="seccomp=unconfined or seccomp=PROFILE.json (Docker's format)")
+@click.option("--device", "devices", multiple=True, help="HOST[:CONTAINER[:PERMS]] device to expose")
 @click.option("--stop-signal")
 @click.option("--stop-timeout", type=float, default=None, help="Seconds between the stop signal and SIGKILL.")
 @health_options
@@ -203,7 +206,8 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
                   user: str | None, workdir: str | None, hostname: str | None, memory: str | None,
                   pids_limit: int, cpus: float, entrypoint: str | None, volumes: tuple[str, ...],
                   mounts: tuple[str, ...], tmpfs: tuple[str, ...], privileged: bool, cap_add: tuple[str, ...],
-                  cap_drop: tuple[str, ...], read_only: bool, stop_signal: str | None,
+                  cap_drop: tuple[str, ...], read_only: bool, security_opts: tuple[str, ...],
+                  devices: tuple[str, ...], stop_signal: str | None,
                   stop_timeout: float | None, image_ref: str, cmd: tuple[str, ...], **health: Any) -> None:
     """Run IMAGE_REF [CMD...] (pulled first if needed)."""
     body: dict[str, Any] = {
@@ -211,7 +215,13 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
         "memory": parse_size(memory, "--memory") if memory else 0, "pids_limit": pids_limit, "cpus": cpus,
         "mounts": [*map(parse_volume, volumes), *map(parse_mount, mounts), *map(parse_tmpfs, tmpfs)],
         "privileged": privileged, "cap_add": list(cap_add), "cap_drop": list(cap_drop), "read_only": read_only,
+        "devices": list(devices),
     }
+    for opt in security_opts:
+        k, sep, v = opt.partition("=")
+        if k != "seccomp" or not sep or not v:
+            raise click.BadParameter(f"{opt!r}: supported: seccomp=unconfined or seccomp=PATH", param_hint="--security-opt")
+        body["seccomp"] = v
     for k, v in (("name", name), ("user", user), ("workdir", workdir), ("hostname", hostname),
                  ("stop_signal", stop_signal)):
         if v:

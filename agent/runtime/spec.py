@@ -9,6 +9,7 @@ directory it is given.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +88,7 @@ class ContainerSpec:
     labels: dict[str, str] = field(default_factory=dict)
     netns: str | None = None  # path of a network namespace to join; None = a new one
     seccomp: str | None = None  # None = the default profile, "unconfined" = none, else a Docker-format JSON file
+    devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER[:PERMS]], as docker run --device
 
 
 def _cap(name: str) -> str:
@@ -174,6 +176,32 @@ def process_args(spec: ContainerSpec, image: dict[str, Any]) -> list[str]:
     return args
 
 
+def _device(text: str, where: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An explicit device opt-in: the node in the container and its cgroup rule."""
+    parts = text.split(":")
+    host = parts[0]
+    target = parts[1] if len(parts) > 1 and parts[1] else host
+    perms = parts[2] if len(parts) > 2 else "rwm"
+    if len(parts) > 3 or not host.startswith("/") or not target.startswith("/"):
+        raise SpecError(f"{where}: expected HOST[:CONTAINER[:PERMS]] with absolute paths (got {text!r})")
+    if not perms or set(perms) - set("rwm"):
+        raise SpecError(f"{where}: permissions are letters of rwm (got {perms!r})")
+    try:
+        st = os.stat(host)
+    except OSError as e:
+        raise SpecError(f"{where}: {host}: {e.strerror}") from None
+    if stat.S_ISCHR(st.st_mode):
+        kind = "c"
+    elif stat.S_ISBLK(st.st_mode):
+        kind = "b"
+    else:
+        raise SpecError(f"{where}: {host} is not a device node")
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    dev = {"path": target, "type": kind, "major": major, "minor": minor,
+           "fileMode": stat.S_IMODE(st.st_mode), "uid": 0, "gid": 0}
+    return dev, {"allow": True, "type": kind, "major": major, "minor": minor, "access": perms}
+
+
 def build_config(
     spec: ContainerSpec,
     image: dict[str, Any],
@@ -217,7 +245,13 @@ def build_config(
             mounts.append({"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": opts})
         else:
             raise SpecError(f"mounts[{i}].type: {m.type!r} is not bind, volume or tmpfs")
-    resources: dict[str, Any] = {"devices": [] if spec.privileged else DEVICE_RULES}
+    resources: dict[str, Any] = {"devices": [] if spec.privileged else list(DEVICE_RULES)}
+    linux_devices = []
+    for i, d in enumerate(spec.devices):
+        dev, rule = _device(d, f"devices[{i}]")
+        linux_devices.append(dev)
+        if not spec.privileged:
+            resources["devices"].append(rule)
     if spec.memory:
         resources["memory"] = {"limit": spec.memory}
         if spec.memory_swap:
@@ -235,6 +269,7 @@ def build_config(
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "ipc", "uts", "mount")]
     namespaces.append({"type": "network", **({"path": spec.netns} if spec.netns else {})})
     linux: dict[str, Any] = {
+        "devices": linux_devices,
         "namespaces": namespaces,
         "resources": resources,
         "cgroupsPath": cgroups_path,

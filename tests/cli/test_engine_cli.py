@@ -221,3 +221,24 @@ def test_containers_survive_daemon_kill9(engine: Daemon, open_registry: SeededRe
     assert r.stdout.strip() == "still here"
     assert orch(sock, "container", "stop", "-t", "1", "long").returncode == 0
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def test_devices_and_seccomp_opt_ins(daemon: Path, open_registry: SeededRegistry) -> None:
+    ref = open_registry.ref("library/busybox-multi:latest")
+    r = orch(daemon, "container", "run", "--user", "root", "--device", "/dev/null:/dev/mynull:rw", ref,
+             "sh", "-c", "echo x > /dev/mynull && echo wrote; grep Seccomp: /proc/self/status")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.split()
+    assert out[0] == "wrote" and out[1:] == ["Seccomp:", "2"]  # the default profile is on
+    r = orch(daemon, "container", "run", "--security-opt", "seccomp=unconfined", ref, "grep", "Seccomp:",
+             "/proc/self/status")
+    assert r.stdout.split() == ["Seccomp:", "0"], (r.stdout, r.stderr)
+    # Without the opt-in the device node is not there.
+    r = orch(daemon, "container", "run", "--user", "root", ref, "sh", "-c", "test -e /dev/mynull || echo absent")
+    assert r.stdout.strip() == "absent"
+    r = orch(daemon, "container", "run", "--device", "/etc/hostname", ref, "true")
+    assert r.returncode != 0 and "devices[0]" in r.stderr and "not a device node" in r.stderr, r.stderr
+    r = orch(daemon, "container", "run", "--security-opt", "apparmor=x", ref, "true")
+    assert r.returncode != 0 and "--security-opt" in r.stderr
+    for c in json.loads(orch(daemon, "container", "ls", "-a", "--format", "json").stdout):
+        orch(daemon, "container", "rm", c["id"])
