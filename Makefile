@@ -3,7 +3,7 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start cluster-up cluster-down
+.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service cluster-up cluster-down
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -32,3 +32,9 @@ bench-scheduler:    ## pure scheduler: 100k tasks onto 5k nodes
 
 bench-fleet:        ## one manager, 250/500/1000 simulated agents heartbeating over mutual TLS
 	$(PY) bench/fleet_scale.py
+
+bench-container-start:  ## 100 concurrent container starts through the engine vs docker run (private dockerd)
+	$(PY) bench/container_start.py
+
+bench-service:      ## service create/scale/update of 100 tasks: orch vs Docker Swarm (private dockerd)
+	$(PY) bench/service_converge.py
