@@ -30,6 +30,50 @@ PORT = 4242
 STATE = REPO / ".fleet"
 
 
+REGISTRY_PORT = 5000
+
+
+def start_registry(host: Host, storage: Path, workdir: Path) -> str:
+    """A read-only docker-registry serving `storage` on the host's underlay
+    address (fleet hosts cannot reach the root namespace's loopback)."""
+    import yaml
+
+    from tests.fixtures.registry import REGISTRY_BIN, RegistryProcess
+
+    class _InFleet(RegistryProcess):
+        @property
+        def addr(self) -> str:
+            return f"{host.addr}:{REGISTRY_PORT}"
+
+    reg = _InFleet(workdir, storage, readonly=True)
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg = workdir / "config.yml"
+    cfg.write_text(yaml.safe_dump(reg.config()))
+    host.start([REGISTRY_BIN, "serve", str(cfg)])
+    probe = ("import urllib.request,time\n"
+             "for _ in range(200):\n"
+             "    try:\n"
+             f"        urllib.request.urlopen('http://{reg.addr}/v2/', timeout=1); break\n"
+             "    except Exception: time.sleep(0.05)\n"
+             "else: raise SystemExit('registry not up')\n")
+    r = host.run([sys.executable, "-c", probe], timeout=30)
+    if r.returncode != 0:
+        raise RuntimeError(f"registry on {host.name} did not come up:\n{host.log_tail(20)}")
+    return reg.addr
+
+
+def seed_storage(storage: Path, workdir: Path) -> None:
+    """Build the test images (busybox-static based) into a registry storage dir."""
+    from tests.fixtures.oci_build import seed
+    from tests.fixtures.registry import RegistryProcess
+
+    reg = RegistryProcess(workdir, storage).start()
+    try:
+        seed(reg.pusher())
+    finally:
+        reg.stop()
+
+
 class OrchFleet:
     def __init__(self, fleet: Fleet, *, heartbeat: float = 0.5, extra: list[str] | None = None) -> None:
         self.fleet = fleet
@@ -101,7 +145,7 @@ class OrchFleet:
 
 
 def _up(managers: int, workers: int) -> None:
-    names = [f"m{i + 1}" for i in range(managers)] + [f"w{i + 1}" for i in range(workers)]
+    names = [f"m{i + 1}" for i in range(managers)] + [f"w{i + 1}" for i in range(workers)] + ["reg"]
     STATE.mkdir(exist_ok=True)
     r, w = os.pipe()
     pid = os.fork()
@@ -116,10 +160,16 @@ def _up(managers: int, workers: int) -> None:
         for h in info["hosts"]:
             print(f"  {h['name']:4} {h['addr']:15} socket {h['socket']}")
         m1 = info["hosts"][0]["socket"]
+        img = f"{info['registry']}/library/busybox-multi"
+        print(f"A registry with test images (busybox based) serves the fleet at {info['registry']}.")
         print("\nUse the CLI against a host's daemon through its socket, for example:")
-        print(f"  orch --socket {m1} node ls")
-        print(f"  orch --socket {m1} service create --name web --replicas 3 IMAGE sleep 3600")
-        print(f"  export ORCH_SOCKET={m1}   # then plain `orch node ls`")
+        print(f"  export ORCH_SOCKET={m1}")
+        print("  orch node ls")
+        print(f"  orch service create --name web --replicas 6 {img}:latest sleep 3600")
+        print("  orch service scale web=12")
+        print(f"  orch service update --image {img}:docker web")
+        print("  orch service rollback web")
+        print("  orch service logs -f web")
         print("\nTear it down with: make cluster-down")
         return
     os.close(r)
@@ -128,14 +178,16 @@ def _up(managers: int, workers: int) -> None:
     status = os.fdopen(w, "w")
     try:
         fleet.up()
-        of = OrchFleet(fleet, heartbeat=5.0)
-        for h in fleet:
+        seed_storage(STATE / "registry" / "storage", STATE / "registry" / "seed")
+        reg_addr = start_registry(fleet["reg"], STATE / "registry" / "storage", STATE / "registry" / "serve")
+        of = OrchFleet(fleet, heartbeat=5.0, extra=["--insecure-registry", reg_addr])
+        hosts = [h for h in fleet if h.name != "reg"]
+        for h in hosts:
             of.start(h)
-        hosts = list(fleet)
         of.init_and_join(hosts[:managers], hosts[managers:])
         of.wait_nodes(hosts[0], {h.name: "ready" for h in hosts})
         (STATE / "info.json").write_text(json.dumps({
-            "owner": os.getpid(),
+            "owner": os.getpid(), "registry": reg_addr,
             "hosts": [{"name": h.name, "addr": h.addr, "socket": str(h.socket_path)} for h in hosts],
         }, indent=1))
         status.write("ok")
