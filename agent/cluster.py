@@ -199,6 +199,16 @@ class Membership:
         ))
         await self.manager.start()
 
+    async def _await_leadership(self, what: str, timeout: float = 15.0) -> Any:
+        """This node's raft once it leads (a single-member group elects itself)."""
+        raft = self.manager.raft
+        deadline = time.monotonic() + timeout
+        while not raft.is_leader:
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{what} did not elect this node in {timeout:.0f} s", 500)
+            await asyncio.sleep(0.05)
+        return raft
+
     def _start_session_only(self) -> None:
         self._start_session(renewals=False)
 
@@ -358,12 +368,7 @@ class Membership:
                                       [advertise], time.time())
             try:
                 await self._start_manager({raft_id: advertise})
-                raft = self.manager.raft
-                deadline = time.monotonic() + 15
-                while not raft.is_leader:
-                    if time.monotonic() > deadline:
-                        raise ClusterError("the new manager did not become leader in 15 s", 500)
-                    await asyncio.sleep(0.05)
+                raft = await self._await_leadership("the new manager")
                 now = time.time()
                 cluster = Cluster(id=cluster_id, meta=Meta(created_at=now, updated_at=now),
                                   root_ca=RootCAState(ca_cert=root.cert_pem, ca_key=root.key_pem.encode(),
@@ -399,12 +404,7 @@ class Membership:
                 raise ClusterError("--force-new-cluster needs this node to be a manager of a cluster", 409)
             await self.stop()
             await self._start_manager({}, force_new_cluster=True)
-            raft = self.manager.raft
-            deadline = time.monotonic() + 15
-            while not raft.is_leader:
-                if time.monotonic() > deadline:
-                    raise ClusterError("the forced single-member cluster did not elect this node in 15 s", 500)
-                await asyncio.sleep(0.05)
+            raft = await self._await_leadership("the forced single-member cluster")
             store = self.manager.store
             ops = [store_ops.Update("nodes", evolve(n, spec__role=NodeRole.WORKER, role=NodeRole.WORKER,
                                                     manager_status=None))

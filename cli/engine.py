@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
 from .client import APIError, ConnectError, Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
-from .specflags import build_healthcheck, health_options, parse_mount, parse_size, parse_tmpfs, parse_volume
+from .specflags import parse_pairs, build_healthcheck, health_options, parse_mount, parse_size, parse_tmpfs, parse_volume
 
 
 def _human(n: float) -> str:
@@ -211,7 +211,7 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
                   stop_timeout: float | None, image_ref: str, cmd: tuple[str, ...], **health: Any) -> None:
     """Run IMAGE_REF [CMD...] (pulled first if needed)."""
     body: dict[str, Any] = {
-        "image": image_ref, "env": _pairs(env, "--env"), "labels": _pairs(labels, "--label"),
+        "image": image_ref, "env": parse_pairs(env, "--env"), "labels": parse_pairs(labels, "--label"),
         "memory": parse_size(memory, "--memory") if memory else 0, "pids_limit": pids_limit, "cpus": cpus,
         "mounts": [*map(parse_volume, volumes), *map(parse_mount, mounts), *map(parse_tmpfs, tmpfs)],
         "privileged": privileged, "cap_add": list(cap_add), "cap_drop": list(cap_drop), "read_only": read_only,
@@ -241,16 +241,6 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
         return
     code = asyncio.run(_print_logs(ep, rec["id"], True, None))
     sys.exit(code if isinstance(code, int) and code >= 0 else 0)
-
-
-def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not k or not sep:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
-        out[k] = v
-    return out
 
 
 @container.command("ls")
@@ -348,7 +338,7 @@ def volume() -> None:
 @click.pass_obj
 def volume_create(ep: Endpoint, name: str | None, labels: tuple[str, ...]) -> None:
     """Create a volume (a name is made up if none is given)."""
-    body: dict[str, Any] = {"labels": _pairs(labels, "--label")}
+    body: dict[str, Any] = {"labels": parse_pairs(labels, "--label")}
     if name:
         body["name"] = name
     click.echo(request(ep, "POST", "/v1/volumes", body)["name"])

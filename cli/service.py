@@ -19,7 +19,7 @@ from rich.live import Live
 
 from .client import Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
-from .specflags import build_healthcheck, health_options, parse_duration, parse_mount, parse_size
+from .specflags import parse_pairs, build_healthcheck, health_options, parse_duration, parse_mount, parse_size
 
 LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
 
@@ -70,16 +70,6 @@ def _spec_options(f: Any) -> Any:
     return health_options(f)
 
 
-def _pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
-    out = {}
-    for item in items:
-        k, sep, v = item.partition("=")
-        if not k or not sep:
-            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
-        out[k] = v
-    return out
-
-
 def _file_ref(ep: Endpoint, kind: str, s: str) -> dict[str, Any]:
     """--secret/--config: NAME or source=NAME,target=...,uid=...,gid=...,mode=0400."""
     flag = f"--{kind}"
@@ -116,12 +106,12 @@ def _apply(spec: dict[str, Any], o: dict[str, Any], ep: Endpoint | None = None) 
         spec["replicas"] = o["replicas"]
     if o.get("env"):
         env = dict(e.split("=", 1) for e in c.get("env", []) if "=" in e)
-        env.update(_pairs(o["env"], "--env"))
+        env.update(parse_pairs(o["env"], "--env"))
         c["env"] = [f"{k}={v}" for k, v in env.items()]
     if o.get("labels"):
-        spec["labels"] = {**spec.get("labels", {}), **_pairs(o["labels"], "--label")}
+        spec["labels"] = {**spec.get("labels", {}), **parse_pairs(o["labels"], "--label")}
     if o.get("container_label"):
-        c["labels"] = {**c.get("labels", {}), **_pairs(o["container_label"], "--container-label")}
+        c["labels"] = {**c.get("labels", {}), **parse_pairs(o["container_label"], "--container-label")}
     for flag, key in (("user", "user"), ("workdir", "dir"), ("hostname", "hostname"), ("stop_signal", "stop_signal")):
         if o.get(flag):
             c[key] = o[flag]

@@ -129,3 +129,14 @@ def build_healthcheck(opts: dict[str, Any]) -> dict[str, Any] | None:
     if opts.get("health_retries") is not None:
         hc["retries"] = opts["health_retries"]
     return hc
+
+
+def parse_pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
+    """KEY=VALUE flags (--env, --label) into a dict; a bad item names its flag."""
+    out: dict[str, str] = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not k or not sep:
+            raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
+        out[k] = v
+    return out

@@ -45,6 +45,7 @@ from manager.store import MemoryStore
 from manager.tx import TxFailed, commit
 
 from .controlapi.errors import HTTPError, bad_request, conflict, json_response, not_found
+from .controlapi.server import _json_body
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +130,7 @@ async def get_ca(request: web.Request) -> web.Response:
 
 
 async def join(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise bad_request("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
+    body = await _json_body(request)
     token, csr = body.get("token"), body.get("csr")
     if not isinstance(token, str) or not isinstance(csr, str):
         raise bad_request("token and csr (PEM) are required")
@@ -287,12 +283,7 @@ def quorum_safe_without(raft: RaftNode, store: MemoryStore, raft_id: int) -> str
 
 
 async def update_node(request: web.Request) -> web.Response:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise bad_request("request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise bad_request("request body must be a JSON object")
+    body = await _json_body(request)
     unknown = set(body) - {"availability", "label_add", "label_rm", "role", "name", "force"}
     if unknown:
         raise bad_request(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])

@@ -134,12 +134,9 @@ class LogFiles:
                         start_at_end = False
                 chunk = f.read() if f is not None else ""
                 if chunk:
-                    parts = (partial + chunk).split("\n")
-                    partial = parts.pop()
-                    for raw in parts:
-                        item = parse_line(raw)
-                        if item is not None:
-                            yield item
+                    lines, partial = _split(partial + chunk)
+                    for item in lines:
+                        yield item
                     continue
                 # At the end of this file: is there a newer one?
                 newer = self._next_after(f, paths, idx)
@@ -156,12 +153,9 @@ class LogFiles:
                     chunk = f.read() if f is not None else ""
                     if not chunk:
                         return
-                    parts = (partial + chunk).split("\n")
-                    partial = parts.pop()
-                    for raw in parts:
-                        item = parse_line(raw)
-                        if item is not None:
-                            yield item
+                    lines, partial = _split(partial + chunk)
+                    for item in lines:
+                        yield item
                     continue
                 await asyncio.sleep(poll)
         finally:
@@ -184,6 +178,13 @@ class LogFiles:
                 continue
         # Our file is no longer listed (pruned while we read it): go on with the oldest kept.
         return (fresh, 0) if fresh else None
+
+
+def _split(text: str) -> tuple[list[LogLine], str]:
+    """Complete lines parsed, and the unfinished tail to keep for later."""
+    parts = text.split("\n")
+    tail = parts.pop()
+    return [x for x in (parse_line(raw) for raw in parts) if x is not None], tail
 
 
 def _read_all(path: str) -> list[LogLine]:
