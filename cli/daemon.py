@@ -121,12 +121,16 @@ def daemon(
     # garbage less often removes most of the collector's pauses under load.
     gc.set_threshold(50_000, 20, 100)
     try:
-        if os.environ.get("ORCH_EVENT_LOOP") == "uvloop":
+        # uvloop (faster Raft and HTTP) unless ORCH_EVENT_LOOP=asyncio; the
+        # engine spawns its children from threads, so the loop does not matter there.
+        try:
+            if os.environ.get("ORCH_EVENT_LOOP") == "asyncio":
+                raise ImportError
             import uvloop
-
-            uvloop.run(NodeDaemon(opts).run_forever())
-        else:
+        except ImportError:
             asyncio.run(NodeDaemon(opts).run_forever())
+        else:
+            uvloop.run(NodeDaemon(opts).run_forever())
     except (OSError, WALError, SnapshotError) as e:
         # Damaged state is never repaired silently: say what and where, stop.
         fail(f"daemon: {e}")

@@ -18,7 +18,6 @@ overlayfs maximum of 500 lower layers.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import errno
 import os
@@ -122,20 +121,17 @@ async def mount_overlay(container_dir: Path, lower_dirs: Sequence[Path]) -> Path
     opts = mount_options(len(lowers))
     if len(opts) > MAX_MOUNT_DATA:
         raise RootfsError(f"overlay mount options for {len(lowers)} layers exceed {MAX_MOUNT_DATA} bytes")
+    from agent import proc  # spawned from a thread: cheap under any event loop
+
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "mount", "-t", "overlay", "overlay", "-o", opts, "rootfs",
-            cwd=paths.container_dir,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        res = await proc.run(["mount", "-t", "overlay", "overlay", "-o", opts, "rootfs"],
+                             cwd=str(paths.container_dir), timeout=60)
     except FileNotFoundError:
         raise RootfsError("mount(8) not found; util-linux is required") from None
-    _, err = await proc.communicate()
-    if proc.returncode != 0:
+    if res.returncode != 0:
         raise RootfsError(
-            f"mounting overlay at {paths.rootfs} failed (exit {proc.returncode}): {err.decode(errors='replace').strip()}"
+            f"mounting overlay at {paths.rootfs} failed (exit {res.returncode}): "
+            f"{res.stderr.decode(errors='replace').strip()}"
         )
     return paths.rootfs
 

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from agent import proc
+
 from .health import HealthConfig, HealthState
 from .logs import LogFiles, LogLine
 from .spec import ContainerSpec, Mount, build_config
@@ -139,16 +141,11 @@ class ContainerManager:
     # -- runtime calls ---------------------------------------------------------
 
     async def _run(self, *args: str, check: bool = True, timeout: float = 30.0) -> tuple[int, str, str]:
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+            res = await proc.run(args, timeout=timeout)
+        except proc.Timeout:
             raise RuntimeError_(f"{os.path.basename(args[0])} {args[1] if len(args) > 1 else ''}: timed out") from None
-        rc = proc.returncode or 0
+        rc, out, err = res.returncode, res.stdout, res.stderr
         if check and rc != 0:
             raise RuntimeError_(_runtime_message(err.decode(errors="replace")) or f"exit status {rc}")
         return rc, out.decode(errors="replace"), err.decode(errors="replace")
@@ -232,44 +229,49 @@ class ContainerManager:
     async def _conmon_create(self, args: list[str], timeout: float = 30.0) -> tuple[int, str]:
         """Run conmon; it reports the container's pid (or the runtime's
         error) on the sync pipe once `runtime create` has finished."""
-        r, w = os.pipe()
-        try:
-            env = dict(os.environ, _OCI_SYNCPIPE=str(w))
-            proc = await asyncio.create_subprocess_exec(
-                *args, pass_fds=(w,), env=env,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            )
-        finally:
-            os.close(w)
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", buffering=0)
-        )
-        try:
+
+        def go() -> tuple[int, str]:
+            import select
+            import subprocess
+
+            r, w = os.pipe()
+            try:
+                p = subprocess.Popen(args, pass_fds=(w,), env=dict(os.environ, _OCI_SYNCPIPE=str(w)),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            except BaseException:
+                os.close(r)
+                raise
+            finally:
+                os.close(w)
             buf = b""
-            deadline = loop.time() + timeout
-            while True:
-                try:
-                    msg = json.loads(buf)
-                    break
-                except ValueError:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise RuntimeError_("conmon did not report the container's pid in time")
-                chunk = await asyncio.wait_for(reader.read(4096), remaining)
-                if not chunk:
-                    _, err = await proc.communicate()
-                    raise RuntimeError_(
-                        err.decode(errors="replace").strip() or "conmon exited without reporting a pid"
-                    )
-                buf += chunk
-        finally:
-            transport.close()
-        await proc.wait()
-        pid = int(msg.get("data", msg.get("pid", -1)))
-        return pid, str(msg.get("message", "")).strip()
+            deadline = time.monotonic() + timeout
+            try:
+                while True:
+                    try:
+                        msg = json.loads(buf)
+                        break
+                    except ValueError:
+                        pass
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        p.kill()
+                        raise RuntimeError_("conmon did not report the container's pid in time")
+                    ready, _, _ = select.select([r], [], [], remaining)
+                    if not ready:
+                        continue
+                    chunk = os.read(r, 4096)
+                    if not chunk:
+                        _, err = p.communicate()
+                        raise RuntimeError_(
+                            err.decode(errors="replace").strip() or "conmon exited without reporting a pid"
+                        )
+                    buf += chunk
+            finally:
+                os.close(r)
+            p.communicate()  # conmon's parent exits once the container is created
+            return int(msg.get("data", msg.get("pid", -1))), str(msg.get("message", "")).strip()
+
+        return await proc.in_thread(go)
 
     def _failure_message(self, cid: str) -> str:
         try:
@@ -422,12 +424,7 @@ class ContainerManager:
         for k, v in (env or {}).items():
             args += ["--env", f"{k}={v}"]
         args += [rec.id, *cmd]
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        def kill_inner() -> None:
             # Killing `runc exec` alone would orphan the process inside the
             # container: kill that process first.
             pid = self._read_pid(pid_file)
@@ -436,15 +433,17 @@ class ContainerManager:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-            proc.kill()
-            await proc.wait()
-            raise
+
+        try:
+            res = await proc.run(args, timeout=timeout, merge_stderr=True, on_timeout=kill_inner)
+        except proc.Timeout:
+            raise asyncio.TimeoutError(f"exec in {rec.name} timed out after {timeout:g} s") from None
         finally:
             try:
                 os.unlink(pid_file)
             except FileNotFoundError:
                 pass
-        return proc.returncode or 0, out
+        return res.returncode, res.stdout
 
     # -- health and supervision --------------------------------------------
 
