@@ -1,27 +1,49 @@
-"""The cluster CA: root certificate, node certificates, join tokens, mutual TLS."""
+"""The cluster CA: root certificate, node certificates, join tokens,
+peer identity and revocation, renewal timing, mutual-TLS contexts.
 
-from .ca import (
-    CAError,
-    NodeIdentity,
-    RootCA,
-    check_peer,
-    make_key_and_csr,
-    peer_identity,
-    renewal_delay,
+Modules: `ca` (RootCA, issuing), `certs` (parsing, identity, renewal),
+`tokens` (join tokens), `tls` (SSL contexts), `files` (atomic writes),
+`errors` (every error is a CAError, itself a ValueError).
+"""
+
+from .ca import NODE_VALIDITY, ROOT_VALIDITY, RootCA, make_key_and_csr
+from .certs import ROLES, NodeIdentity, check_peer, load_cert, load_csr, peer_identity, renewal_delay
+from .errors import CAError, CertError, PeerRejected, TokenError
+from .files import write_atomic
+from .tokens import (
+    JoinToken,
+    ca_digest,
+    ca_matches,
+    make_token,
+    new_secret,
+    parse_token,
+    redact,
+    secret_matches,
 )
-from .tokens import JoinToken, TokenError, ca_digest, make_token, parse_token
 
 __all__ = [
     "CAError",
+    "CertError",
     "JoinToken",
+    "NODE_VALIDITY",
     "NodeIdentity",
+    "PeerRejected",
+    "ROLES",
+    "ROOT_VALIDITY",
     "RootCA",
     "TokenError",
     "ca_digest",
+    "ca_matches",
     "check_peer",
+    "load_cert",
+    "load_csr",
     "make_key_and_csr",
     "make_token",
+    "new_secret",
     "parse_token",
     "peer_identity",
+    "redact",
     "renewal_delay",
+    "secret_matches",
+    "write_atomic",
 ]
