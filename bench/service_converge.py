@@ -188,11 +188,22 @@ def link_exists(name: str) -> bool:
     return os.path.exists(f"/sys/class/net/{name}")
 
 
-def runc_list_sync(root: Path) -> list[dict[str, Any]]:
+def runc_list_sync(root: Path, tries: int = 10) -> list[dict[str, Any]] | None:
+    """The containers under one runc root; None when runc kept failing.
+
+    `runc list` fails now and then while a container is being deleted under it, so a failure is
+    retried, and never read as "no containers"."""
     if not root.is_dir():
         return []
-    out = subprocess.run(["runc", f"--root={root}", "list", "--format", "json"], capture_output=True, text=True)
-    return (json.loads(out.stdout or "null") or []) if out.returncode == 0 else []
+    for _ in range(tries):
+        out = subprocess.run(["runc", f"--root={root}", "list", "--format", "json"], capture_output=True, text=True)
+        if out.returncode == 0:
+            try:
+                return json.loads(out.stdout or "null") or []
+            except ValueError:
+                pass
+        time.sleep(0.05)
+    return None
 
 
 async def runc_list(root: Path) -> list[dict[str, Any]] | None:
@@ -201,7 +212,14 @@ async def runc_list(root: Path) -> list[dict[str, Any]] | None:
         return []
     p = await asyncio.create_subprocess_exec("runc", f"--root={root}", "list", "--format", "json",
                                              stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await p.communicate()
+    try:
+        out, _ = await p.communicate()
+    except asyncio.CancelledError:
+        # Reap it before the loop closes (an orphaned transport complains at exit).
+        if p.returncode is None:
+            p.kill()
+        await p.wait()
+        raise
     if p.returncode != 0:
         return None
     try:
@@ -230,6 +248,8 @@ def env_of(bundle: str) -> list[str]:
 
 def runc_counts(root: Path, env_marker: str | None = None) -> dict[str, int]:
     found = runc_list_sync(root)
+    if found is None:
+        return {"runc_list_failed": 1}
     running = [c for c in found if c.get("status") == "running"]
     out = {"runc_containers": len(found), "runc_running": len(running)}
     if env_marker:
@@ -281,6 +301,7 @@ async def _timed(step: Step, env: dict[str, str], runc_root: Path, poll: float, 
         # The CLI returned between two polls: look once more right now. Only if runc does not show
         # the state at this moment did the CLI return early; then see how much later it does.
         watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         for _ in range(5):  # runc list fails now and then while a container is being deleted
             found = await runc_list(runc_root)
             if found is not None:
@@ -298,6 +319,7 @@ async def _timed(step: Step, env: dict[str, str], runc_root: Path, poll: float, 
                 step.problems.append(f"runc never showed the wanted state ({step.kind.value}, {step.target}) "
                                      "within 60 s after the CLI returned")
     watcher.cancel()
+    await asyncio.gather(watcher, return_exceptions=True)
     if step.cli_rc not in (0, None):
         step.problems.append(f"CLI exited with {step.cli_rc}")
     step.cli_tail = tail(logf, 6)
@@ -442,8 +464,13 @@ class OrchSide(Side):
         r = self.orch("service", "rm", SERVICE)
         if r.returncode != 0 and "not found" not in (r.stderr + r.stdout).lower():
             log(f"orch: service rm: {r.stderr.strip()[:200]}")
+        # Until the engine removed every container (runc state, and the record whose removal
+        # unmounts the rootfs), so the daemon is not stopped halfway through its cleanup.
         deadline = time.monotonic() + CLEANUP_WAIT
-        while runc_list_sync(self.runc_root) and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            r = self.orch("container", "ls", "-a", "--format", "json")
+            if runc_list_sync(self.runc_root) == [] and r.returncode == 0 and json.loads(r.stdout or "[]") == []:
+                break
             time.sleep(0.5)
 
     def create_argv(self, n: int) -> list[str]:
