@@ -6,14 +6,15 @@ or to a manager's TCP address given with `--host` / `ORCH_HOST`.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import ssl
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
+import http.client
+import socket
+import urllib.parse
 
 DEFAULT_SOCKET = "/run/orch/orch.sock"
 
@@ -72,7 +73,10 @@ class Endpoint:
             raise ConnectError(f"--tls-dir {self.tls_dir}: cannot load the certificate: {e}") from None
         return ctx
 
-    def connector(self) -> aiohttp.BaseConnector:
+    def connector(self) -> Any:
+        """An aiohttp connector (for streaming requests)."""
+        import aiohttp
+
         if self.host:
             ctx = self.ssl_context()
             return aiohttp.TCPConnector(ssl=ctx) if ctx is not None else aiohttp.TCPConnector()
@@ -80,31 +84,57 @@ class Endpoint:
         return aiohttp.UnixConnector(path=self.socket)
 
 
-async def _request(
-    ep: Endpoint, method: str, path: str, body: Any = None, timeout: float = 30.0
-) -> Any:
-    try:
-        async with aiohttp.ClientSession(
-            connector=ep.connector(), timeout=aiohttp.ClientTimeout(total=timeout)
-        ) as s:
-            async with s.request(method, ep.base_url() + path, json=body) as r:
-                text = await r.text()
-                try:
-                    data = json.loads(text) if text else None
-                except ValueError:
-                    data = text
-                if r.status >= 400:
-                    msg = text
-                    if isinstance(data, dict) and "error" in data:
-                        err = data["error"]
-                        msg = err.get("message", text) if isinstance(err, dict) else str(err)
-                    raise APIError(r.status, msg, data)
-                return data
-    except (aiohttp.ClientConnectionError, FileNotFoundError, PermissionError) as e:
-        raise ConnectError(f"cannot reach the orch daemon at {ep.describe()}: {e}") from None
-    except asyncio.TimeoutError:
-        raise ConnectError(f"the orch daemon at {ep.describe()} did not answer in {timeout:.0f}s") from None
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except BaseException:
+            s.close()
+            raise
+        self.sock = s
 
 
 def request(ep: Endpoint, method: str, path: str, body: Any = None, timeout: float = 30.0) -> Any:
-    return asyncio.run(_request(ep, method, path, body, timeout))
+    """One request/response with the standard library: a CLI command should
+    not pay aiohttp's import time (streams use `cli.engine._stream`)."""
+    conn: http.client.HTTPConnection
+    if ep.host:
+        u = urllib.parse.urlsplit(ep.base_url())
+        if u.scheme == "https":
+            conn = http.client.HTTPSConnection(u.hostname or "", u.port or 443, timeout=timeout,
+                                               context=ep.ssl_context() or ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(u.hostname or "", u.port or 80, timeout=timeout)
+    else:
+        assert ep.socket is not None
+        conn = _UnixHTTPConnection(ep.socket, timeout)
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"} if data is not None else {}
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        r = conn.getresponse()
+        text = r.read().decode(errors="replace")
+        status = r.status
+    except TimeoutError:
+        raise ConnectError(f"the orch daemon at {ep.describe()} did not answer in {timeout:.0f}s") from None
+    except (OSError, http.client.HTTPException) as e:
+        raise ConnectError(f"cannot reach the orch daemon at {ep.describe()}: {e}") from None
+    finally:
+        conn.close()
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = text
+    if status >= 400:
+        msg = text
+        if isinstance(parsed, dict) and "error" in parsed:
+            err = parsed["error"]
+            msg = err.get("message", text) if isinstance(err, dict) else str(err)
+        raise APIError(status, msg, parsed)
+    return parsed

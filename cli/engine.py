@@ -11,7 +11,6 @@ import json
 import sys
 from typing import Any
 
-import aiohttp
 import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
@@ -31,6 +30,8 @@ def _human(n: float) -> str:
 
 async def _stream(ep: Endpoint, method: str, path: str, body: Any = None, timeout: float | None = None):  # type: ignore[no-untyped-def]
     """Yield the JSON lines of a streaming (ndjson) response."""
+    import aiohttp
+
     try:
         async with aiohttp.ClientSession(
             connector=ep.connector(), timeout=aiohttp.ClientTimeout(total=timeout)
