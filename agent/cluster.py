@@ -209,9 +209,6 @@ class Membership:
             await asyncio.sleep(0.05)
         return raft
 
-    def _start_session_only(self) -> None:
-        self._start_session(renewals=False)
-
     def _start_session(self, renewals: bool = True) -> None:
         from manager.process import client_ssl
 
@@ -326,7 +323,7 @@ class Membership:
         # The session continues with the new certificate.
         if self.session is not None:
             await self.session.stop()
-        self._start_session_only()
+        self._start_session(renewals=False)
 
     async def send(self, message: dict[str, Any]) -> bool:
         """To the leader over the current session (False when there is none)."""

@@ -273,8 +273,8 @@ def quorum_safe_without(raft: RaftNode, store: MemoryStore, raft_id: int) -> str
     remaining = voters - {raft_id}
     if not remaining:
         return "it is the last manager"
-    reachable = {rid for rid in remaining if rid == raft.id or
-                 (raft.transport.peer_stats().get(rid) is not None and raft.transport.peer_stats()[rid].connected)}
+    stats = raft.transport.peer_stats()
+    reachable = {rid for rid in remaining if rid == raft.id or (rid in stats and stats[rid].connected)}
     need = len(remaining) // 2 + 1
     if len(reachable) < need:
         return (f"the remaining {len(remaining)} managers would need {need} reachable for quorum "
@@ -335,7 +335,6 @@ async def update_node(request: web.Request) -> web.Response:
 async def remove_node(request: web.Request) -> web.Response:
     await _barrier(request)
     store = request.app[STORE_KEY]
-    raft = request.app[RAFT_KEY]
     n = _resolve_node(store, request.match_info["ref"])
     force = request.query.get("force") in ("1", "true")
     if n.role == NodeRole.MANAGER or n.spec.role == NodeRole.MANAGER:

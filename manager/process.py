@@ -132,7 +132,7 @@ class ManagerProcess:
     async def _auth_middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        from manager.ca import CAError, peer_identity
+        from manager.ca import CAError, check_peer, peer_identity
 
         sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
@@ -146,10 +146,10 @@ class ManagerProcess:
             raise HTTPError(401, "unauthenticated", f"bad client certificate: {e}") from None
         cluster = cluster_of(self.store)
         if cluster is not None:
-            if ident.node_id in cluster.removed_nodes:
-                raise HTTPError(403, "permission_denied", f"node {ident.node_id} was removed from the cluster")
-            if ident.cluster_id and ident.cluster_id != cluster.id:
-                raise HTTPError(403, "permission_denied", "certificate of another cluster")
+            try:
+                check_peer(ident, cluster.removed_nodes, cluster.id)
+            except CAError as e:
+                raise HTTPError(403, "permission_denied", str(e)) from None
         request[IDENTITY_KEY] = ident
         if request.path in PUBLIC_PATHS or request.path in (SESSION_PATH, "/v1/certs/renew"):
             return await handler(request)

@@ -56,14 +56,14 @@ def parse_spec(body: Any) -> ServiceSpec:
 
 
 def _counts(store: Any, svc: Service) -> dict[str, int]:
-    running = desired = 0
+    running = desired = completed = 0
     for t in store.view().find("tasks", "service_id", svc.id):
         if t.desired_state <= TaskState.RUNNING:
             desired += 1
             if t.status.state == TaskState.RUNNING:
                 running += 1
-    completed = sum(1 for t in store.view().find("tasks", "service_id", svc.id)
-                    if t.status.state == TaskState.COMPLETE)
+        if t.status.state == TaskState.COMPLETE:
+            completed += 1
     return {"running": running, "desired": desired, "completed": completed}
 
 

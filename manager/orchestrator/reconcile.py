@@ -440,14 +440,17 @@ def _reap(tasks: list[Task], nodes: dict[str, Node], history: int, out: Pass) ->
 def _schedule(view: Any, nodes: dict[str, Node], services: dict[str, Service],
               by_service: dict[str, list[Task]], now: float, out: Pass) -> None:
     pending: dict[tuple[str, int], list[Task]] = defaultdict(list)
-    created = {op.obj.id: op.obj for op in out.ops if isinstance(op, store_ops.Create) and op.table == "tasks"}
     changed = {op.obj.id for op in out.ops if isinstance(op, store_ops.Update) and op.table == "tasks"}
     candidates: Iterable[Task] = [t for ts in by_service.values() for t in ts if t.id not in changed]
-    replaced_early: dict[str, int] = {}
+    # Where this pass's new tasks sit in its ops, so placing one rewrites its
+    # Create instead of adding an Update (_put only ever appends Updates, so
+    # these indexes stay valid).
+    replaced: dict[str, int] = {}
     for i, op in enumerate(out.ops):
         if isinstance(op, store_ops.Create) and op.table == "tasks":
-            replaced_early[op.obj.id] = i
-    for t in list(candidates) + list(created.values()):
+            replaced[op.obj.id] = i
+    created = [out.ops[i].obj for i in replaced.values()]
+    for t in list(candidates) + created:
         if t.desired_state != TaskState.RUNNING or t.status.state > TaskState.PENDING:
             continue
         if t.not_before > now:
@@ -456,7 +459,7 @@ def _schedule(view: Any, nodes: dict[str, Node], services: dict[str, Service],
         if t.node_id:
             # Global tasks are made for their node: they only wait out their delay.
             _put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")),
-                 out, replaced_early)
+                 out, replaced)
             continue
         pending[(t.service_id, t.spec_version)].append(t)
     if not pending:
@@ -474,10 +477,6 @@ def _schedule(view: Any, nodes: dict[str, Node], services: dict[str, Service],
             elif t.node_id in infos and t.status.state == TaskState.FAILED and t.created_at > now - 300:
                 infos[t.node_id].recent_failures[t.service_id] += 1
     node_list = sorted(infos.values(), key=lambda n: n.id)
-    replaced: dict[str, int] = {}
-    for i, op in enumerate(out.ops):
-        if isinstance(op, store_ops.Create) and op.table == "tasks":
-            replaced[op.obj.id] = i
     for (sid, _), ts in sorted(pending.items()):
         svc = services.get(sid)
         if svc is None:

@@ -15,12 +15,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.harness.fleet import Fleet, fleet_fixture
 from tests.harness.fleet_cluster import PORT, OrchFleet
+from tests.harness.wait import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.multihost]
 
@@ -45,17 +45,6 @@ def of(fleet: Fleet) -> Iterator[OrchFleet]:
 def leader(of: OrchFleet, via: str) -> str:
     nodes = of.json(of.fleet[via], "node", "ls")
     return next(n["description"]["hostname"] for n in nodes if (n.get("manager_status") or {}).get("leader"))
-
-
-def wait(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out: {what}")
-        time.sleep(0.1)
 
 
 def test_init_and_join_five_nodes(of: OrchFleet) -> None:
@@ -139,14 +128,14 @@ def test_leader_kill9_failover_and_rejoin(of: OrchFleet) -> None:
     others = [m for m in ("m1", "m2", "m3") if m != old]
     f[old].kill9()
     t0 = time.monotonic()
-    new = wait(lambda: _leader_or_none(of, others[0]), 10, "a new leader")
+    new = wait_for(lambda: _leader_or_none(of, others[0]), 10, "a new leader")
     took = time.monotonic() - t0
     assert new in others and took < 3.0, (new, took)
     assert len(of.json(f[others[1]], "node", "ls")) == 5
     of.orch(f[others[0]], "config", "create", "after-failover", "-", input="x")
     of.start(f[old])
     of.wait_nodes(f[others[0]], ALL)
-    wait(lambda: "after-failover" in of.orch(f[old], "config", "ls").stdout, 15, "the old leader catching up")
+    wait_for(lambda: "after-failover" in of.orch(f[old], "config", "ls").stdout, 15, "the old leader catching up")
     assert "(follower)" in of.orch(f[old], "cluster", "status").stdout  # back, as a follower
 
 
@@ -178,7 +167,7 @@ def test_partitioned_minority_cannot_commit_then_catches_up(of: OrchFleet) -> No
         assert "from-majority" not in of.orch(f[minority], "config", "ls", check=False).stdout
     finally:
         f.heal()
-    wait(lambda: "from-majority" in of.orch(f[minority], "config", "ls", check=False).stdout, 20,
+    wait_for(lambda: "from-majority" in of.orch(f[minority], "config", "ls", check=False).stdout, 20,
          "the healed minority catching up")
     of.wait_nodes(f[rest[0]], ALL)
 
@@ -215,7 +204,7 @@ def test_node_management_round_trips(of: OrchFleet) -> None:
     of.orch(m, "node", "demote", "w1")
     nodes = of.wait_nodes(m, ALL)
     assert {x["description"]["hostname"]: x["role"] for x in nodes}["w1"] == "worker"
-    wait(lambda: of.orch(f["w1"], "node", "ls", check=False).returncode != 0, 20, "w1 to stop managing")
+    wait_for(lambda: of.orch(f["w1"], "node", "ls", check=False).returncode != 0, 20, "w1 to stop managing")
 
 
 def test_quorum_loss_refusal_and_force_new_cluster(of: OrchFleet) -> None:
@@ -224,7 +213,7 @@ def test_quorum_loss_refusal_and_force_new_cluster(of: OrchFleet) -> None:
     down = next(m for m in ("m1", "m2", "m3") if m != lead)
     other = next(m for m in ("m1", "m2", "m3") if m not in (lead, down))
     f[down].kill9()
-    wait(lambda: any(n["description"]["hostname"] == down and not n["manager_status"]["reachable"]
+    wait_for(lambda: any(n["description"]["hostname"] == down and not n["manager_status"]["reachable"]
                      for n in of.json(f[lead], "node", "ls")), 15, f"{down} unreachable")
     # Demoting a healthy manager now would leave 2 voters with 1 reachable: refused.
     r = of.orch(f[lead], "node", "demote", other, check=False)
@@ -248,5 +237,5 @@ def test_quorum_loss_refusal_and_force_new_cluster(of: OrchFleet) -> None:
     for h in (down, other):
         of.orch(f[h], "join", "--token", tok, "--listen-addr", f"{f[h].addr}:{PORT}",
                 "--advertise-addr", f"{f[h].addr}:{PORT}", f"{f[lead].addr}:{PORT}")
-    wait(lambda: sum(1 for n in of.json(f[lead], "node", "ls") if n["status"]["state"] == "ready") >= 5, 30,
+    wait_for(lambda: sum(1 for n in of.json(f[lead], "node", "ls") if n["status"]["state"] == "ready") >= 5, 30,
          "the rebuilt cluster")

@@ -10,7 +10,7 @@ from pathlib import Path
 from agent.runtime.health import HealthConfig
 from agent.runtime.runtime import ContainerManager, ContainerRecord
 from agent.runtime.spec import ContainerSpec
-from tests.runtime.test_runtime import mgr, pytestmark, rootfs  # noqa: F401  (fixtures and marks)
+from tests.runtime.test_runtime import pytestmark, rootfs  # noqa: F401  (fixture and marks)
 
 
 async def test_logs_rotate_and_follow_across_rotations(mgr: ContainerManager, rootfs: Path) -> None:

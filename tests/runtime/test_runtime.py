@@ -9,13 +9,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import uuid
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-
-from tests.fixtures.cgroups import remove_cgroup_parent
 
 from agent.runtime.runtime import ContainerManager, RuntimeError_
 from agent.runtime.spec import DEFAULT_CAPS, ContainerSpec, SpecError, resolve_user
@@ -46,18 +42,6 @@ def rootfs(tmp_path: Path) -> Path:
     (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n")
     (r / "etc/group").write_text("root:x:0:\napp:x:1000:\nextra:x:2000:app\n")
     return r
-
-
-@pytest.fixture
-async def mgr(tmp_path: Path) -> AsyncIterator[ContainerManager]:
-    m = ContainerManager(str(tmp_path / "engine"), cgroup_parent=f"orch-test-{uuid.uuid4().hex[:8]}")
-    try:
-        yield m
-    finally:
-        await m.recover()
-        for r in list(m.records.values()):
-            await m.remove(r.id, force=True)
-        remove_cgroup_parent(m.cgroup_parent)
 
 
 async def logs(m: ContainerManager, cid: str) -> list[tuple[str, str]]:

@@ -13,14 +13,10 @@ import json
 import os
 import shutil
 import subprocess
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.fixtures.cgroups import remove_cgroup_parent
 
 from agent.runtime.runtime import ContainerManager
 from agent.runtime.seccomp import (
@@ -332,18 +328,6 @@ def rootfs(tmp_path: Path, probe: Path | None) -> Path:
     (r / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (r / "etc/group").write_text("root:x:0:\n")
     return r
-
-
-@pytest.fixture
-async def mgr(tmp_path: Path) -> AsyncIterator[ContainerManager]:
-    m = ContainerManager(str(tmp_path / "engine"), cgroup_parent=f"orch-test-{uuid.uuid4().hex[:8]}")
-    try:
-        yield m
-    finally:
-        await m.recover()
-        for r in list(m.records.values()):
-            await m.remove(r.id, force=True)
-        remove_cgroup_parent(m.cgroup_parent)
 
 
 # One script per container: the seccomp mode, ordinary busybox work, busybox

@@ -14,6 +14,7 @@ import pytest
 
 from tests.fixtures.registry import SeededRegistry
 from tests.harness.loopcluster import LoopCluster, leftovers
+from tests.harness.wait import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -37,17 +38,6 @@ def tasks(c: LoopCluster, svc: str, all_: bool = False) -> list[dict[str, Any]]:
 
 def running(c: LoopCluster, svc: str) -> list[dict[str, Any]]:
     return [t for t in tasks(c, svc) if t["desired_state"] == "running" and t["status"]["state"] == "running"]
-
-
-def wait_for(cond: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def test_create_scale_and_remove(cluster: LoopCluster, image: str) -> None:
