@@ -19,7 +19,7 @@ from rich.live import Live
 
 from .client import Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
-from .specflags import parse_pairs, build_healthcheck, health_options, parse_duration, parse_mount, parse_size
+from .specflags import parse_octal, parse_pairs, build_healthcheck, health_options, parse_duration, parse_mount, parse_size
 
 LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
 
@@ -91,10 +91,7 @@ def _file_ref(ep: Endpoint, kind: str, s: str) -> dict[str, Any]:
         if k in fields:
             ref[k] = fields[k]
     if "mode" in fields:
-        try:
-            ref["mode"] = int(fields["mode"], 8)
-        except ValueError:
-            raise click.BadParameter(f"mode {fields['mode']!r} is not octal", param_hint=flag) from None
+        ref["mode"] = parse_octal(fields["mode"], f"mode {fields['mode']!r} is not octal", flag)
     return ref
 
 

@@ -34,6 +34,14 @@ def parse_size(s: str, flag: str) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
+def parse_octal(v: str, message: str, flag: str) -> int:
+    """A file mode such as 1777; `message` says what was wrong, for the flag."""
+    try:
+        return int(v, 8)
+    except ValueError:
+        raise click.BadParameter(message, param_hint=flag) from None
+
+
 def parse_mount(s: str) -> dict[str, Any]:
     """--mount type=bind|volume|tmpfs,source=...,target=...[,readonly][,tmpfs-size=..][,tmpfs-mode=..]"""
     out: dict[str, Any] = {"type": "volume"}
@@ -55,10 +63,7 @@ def parse_mount(s: str) -> dict[str, Any]:
         elif k == "tmpfs-size":
             out["tmpfs_size"] = parse_size(v, "--mount tmpfs-size")
         elif k == "tmpfs-mode":
-            try:
-                out["tmpfs_mode"] = int(v, 8)
-            except ValueError:
-                raise click.BadParameter(f"{part!r}: tmpfs-mode is octal, e.g. 1777", param_hint="--mount") from None
+            out["tmpfs_mode"] = parse_octal(v, f"{part!r}: tmpfs-mode is octal, e.g. 1777", "--mount")
         else:
             raise click.BadParameter(f"unknown key {k!r} in {s!r}", param_hint="--mount")
     if "target" not in out:
@@ -87,10 +92,7 @@ def parse_tmpfs(s: str) -> dict[str, Any]:
         if k == "size":
             m["tmpfs_size"] = parse_size(v, "--tmpfs size")
         elif k == "mode":
-            try:
-                m["tmpfs_mode"] = int(v, 8)
-            except ValueError:
-                raise click.BadParameter(f"{o!r}: mode is octal", param_hint="--tmpfs") from None
+            m["tmpfs_mode"] = parse_octal(v, f"{o!r}: mode is octal", "--tmpfs")
         else:
             raise click.BadParameter(f"unknown option {k!r} in {s!r}", param_hint="--tmpfs")
     return m
