@@ -39,7 +39,7 @@ from api.objects import (
     evolve,
 )
 from manager import store as store_ops
-from manager.ca import CAError, RootCA, TokenError, make_token, parse_token
+from pki import CAError, RootCA, TokenError, make_token, parse_token
 from manager.raft.driver import RaftError, RaftNode
 from manager.store import MemoryStore
 from manager.tx import TxFailed, commit

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from api.objects import TaskState
 from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
 from manager.store import MemoryStore
+from pki.tls import NodeTLS, client_ssl, parse_addr, server_ssl
 
 from .controlapi.errors import HTTPError
 from .controlapi.server import add_routes, build_app
@@ -38,15 +38,6 @@ IDENTITY_KEY = "orch.identity"
 
 
 @dataclass
-class NodeTLS:
-    """This node's credentials (PEM)."""
-
-    cert: str
-    key: str
-    ca: str
-
-
-@dataclass
 class ManagerOptions:
     node_id: int
     data_dir: str
@@ -57,37 +48,8 @@ class ManagerOptions:
     tls: NodeTLS | None = None
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
     force_new_cluster: bool = False  # rewrite the Raft state as a single-member cluster first
-    secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see manager.secretbox)
+    secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see pki.secretbox)
     resolve_image: Any = None  # async (ref) -> ref@digest, from this node's image service
-
-
-def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        return addr, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port in address {addr!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def server_ssl(tls: NodeTLS) -> ssl.SSLContext:
-    from manager.ca.tls import server_context
-
-    ctx = server_context(tls.cert, tls.key, tls.ca)
-    # Joining nodes have no certificate yet; every other route requires one
-    # (auth_middleware), so the handshake asks for it without insisting.
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
-def client_ssl(tls: NodeTLS) -> ssl.SSLContext:
-    from manager.ca.tls import client_context
-
-    ctx = client_context(tls.cert, tls.key, tls.ca)
-    # Peers are dialled by address and their certificates name node ids:
-    # the chain to our CA is what is checked; the server checks our role.
-    ctx.check_hostname = False
-    return ctx
 
 
 class ManagerProcess:
@@ -132,7 +94,7 @@ class ManagerProcess:
     async def _auth_middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        from manager.ca import CAError, check_peer, peer_identity
+        from pki import CAError, check_peer, peer_identity
 
         sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None

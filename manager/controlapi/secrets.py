@@ -15,7 +15,7 @@ from api import codec
 from api.errors import ValidationError
 from api.objects import Meta, Secret, SecretSpec
 from manager import store as store_ops
-from manager.secretbox import seal
+from pki.secretbox import seal
 
 from .errors import HTTPError, bad_request, conflict, json_response
 from .server import STORE_KEY, _barrier, _commit, _json_body, _resolve
