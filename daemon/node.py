@@ -1,45 +1,134 @@
-"""The node daemon: this host's engine, its local API, and the manager while
-the node is one.
+"""The node daemon, the one composition root (as SwarmKit's node/node.go):
+this host's engine and agent, its local API, and the manager while the node
+is one.
 
-The engine (images now; containers with the runtime) always runs; the
-manager components run when the node was started as a manager. The local
-unix socket serves the engine routes and, on managers, the control API.
+The engine (images, containers, volumes), the worker and the agent session
+always run; the manager runs while the node is a manager (a static one from
+the flags, or one made by init/join/promotion, see daemon.membership). The
+local unix socket serves the engine and membership routes and, once there is
+a manager, the control API. The manager is imported only then: a node that
+stays a worker never loads it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import ipaddress
 import logging
 import os
 import signal
 import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from agent.engine import Engine
 from agent.images import ImageService, RegistryConfig
+from agent.localapi import add_container_routes, add_image_routes
+from agent.runtime.runtime import ContainerManager
+from agent.runtime.volumes import VolumeStore
+from agent.worker import Worker
 
-from .localapi import add_cluster_routes, add_container_routes, add_image_routes
+from .localapi import add_cluster_routes, add_manager_routes, local_error_middleware
+from .membership import Membership
+from .settings import ManagerSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
 
+# sun_path of struct sockaddr_un is 108 bytes, one of them the final NUL.
+MAX_SOCKET_PATH = 107
+
+
 @dataclass
 class NodeOptions:
+    """What the node daemon runs with; `orch daemon` makes it from its flags
+    (daemon.options). Every field is checked when the options are made: a
+    bad value raises SettingsError naming the field."""
+
+    # Directory of all this node's state: images/, engine/ (containers,
+    # volumes), cluster/ (membership, certificates), manager/ (Raft log and
+    # snapshots). Created if missing. Required.
     data_dir: str
+    # Path of the root-only unix socket for the local CLI (mode 0600, replaced
+    # if a stale socket is there); None serves no local socket. At most 107
+    # bytes (the kernel's limit for socket paths).
     socket_path: str | None = "/run/orch/orch.sock"
+    # Registries spoken to over plain http: "host:port", "host" (any port) or
+    # a CIDR of registry addresses. Default: none.
     insecure_registries: tuple[str, ...] = ()
+    # docker-style config.json whose "auths" hold registry credentials; None:
+    # anonymous pulls only.
     registry_auth_file: str | None = None
-    manager: Any = None  # manager.process.ManagerOptions when this node is a manager
+    # manager.process.ManagerOptions of a static manager this daemon runs from
+    # the start (`orch daemon --manager` or `--initial-cluster`); None for a
+    # node that is a worker or gets its manager from init/join/promotion.
+    # Checked by ManagerOptions itself.
+    manager: Any = None
+    # The OCI runtime binary, a name looked up on PATH or a path (runc, crun, youki).
     runtime: str = "runc"
+    # cgroup (relative to the cgroup root) under which each container gets its own.
     cgroup_parent: str = "orch"
-    hostname: str | None = None  # reported to the managers (default: the host's name)
-    raft_settings: Any = None  # RaftSettings for a manager made by init/join
-    dispatcher: Any = None  # DispatcherSettings (heartbeat period) for such a manager
+    # The name this node reports to the managers; None: the host's name.
+    hostname: str | None = None
+    # How a manager made by init, join or promotion runs (Raft timing,
+    # snapshots, heartbeat period); None: the manager's defaults.
+    manager_settings: ManagerSettings | None = None
+    # Free-form values for code that embeds the daemon; the daemon reads none of them.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(name: str, problem: str) -> SettingsError:
+            return SettingsError("NodeOptions", name, problem)
+
+        def path(name: str, value: Any, optional: bool) -> None:
+            if value is None and optional:
+                return
+            if not isinstance(value, str) or not value:
+                raise bad(name, f"must be a non-empty path, got {value!r}")
+            if "\0" in value:
+                raise bad(name, f"contains a NUL byte: {value!r}")
+
+        path("data_dir", self.data_dir, optional=False)
+        path("socket_path", self.socket_path, optional=True)
+        if self.socket_path is not None and len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
+            raise bad("socket_path", f"{len(os.fsencode(self.socket_path))} bytes long; a unix socket path has "
+                                     f"at most {MAX_SOCKET_PATH}: choose a shorter path")
+        path("registry_auth_file", self.registry_auth_file, optional=True)
+        if isinstance(self.insecure_registries, str) or not isinstance(self.insecure_registries, (tuple, list)):
+            raise bad("insecure_registries", f"must be a tuple of strings, got {self.insecure_registries!r}")
+        for i, entry in enumerate(self.insecure_registries):
+            _check_registry(bad, f"insecure_registries[{i}]", entry)
+        if not isinstance(self.runtime, str) or not self.runtime.strip() or any(c.isspace() for c in self.runtime):
+            raise bad("runtime", f"must be the name or path of an OCI runtime binary, got {self.runtime!r}")
+        parent = self.cgroup_parent.strip("/") if isinstance(self.cgroup_parent, str) else ""
+        if not parent or "\0" in parent or any(p in (".", "..") for p in parent.split("/")):
+            raise bad("cgroup_parent", f"must be a cgroup path below the root without '.' or '..', "
+                                       f"got {self.cgroup_parent!r}")
+        if self.hostname is not None and (
+                not isinstance(self.hostname, str) or not 0 < len(self.hostname) <= 253
+                or not self.hostname.isprintable() or any(c.isspace() for c in self.hostname)):
+            raise bad("hostname", f"must be 1 to 253 printable characters without spaces, got {self.hostname!r}")
+        if self.manager_settings is not None and not isinstance(self.manager_settings, ManagerSettings):
+            raise bad("manager_settings", f"must be a ManagerSettings, got {type(self.manager_settings).__name__}")
+        if not isinstance(self.extra, dict):
+            raise bad("extra", f"must be a dict, got {type(self.extra).__name__}")
+
+
+def _check_registry(bad: Any, name: str, entry: Any) -> None:
+    if not isinstance(entry, str) or not entry or any(c.isspace() for c in entry):
+        raise bad(name, f"must be host:port, host or a CIDR, got {entry!r}")
+    if "://" in entry:
+        raise bad(name, f"{entry!r}: give host:port without a scheme (insecure registries are spoken to over http)")
+    if "/" in entry:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise bad(name, f"{entry!r} is not a CIDR (an entry with '/' must be one, e.g. 10.0.0.0/8)") from None
 
 
 class NodeDaemon:
@@ -52,10 +141,9 @@ class NodeDaemon:
         self.membership: Any = None
         self.worker: Any = None
         self._local: web.AppRunner | None = None
+        self._control: web.Application | None = None
 
     async def start(self) -> None:
-        from manager.controlapi.errors import error_middleware
-
         os.makedirs(self.opts.data_dir, exist_ok=True)
         self.images = ImageService(
             os.path.join(self.opts.data_dir, "images"),
@@ -64,8 +152,6 @@ class NodeDaemon:
                 auth_file=Path(self.opts.registry_auth_file) if self.opts.registry_auth_file else None,
             ),
         )
-        from agent.runtime.runtime import ContainerManager
-
         self.containers = ContainerManager(
             os.path.join(self.opts.data_dir, "engine"),
             runtime=self.opts.runtime,
@@ -75,49 +161,20 @@ class NodeDaemon:
         # exit codes of those that ended while it was down.
         await self.containers.recover()
         self.containers.start_supervisor()
-        from agent.runtime.volumes import VolumeStore
-
         self.volumes = VolumeStore(os.path.join(self.opts.data_dir, "engine"))
-        local = web.Application(middlewares=[error_middleware], client_max_size=4 << 20)
+        local = web.Application(middlewares=[local_error_middleware], client_max_size=4 << 20)
         add_image_routes(local, self.images)
         add_container_routes(local, self.images, self.containers, self.volumes)
-        from manager.controlapi.server import add_routes
-        from manager.membership import add_node_routes
-
-        from .cluster import Membership
-
         self.membership = Membership(self.opts.data_dir, hostname=self.opts.hostname,
-                                     settings=self.opts.raft_settings, dispatcher=self.opts.dispatcher)
+                                     settings=self.opts.manager_settings)
         self.membership.resolve_image = self.images.resolve
-        # The control API on the local socket follows whichever manager this
-        # node runs now (none, a static one, or one from init/join).
-        raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
-            _Forward(lambda: self._current_manager(), "store")
-        def secrets_key() -> bytes | None:
-            m = self._current_manager()
-            return m.opts.secrets_key if m is not None else None
-
-        add_routes(local, raft_ref, store_ref, secrets_key, self.images.resolve)  # type: ignore[arg-type]
-        add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_cluster_routes(local, self.membership)
-
-        async def service_logs(request: web.Request) -> web.StreamResponse:
-            m = self._current_manager()
-            if m is None:
-                from manager.controlapi.errors import HTTPError
-
-                raise HTTPError(503, "not_manager", "this node is not a manager: run the command on a manager")
-            return await m.service_logs(request)
-
-        local.router.add_get("/v1/services/{ref}/logs", service_logs)
-        from .engine import Engine
-        from .worker import Worker
-
+        add_manager_routes(local, self._control_routes)
         self.worker = Worker(Engine(self.images, self.containers, self.volumes), self.membership.send)
         self.membership.worker = self.worker
         self.worker.start()
         if self.opts.manager is not None:
-            from manager.process import ManagerProcess
+            from manager.process import ManagerProcess  # a static manager (see _control_routes)
 
             self.manager = ManagerProcess(self.opts.manager)
             await self.manager.start()
@@ -136,6 +193,41 @@ class NodeDaemon:
             finally:
                 os.umask(old)
             os.chmod(path, 0o600)
+
+    def _control_routes(self) -> web.Application | None:
+        """The manager's routes on the local socket: built the first time this
+        node runs a manager, None before. Until then the manager is never
+        imported, which keeps a worker's daemon small."""
+        if self._control is not None or self._current_manager() is None:
+            return self._control
+        from manager.controlapi.errors import error_middleware
+        from manager.controlapi.server import add_routes
+        from manager.membership import add_node_routes
+
+        local = web.Application(middlewares=[error_middleware])
+        # The control API on the local socket follows whichever manager this
+        # node runs now (none, a static one, or one from init/join).
+        raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
+            _Forward(lambda: self._current_manager(), "store")
+        def secrets_key() -> bytes | None:
+            m = self._current_manager()
+            return m.opts.secrets_key if m is not None else None
+
+        add_routes(local, raft_ref, store_ref, secrets_key, self.images.resolve)  # type: ignore[arg-type]
+        add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
+
+        async def service_logs(request: web.Request) -> web.StreamResponse:
+            m = self._current_manager()
+            if m is None:
+                from manager.controlapi.errors import HTTPError
+
+                raise HTTPError(503, "not_manager", "this node is not a manager: run the command on a manager")
+            return await m.service_logs(request)
+
+        local.router.add_get("/v1/services/{ref}/logs", service_logs)
+        local.freeze()
+        self._control = local
+        return local
 
     def _current_manager(self) -> Any:
         if self.manager is not None:
@@ -182,6 +274,47 @@ class NodeDaemon:
                     pass
         finally:
             await self.stop()
+
+
+class DaemonError(Exception):
+    """The daemon cannot run: the host refused something (a path, a port) or
+    this node's state is damaged; the message says what and where."""
+
+
+def run(opts: NodeOptions) -> None:
+    """Run the daemon until SIGINT or SIGTERM (what `orch daemon` does)."""
+    # The daemon's heap is mostly long-lived store objects; collecting young
+    # garbage less often removes most of the collector's pauses under load.
+    gc.set_threshold(50_000, 20, 100)
+    try:
+        # uvloop (faster Raft and HTTP) unless ORCH_EVENT_LOOP=asyncio; the
+        # engine spawns its children from threads, so the loop does not matter there.
+        try:
+            if os.environ.get("ORCH_EVENT_LOOP") == "asyncio":
+                raise ImportError
+            import uvloop
+        except ImportError:
+            asyncio.run(NodeDaemon(opts).run_forever())
+        else:
+            uvloop.run(NodeDaemon(opts).run_forever())
+    except OSError as e:
+        raise DaemonError(str(e)) from e
+    except Exception as e:
+        # Damaged state is never repaired silently: say what and where, stop.
+        if _damaged_state(e):
+            raise DaemonError(str(e)) from e
+        raise
+
+
+def _damaged_state(e: Exception) -> bool:
+    """A damaged Raft log or snapshot. Only a manager keeps those, and a
+    node that never ran one never loaded their code: no need to load it here."""
+    if "manager.raft.wal" not in sys.modules and "manager.raft.snap" not in sys.modules:
+        return False
+    from manager.raft.snap import SnapshotError
+    from manager.raft.wal import WALError
+
+    return isinstance(e, (WALError, SnapshotError))
 
 
 class _Forward:
