@@ -1,7 +1,7 @@
 """`orch daemon`: run this host's node daemon (engine; manager when asked).
 
 Only the command and its flags; `daemon.options` makes the options and
-`daemon.node` runs them.
+`daemon.main` runs them.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def daemon(
 ) -> None:
     """Run the orch daemon on this host."""
     # Imported here: every other command of the CLI runs without the daemon's code.
-    from daemon.node import DaemonError, run
+    from daemon.main import DaemonError, run
     from daemon.options import OptionsError, build_options
 
     logging.basicConfig(

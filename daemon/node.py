@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import os
 import signal
 import stat
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,20 +33,17 @@ from agent.worker import Worker
 
 from .localapi import add_cluster_routes, add_manager_routes, local_error_middleware
 from .membership import Membership
-from .settings import ManagerSettings, SettingsError
+from .settings import ManagerSettings, check_node_options
 
 log = logging.getLogger(__name__)
-
-
-# sun_path of struct sockaddr_un is 108 bytes, one of them the final NUL.
-MAX_SOCKET_PATH = 107
 
 
 @dataclass
 class NodeOptions:
     """What the node daemon runs with; `orch daemon` makes it from its flags
-    (daemon.options). Every field is checked when the options are made: a
-    bad value raises SettingsError naming the field."""
+    (daemon.options). Every field is checked when the options are made
+    (settings.check_node_options): a bad value raises SettingsError naming
+    the field."""
 
     # Directory of all this node's state: images/, engine/ (containers,
     # volumes), cluster/ (membership, certificates), manager/ (Raft log and
@@ -82,53 +77,7 @@ class NodeOptions:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        def bad(name: str, problem: str) -> SettingsError:
-            return SettingsError("NodeOptions", name, problem)
-
-        def path(name: str, value: Any, optional: bool) -> None:
-            if value is None and optional:
-                return
-            if not isinstance(value, str) or not value:
-                raise bad(name, f"must be a non-empty path, got {value!r}")
-            if "\0" in value:
-                raise bad(name, f"contains a NUL byte: {value!r}")
-
-        path("data_dir", self.data_dir, optional=False)
-        path("socket_path", self.socket_path, optional=True)
-        if self.socket_path is not None and len(os.fsencode(self.socket_path)) > MAX_SOCKET_PATH:
-            raise bad("socket_path", f"{len(os.fsencode(self.socket_path))} bytes long; a unix socket path has "
-                                     f"at most {MAX_SOCKET_PATH}: choose a shorter path")
-        path("registry_auth_file", self.registry_auth_file, optional=True)
-        if isinstance(self.insecure_registries, str) or not isinstance(self.insecure_registries, (tuple, list)):
-            raise bad("insecure_registries", f"must be a tuple of strings, got {self.insecure_registries!r}")
-        for i, entry in enumerate(self.insecure_registries):
-            _check_registry(bad, f"insecure_registries[{i}]", entry)
-        if not isinstance(self.runtime, str) or not self.runtime.strip() or any(c.isspace() for c in self.runtime):
-            raise bad("runtime", f"must be the name or path of an OCI runtime binary, got {self.runtime!r}")
-        parent = self.cgroup_parent.strip("/") if isinstance(self.cgroup_parent, str) else ""
-        if not parent or "\0" in parent or any(p in (".", "..") for p in parent.split("/")):
-            raise bad("cgroup_parent", f"must be a cgroup path below the root without '.' or '..', "
-                                       f"got {self.cgroup_parent!r}")
-        if self.hostname is not None and (
-                not isinstance(self.hostname, str) or not 0 < len(self.hostname) <= 253
-                or not self.hostname.isprintable() or any(c.isspace() for c in self.hostname)):
-            raise bad("hostname", f"must be 1 to 253 printable characters without spaces, got {self.hostname!r}")
-        if self.manager_settings is not None and not isinstance(self.manager_settings, ManagerSettings):
-            raise bad("manager_settings", f"must be a ManagerSettings, got {type(self.manager_settings).__name__}")
-        if not isinstance(self.extra, dict):
-            raise bad("extra", f"must be a dict, got {type(self.extra).__name__}")
-
-
-def _check_registry(bad: Any, name: str, entry: Any) -> None:
-    if not isinstance(entry, str) or not entry or any(c.isspace() for c in entry):
-        raise bad(name, f"must be host:port, host or a CIDR, got {entry!r}")
-    if "://" in entry:
-        raise bad(name, f"{entry!r}: give host:port without a scheme (insecure registries are spoken to over http)")
-    if "/" in entry:
-        try:
-            ipaddress.ip_network(entry, strict=False)
-        except ValueError:
-            raise bad(name, f"{entry!r} is not a CIDR (an entry with '/' must be one, e.g. 10.0.0.0/8)") from None
+        check_node_options(self)
 
 
 class NodeDaemon:
@@ -274,47 +223,6 @@ class NodeDaemon:
                     pass
         finally:
             await self.stop()
-
-
-class DaemonError(Exception):
-    """The daemon cannot run: the host refused something (a path, a port) or
-    this node's state is damaged; the message says what and where."""
-
-
-def run(opts: NodeOptions) -> None:
-    """Run the daemon until SIGINT or SIGTERM (what `orch daemon` does)."""
-    # The daemon's heap is mostly long-lived store objects; collecting young
-    # garbage less often removes most of the collector's pauses under load.
-    gc.set_threshold(50_000, 20, 100)
-    try:
-        # uvloop (faster Raft and HTTP) unless ORCH_EVENT_LOOP=asyncio; the
-        # engine spawns its children from threads, so the loop does not matter there.
-        try:
-            if os.environ.get("ORCH_EVENT_LOOP") == "asyncio":
-                raise ImportError
-            import uvloop
-        except ImportError:
-            asyncio.run(NodeDaemon(opts).run_forever())
-        else:
-            uvloop.run(NodeDaemon(opts).run_forever())
-    except OSError as e:
-        raise DaemonError(str(e)) from e
-    except Exception as e:
-        # Damaged state is never repaired silently: say what and where, stop.
-        if _damaged_state(e):
-            raise DaemonError(str(e)) from e
-        raise
-
-
-def _damaged_state(e: Exception) -> bool:
-    """A damaged Raft log or snapshot. Only a manager keeps those, and a
-    node that never ran one never loaded their code: no need to load it here."""
-    if "manager.raft.wal" not in sys.modules and "manager.raft.snap" not in sys.modules:
-        return False
-    from manager.raft.snap import SnapshotError
-    from manager.raft.wal import WALError
-
-    return isinstance(e, (WALError, SnapshotError))
 
 
 class _Forward:

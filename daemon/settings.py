@@ -1,5 +1,7 @@
 """Settings of the node daemon that are plain values, checked when made.
 
+`check_node_options` checks NodeOptions (daemon.node) field by field.
+
 `ManagerSettings` says how a manager on this node runs once there is one
 (made by `orch init`, `orch join` with a manager token, or a promotion).
 It holds plain numbers rather than the manager's own settings classes so
@@ -12,13 +14,20 @@ wrong with it (as etcd-io/raft's `Config.validate`).
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from manager.dispatcher import DispatcherSettings
     from manager.raft.driver import RaftSettings
+
+    from .node import NodeOptions
+
+# sun_path of struct sockaddr_un is 108 bytes, one of them the final NUL.
+MAX_SOCKET_PATH = 107
 
 
 class SettingsError(ValueError):
@@ -88,3 +97,52 @@ class ManagerSettings:
         if self.heartbeat_period is None:
             return DispatcherSettings()
         return DispatcherSettings(period=self.heartbeat_period)
+
+
+def check_node_options(opts: NodeOptions) -> None:
+    """Raise SettingsError for the first NodeOptions field with a bad value."""
+
+    def bad(name: str, problem: str) -> SettingsError:
+        return SettingsError("NodeOptions", name, problem)
+
+    def path(name: str, value: Any, optional: bool) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, str) or not value:
+            raise bad(name, f"must be a non-empty path, got {value!r}")
+        if "\0" in value:
+            raise bad(name, f"contains a NUL byte: {value!r}")
+
+    path("data_dir", opts.data_dir, optional=False)
+    path("socket_path", opts.socket_path, optional=True)
+    if opts.socket_path is not None and len(os.fsencode(opts.socket_path)) > MAX_SOCKET_PATH:
+        raise bad("socket_path", f"{len(os.fsencode(opts.socket_path))} bytes long; a unix socket path has "
+                                 f"at most {MAX_SOCKET_PATH}: choose a shorter path")
+    path("registry_auth_file", opts.registry_auth_file, optional=True)
+    if isinstance(opts.insecure_registries, str) or not isinstance(opts.insecure_registries, (tuple, list)):
+        raise bad("insecure_registries", f"must be a tuple of strings, got {opts.insecure_registries!r}")
+    for i, entry in enumerate(opts.insecure_registries):
+        name = f"insecure_registries[{i}]"
+        if not isinstance(entry, str) or not entry or any(c.isspace() for c in entry):
+            raise bad(name, f"must be host:port, host or a CIDR, got {entry!r}")
+        if "://" in entry:
+            raise bad(name, f"{entry!r}: give host:port without a scheme (insecure registries are spoken to over http)")
+        if "/" in entry:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise bad(name, f"{entry!r} is not a CIDR (an entry with '/' must be one, e.g. 10.0.0.0/8)") from None
+    if not isinstance(opts.runtime, str) or not opts.runtime.strip() or any(c.isspace() for c in opts.runtime):
+        raise bad("runtime", f"must be the name or path of an OCI runtime binary, got {opts.runtime!r}")
+    parent = opts.cgroup_parent.strip("/") if isinstance(opts.cgroup_parent, str) else ""
+    if not parent or "\0" in parent or any(p in (".", "..") for p in parent.split("/")):
+        raise bad("cgroup_parent", f"must be a cgroup path below the root without '.' or '..', "
+                                   f"got {opts.cgroup_parent!r}")
+    if opts.hostname is not None and (
+            not isinstance(opts.hostname, str) or not 0 < len(opts.hostname) <= 253
+            or not opts.hostname.isprintable() or any(c.isspace() for c in opts.hostname)):
+        raise bad("hostname", f"must be 1 to 253 printable characters without spaces, got {opts.hostname!r}")
+    if opts.manager_settings is not None and not isinstance(opts.manager_settings, ManagerSettings):
+        raise bad("manager_settings", f"must be a ManagerSettings, got {type(opts.manager_settings).__name__}")
+    if not isinstance(opts.extra, dict):
+        raise bad("extra", f"must be a dict, got {type(opts.extra).__name__}")
