@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api import codec
+from api.arch import OCI_ARCH
 from api.objects import (
     Cluster,
     FailureAction,
@@ -60,7 +61,7 @@ from scheduler.model import NodeInfo, TaskGroup
 from scheduler.scheduler import schedule_group
 
 JOB_MODES = (ServiceMode.REPLICATED_JOB, ServiceMode.GLOBAL_JOB)
-ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
+ARCH_ALIASES = OCI_ARCH  # uname -m or GOARCH -> GOARCH
 
 
 @dataclass
