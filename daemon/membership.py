@@ -37,6 +37,8 @@ import aiohttp
 
 from agent.session import AgentSession
 from api import codec
+from api.arch import oci_arch
+from api.fsutil import write_atomic
 from pki import RootCA, TokenError, make_key_and_csr, parse_token, renewal_delay
 from pki.secretbox import load_key, new_key, save_key
 from pki.tls import NodeTLS, client_ssl
@@ -68,16 +70,6 @@ class ClusterState:
     joined_at: float = 0.0
 
 
-def _write(path: str, data: str | bytes, mode: int = 0o644) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def describe_host(hostname: str | None = None) -> dict[str, Any]:
     mem = 0
     try:
@@ -88,7 +80,7 @@ def describe_host(hostname: str | None = None) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    arch = oci_arch(platform.machine())
     return {"hostname": hostname or socket.gethostname(), "os": "linux", "arch": arch,
             "nano_cpus": (os.cpu_count() or 1) * 1_000_000_000, "memory_bytes": mem}
 
@@ -143,13 +135,13 @@ class Membership:
     def _save_state(self) -> None:
         assert self.state is not None
         os.makedirs(self.dir, exist_ok=True)
-        _write(os.path.join(self.dir, "state.json"), json.dumps(asdict(self.state), indent=1))
+        write_atomic(os.path.join(self.dir, "state.json"), json.dumps(asdict(self.state), indent=1))
 
     def _save_certs(self, ca: str, cert: str, key: str) -> None:
         os.makedirs(self.certs, mode=0o700, exist_ok=True)
-        _write(os.path.join(self.certs, "ca.crt"), ca)
-        _write(os.path.join(self.certs, "node.crt"), cert)
-        _write(os.path.join(self.certs, "node.key"), key, 0o600)
+        write_atomic(os.path.join(self.certs, "ca.crt"), ca)
+        write_atomic(os.path.join(self.certs, "node.crt"), cert)
+        write_atomic(os.path.join(self.certs, "node.key"), key, 0o600)
 
     def tls(self) -> NodeTLS:
         def rd(n: str) -> str:

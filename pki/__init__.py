@@ -4,14 +4,15 @@ revocation, renewal timing), mutual-TLS contexts, and the secret box.
 
 Modules: `ca` (RootCA, issuing), `certs` (parsing, identity, renewal),
 `tokens` (join tokens), `tls` (SSL contexts, a node's credentials),
-`files` (atomic writes), `secretbox` (secrets at rest), `errors` (every
+`files` (reading CA files; writes use api.fsutil), `secretbox` (secrets at rest), `errors` (every
 CA error is a CAError, itself a ValueError). Depends on `api` only.
 """
+
+from api.fsutil import write_atomic
 
 from .ca import NODE_VALIDITY, ROOT_VALIDITY, RootCA, make_key_and_csr
 from .certs import ROLES, NodeIdentity, check_peer, load_cert, load_csr, peer_identity, renewal_delay
 from .errors import CAError, CertError, PeerRejected, TokenError
-from .files import write_atomic
 from .tokens import (
     JoinToken,
     ca_digest,
