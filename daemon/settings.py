@@ -116,8 +116,8 @@ def check_node_options(opts: NodeOptions) -> None:
     path("data_dir", opts.data_dir, optional=False)
     path("socket_path", opts.socket_path, optional=True)
     if opts.socket_path is not None and len(os.fsencode(opts.socket_path)) > MAX_SOCKET_PATH:
-        raise bad("socket_path", f"{len(os.fsencode(opts.socket_path))} bytes long; a unix socket path has "
-                                 f"at most {MAX_SOCKET_PATH}: choose a shorter path")
+        raise bad("socket_path", f"the path is {len(os.fsencode(opts.socket_path))} bytes long; a unix socket "
+                                 f"path has at most {MAX_SOCKET_PATH}: choose a shorter path")
     path("registry_auth_file", opts.registry_auth_file, optional=True)
     if isinstance(opts.insecure_registries, str) or not isinstance(opts.insecure_registries, (tuple, list)):
         raise bad("insecure_registries", f"must be a tuple of strings, got {opts.insecure_registries!r}")
