@@ -2,7 +2,8 @@
 graph: every .py file of ours is parsed (imports inside functions count,
 and so do `importlib.import_module("...")` / `__import__("...")` with a
 literal name), and each import of one of our top-level packages must be
-allowed for the package that makes it.
+allowed for the package that makes it. "Deferred" below means inside a
+function body or under `if TYPE_CHECKING:`, i.e. not when the module loads.
 
     api          -> nothing of ours
     pki          -> api
@@ -10,12 +11,13 @@ allowed for the package that makes it.
     overlay_net  -> api
     agent        -> api, pki, overlay_net
     manager      -> api, pki, scheduler
-    daemon       -> api, pki, scheduler, overlay_net, agent, manager (the
-                    one composition root; never cli, tests or bench)
-    cli          -> api; daemon only inside a function (the `orch daemon`
-                    command imports it when it runs, so no other command
-                    loads it); nothing else of ours (its mutual-TLS client
-                    is plain `ssl`)
+    daemon       -> api, pki, scheduler, overlay_net, agent; manager
+                    deferred only (the one composition root: it loads the
+                    manager when the node becomes one, so a worker never
+                    does); never cli, tests or bench
+    cli          -> api; daemon deferred only (the `orch daemon` command
+                    imports it when it runs, so no other command loads it);
+                    nothing else of ours (its mutual-TLS client is plain `ssl`)
     tests, bench -> anything
 
 A second check runs: a node that stays a worker never imports the manager.
@@ -38,7 +40,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 OURS = frozenset({"api", "pki", "scheduler", "overlay_net", "agent", "manager", "daemon", "cli", "tests", "bench"})
 
-# package -> (allowed anywhere, allowed only inside a function body)
+# package -> (allowed anywhere, allowed only deferred)
 RULES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "api": (frozenset(), frozenset()),
     "pki": (frozenset({"api"}), frozenset()),
@@ -46,7 +48,7 @@ RULES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "overlay_net": (frozenset({"api"}), frozenset()),
     "agent": (frozenset({"api", "pki", "overlay_net"}), frozenset()),
     "manager": (frozenset({"api", "pki", "scheduler"}), frozenset()),
-    "daemon": (frozenset({"api", "pki", "scheduler", "overlay_net", "agent", "manager"}), frozenset()),
+    "daemon": (frozenset({"api", "pki", "scheduler", "overlay_net", "agent"}), frozenset({"manager"})),
     "cli": (frozenset({"api"}), frozenset({"daemon"})),
     "tests": (OURS, frozenset()),
     "bench": (OURS, frozenset()),
@@ -58,7 +60,7 @@ class Import:
     file: Path
     line: int
     module: str  # absolute dotted name
-    in_function: bool
+    deferred: bool  # inside a function or under `if TYPE_CHECKING:`
 
 
 def _module_of(path: Path, root: Path) -> str:
@@ -84,22 +86,33 @@ def imports_of(path: Path, root: Path = ROOT) -> list[Import]:
     tree = ast.parse(path.read_text(), filename=str(path))
     out: list[Import] = []
 
-    def visit(node: ast.AST, in_function: bool) -> None:
+    def type_checking(node: ast.AST) -> bool:
+        t = node.test if isinstance(node, ast.If) else None
+        return (isinstance(t, ast.Name) and t.id == "TYPE_CHECKING") or (
+            isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
+
+    def visit(node: ast.AST, deferred: bool) -> None:
         for child in ast.iter_child_nodes(node):
-            inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            inside = deferred or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            if type_checking(child):  # its else branch, if any, runs: visit that as it is
+                for stmt in child.body:
+                    visit(ast.Module(body=[stmt], type_ignores=[]), True)
+                for stmt in child.orelse:
+                    visit(ast.Module(body=[stmt], type_ignores=[]), deferred)
+                continue
             if isinstance(child, ast.Import):
-                out.extend(Import(path, child.lineno, a.name, in_function) for a in child.names)
+                out.extend(Import(path, child.lineno, a.name, deferred) for a in child.names)
             elif isinstance(child, ast.ImportFrom):
                 base = _resolve(path, child.level, child.module, root)
                 if child.module is None:  # from . import x: x may be a module
-                    out.extend(Import(path, child.lineno, f"{base}.{a.name}", in_function) for a in child.names)
+                    out.extend(Import(path, child.lineno, f"{base}.{a.name}", deferred) for a in child.names)
                 else:
-                    out.append(Import(path, child.lineno, base, in_function))
+                    out.append(Import(path, child.lineno, base, deferred))
             elif (isinstance(child, ast.Call) and child.args and isinstance(child.args[0], ast.Constant)
                   and isinstance(child.args[0].value, str)
                   and ((isinstance(child.func, ast.Attribute) and child.func.attr == "import_module")
                        or (isinstance(child.func, ast.Name) and child.func.id in ("import_module", "__import__")))):
-                out.append(Import(path, child.lineno, child.args[0].value, in_function))
+                out.append(Import(path, child.lineno, child.args[0].value, deferred))
             visit(child, inside)
 
     visit(tree, False)
@@ -124,9 +137,9 @@ def violations(files: list[Path], root: Path = ROOT) -> list[str]:
             target = imp.module.split(".")[0]
             if target not in OURS or target == owner or target in anywhere:
                 continue
-            if target in lazily and imp.in_function:
+            if target in lazily and imp.deferred:
                 continue
-            where = "inside a function only" if target in lazily else "not at all"
+            where = "only deferred (in a function or under TYPE_CHECKING)" if target in lazily else "not at all"
             allowed = ", ".join(sorted(anywhere)) or "nothing of ours"
             found.append(f"{path.relative_to(root)}:{imp.line}: {owner} imports {imp.module} "
                          f"({owner} may import {allowed}; {target} {where})")
@@ -162,10 +175,19 @@ def test_the_check_names_file_line_and_import(tmp_path: Path) -> None:
     cli = tmp_path / "cli" / "cmd.py"
     cli.parent.mkdir()
     cli.write_text("from daemon import node\n\n\ndef g():\n    from daemon import main\n")
-    assert violations([bad, cli], tmp_path) == [
+    composer = tmp_path / "daemon" / "x.py"
+    composer.parent.mkdir()
+    composer.write_text("from typing import TYPE_CHECKING\n\nimport manager.store\n\nif TYPE_CHECKING:\n"
+                        "    from manager.process import ManagerProcess\nelse:\n    from manager import tx\n")
+    assert violations([bad, cli, composer], tmp_path) == [
         "agent/sub/probe.py:7: agent imports manager.process "
         "(agent may import api, overlay_net, pki; manager not at all)",
-        "cli/cmd.py:1: cli imports daemon (cli may import api; daemon inside a function only)",
+        "cli/cmd.py:1: cli imports daemon (cli may import api; daemon only deferred (in a function or "
+        "under TYPE_CHECKING))",
+        "daemon/x.py:3: daemon imports manager.store (daemon may import agent, api, overlay_net, pki, scheduler; "
+        "manager only deferred (in a function or under TYPE_CHECKING))",
+        "daemon/x.py:8: daemon imports manager (daemon may import agent, api, overlay_net, pki, scheduler; "
+        "manager only deferred (in a function or under TYPE_CHECKING))",
     ]
 
 
@@ -174,7 +196,9 @@ def test_relative_and_lazy_imports_are_resolved() -> None:
     assert _resolve(ROOT / "manager" / "controlapi" / "server.py", 2, "tx") == "manager.tx"
     assert _resolve(ROOT / "agent" / "__init__.py", 1, None) == "agent"
     cli_daemon = [i for i in imports_of(ROOT / "cli" / "daemon.py") if i.module.startswith("daemon")]
-    assert cli_daemon and all(i.in_function for i in cli_daemon)
+    assert cli_daemon and all(i.deferred for i in cli_daemon)
+    settings = {i.module: i.deferred for i in imports_of(ROOT / "daemon" / "settings.py")}
+    assert settings["manager.raft.driver"] is True  # under TYPE_CHECKING and inside a method
 
 
 # -- at run time -----------------------------------------------------------------
