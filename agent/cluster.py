@@ -346,7 +346,7 @@ class Membership:
         from api.objects import Cluster, ManagerStatus, Meta, Node, NodeDescription, NodeRole, NodeSpec, RootCAState
         from manager import store as store_ops
         from manager.ca import RootCA, make_key_and_csr
-        from manager.membership import join_tokens, new_raft_id
+        from manager.clusterinfo import join_tokens, new_raft_id
         from manager.tx import commit
 
         async with self._lock:
@@ -393,7 +393,7 @@ class Membership:
         (they rejoin with a token, or are promoted again once back)."""
         from api.objects import NodeRole, evolve
         from manager import store as store_ops
-        from manager.membership import join_tokens
+        from manager.clusterinfo import join_tokens
         from manager.tx import commit
 
         async with self._lock:
@@ -412,7 +412,7 @@ class Membership:
             self.state.managers = [self.state.advertise_addr]
             self._save_state()
             self._start_session()
-            from manager.membership import cluster_of
+            from manager.clusterinfo import cluster_of
 
             c = cluster_of(store)
             return {"node_id": self.state.node_id, "cluster_id": self.state.cluster_id,

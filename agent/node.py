@@ -81,24 +81,24 @@ class NodeDaemon:
         local = web.Application(middlewares=[error_middleware], client_max_size=4 << 20)
         add_image_routes(local, self.images)
         add_container_routes(local, self.images, self.containers, self.volumes)
+        from dataclasses import replace
+
+        from manager.controlapi.common import ManagerContext
         from manager.controlapi.server import add_routes
-        from manager.membership import add_node_routes
 
         from .cluster import Membership
 
         self.membership = Membership(self.opts.data_dir, hostname=self.opts.hostname,
                                      settings=self.opts.raft_settings, dispatcher=self.opts.dispatcher)
         self.membership.resolve_image = self.images.resolve
-        # The control API on the local socket follows whichever manager this
-        # node runs now (none, a static one, or one from init/join).
-        raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
-            _Forward(lambda: self._current_manager(), "store")
-        def secrets_key() -> bytes | None:
+        def control() -> ManagerContext | None:
+            # The control API on the local socket follows whichever manager this
+            # node runs now (none, a static one, or one from init/join); images
+            # are pinned with this node's image service.
             m = self._current_manager()
-            return m.opts.secrets_key if m is not None else None
+            return None if m is None else replace(m.control, resolve_image=self.images.resolve)
 
-        add_routes(local, raft_ref, store_ref, secrets_key, self.images.resolve)  # type: ignore[arg-type]
-        add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
+        add_routes(local, control)
         add_cluster_routes(local, self.membership)
 
         async def service_logs(request: web.Request) -> web.StreamResponse:
@@ -182,21 +182,3 @@ class NodeDaemon:
                     pass
         finally:
             await self.stop()
-
-
-class _Forward:
-    """Stands for the current manager's `raft` or `store` in the local
-    socket's control routes; without a manager they answer 503."""
-
-    def __init__(self, get: Any, attr: str) -> None:
-        self._get = get
-        self._attr = attr
-
-    def __getattr__(self, name: str) -> Any:
-        m = self._get()
-        if m is None:
-            from manager.controlapi.errors import HTTPError
-
-            raise HTTPError(503, "not_manager",
-                            "this node is not a manager: run the command on a manager, or `orch init` here")
-        return getattr(getattr(m, self._attr), name)
