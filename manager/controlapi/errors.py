@@ -91,6 +91,7 @@ ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule(CAError, 400, "invalid_argument"),
 )
 
+
 def rule_for(e: BaseException) -> ErrorRule | None:
     """The table's rule for `e` (a failed transaction by its cause)."""
     if isinstance(e, TxFailed):
