@@ -327,7 +327,7 @@ class Membership:
     async def init(self, listen_addr: str, advertise_addr: str | None) -> dict[str, Any]:
         # The manager is imported only by nodes that become one (as in _start_manager).
         from manager.bootstrap import create_cluster
-        from manager.membership import new_raft_id
+        from manager.clusterinfo import new_raft_id
 
         async with self._lock:
             if self.load() is not None:

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -149,21 +149,20 @@ class NodeDaemon:
         imported, which keeps a worker's daemon small."""
         if self._control is not None or self._current_manager() is None:
             return self._control
+        from manager.controlapi.common import ManagerContext
         from manager.controlapi.errors import error_middleware
         from manager.controlapi.server import add_routes
-        from manager.membership import add_node_routes
 
         local = web.Application(middlewares=[error_middleware])
-        # The control API on the local socket follows whichever manager this
-        # node runs now (none, a static one, or one from init/join).
-        raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
-            _Forward(lambda: self._current_manager(), "store")
-        def secrets_key() -> bytes | None:
-            m = self._current_manager()
-            return m.opts.secrets_key if m is not None else None
 
-        add_routes(local, raft_ref, store_ref, secrets_key, self.images.resolve)  # type: ignore[arg-type]
-        add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
+        def control() -> ManagerContext | None:
+            # The control API on the local socket follows whichever manager this
+            # node runs now (none, a static one, or one from init/join); images
+            # are pinned with this node's image service.
+            m = self._current_manager()
+            return None if m is None else replace(m.control, resolve_image=self.images.resolve)
+
+        add_routes(local, control)
 
         async def service_logs(request: web.Request) -> web.StreamResponse:
             m = self._current_manager()
@@ -223,21 +222,3 @@ class NodeDaemon:
                     pass
         finally:
             await self.stop()
-
-
-class _Forward:
-    """Stands for the current manager's `raft` or `store` in the local
-    socket's control routes; without a manager they answer 503."""
-
-    def __init__(self, get: Any, attr: str) -> None:
-        self._get = get
-        self._attr = attr
-
-    def __getattr__(self, name: str) -> Any:
-        m = self._get()
-        if m is None:
-            from manager.controlapi.errors import HTTPError
-
-            raise HTTPError(503, "not_manager",
-                            "this node is not a manager: run the command on a manager, or `orch init` here")
-        return getattr(getattr(m, self._attr), name)

@@ -23,7 +23,7 @@ from typing import Any
 
 from api.objects import Cluster, ManagerStatus, Meta, Node, NodeDescription, NodeRole, NodeSpec, RootCAState, evolve
 from manager import store as store_ops
-from manager.membership import cluster_of, join_tokens
+from manager.clusterinfo import cluster_of, join_tokens
 from manager.raft.driver import RaftNode
 from manager.store import MemoryStore
 from manager.tx import commit

@@ -25,11 +25,13 @@ from manager.raft.transport import RAFT_PATH
 from manager.store import MemoryStore
 from pki.tls import NodeTLS, client_ssl, parse_addr, server_ssl
 
+from .clusterinfo import cluster_of, manager_addrs
+from .controlapi.common import ManagerContext
 from .controlapi.errors import HTTPError
 from .controlapi.server import add_routes, build_app
 from .dispatcher import Dispatcher, DispatcherSettings
 from .dispatcher.dispatcher import SESSION_PATH
-from .membership import RoleManager, add_node_routes, add_public_routes, cluster_of, manager_addrs
+from .membership import RoleManager
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,12 @@ class ManagerProcess:
             advertise_addr=opts.advertise_addr or opts.listen_addr,
             ssl_context=client_ssl(opts.tls) if opts.tls else None,
         )
-        self.app = build_app(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image)
+        # What the control API handlers use of this manager (also on the node's local socket).
+        self.control = ManagerContext(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image)
+        self.app = build_app(lambda: self.control)
         if opts.tls is not None:
             self.app.middlewares.append(self._auth_middleware)  # inside error_middleware
         self.app.router.add_get(RAFT_PATH, self.raft.transport.handle)
-        add_public_routes(self.app, self.raft, self.store, lambda: self.opts.secrets_key)
-        add_node_routes(self.app, self.raft, self.store)
         self.dispatcher = Dispatcher(self.raft, self.store, self._identify, opts.dispatcher,
                                      manager_addrs=lambda: manager_addrs(self.store),
                                      secrets_key=lambda: self.opts.secrets_key)
@@ -128,7 +130,7 @@ class ManagerProcess:
 
         import aiohttp
 
-        from .controlapi.server import _resolve
+        from .controlapi.common import resolve
 
         if not self.raft.is_leader:
             leader = self.raft.members.get(self.raft.lead) if self.raft.lead else None
@@ -146,7 +148,7 @@ class ManagerProcess:
             await resp.write_eof()
             return resp
         await self.raft.read_barrier()
-        svc = _resolve(self.store, "services", request.match_info["ref"])
+        svc = resolve(self.store, "services", request.match_info["ref"])
         follow = request.query.get("follow") in ("1", "true")
         tail_q = request.query.get("tail", "")
         tail = int(tail_q) if tail_q.isdigit() else None
@@ -197,8 +199,7 @@ class ManagerProcess:
                  " (mutual TLS)" if ssl_ctx else "")
 
     def add_control_routes(self, app: web.Application) -> None:
-        add_routes(app, self.raft, self.store, lambda: self.opts.secrets_key, self.opts.resolve_image)
-        add_node_routes(app, self.raft, self.store)
+        add_routes(app, lambda: self.control)
 
     async def stop(self) -> None:
         await self.orchestrator.stop()
