@@ -11,9 +11,9 @@ Desired state as data (model), a pure reconciler (plan), kernel I/O
 from .manager import ApplyError, Failure, NetworkDataplane
 from .model import Egress, Endpoint, Network, NodeState, ObservedState, Peer, Problem, StateError
 from .netlink import DataplaneError, NetnsGone
-from .plan import Action, plan
+from .plan import Action
 
 __all__ = [
     "Action", "ApplyError", "DataplaneError", "Egress", "Endpoint", "Failure", "NetnsGone", "Network",
-    "NetworkDataplane", "NodeState", "ObservedState", "Peer", "Problem", "StateError", "plan",
+    "NetworkDataplane", "NodeState", "ObservedState", "Peer", "Problem", "StateError",
 ]
