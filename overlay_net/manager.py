@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from .netlink import DataplaneError, Kernel
 from .plan import Action, plan
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,9 @@ class NetworkDataplane:
                     broken.update(action.scopes)
                     continue
                 done.append(action)
+            slow = kernel.settle()
+            if slow:
+                log.warning("overlay interfaces not up yet after apply: %s", ", ".join(slow))
             if failures:
                 raise ApplyError(done, failures, skipped)
             return done

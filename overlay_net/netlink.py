@@ -20,6 +20,7 @@ import ctypes
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Interface
@@ -161,6 +162,7 @@ class Kernel:
         self.naming = Naming(prefix)
         self.host_netns = host_netns
         self._socks: dict[str | None, IPRoute] = {}
+        self._coming_up: list[tuple[str | None, str]] = []
 
     # -- sockets ------------------------------------------------------------------
 
@@ -179,8 +181,37 @@ class Kernel:
             sock.close()
 
     def close_session(self) -> None:
+        self._coming_up.clear()
         for path in list(self._socks):
             self._drop(path)
+
+    def settle(self, timeout: float = 2.0) -> list[str]:
+        """Wait until the veths brought up in this session are operationally
+        up; those that are not after timeout (they may still come up).
+
+        Until the kernel's link watcher has seen a new veth's carrier, its
+        queue discipline drops every packet; the watcher runs at most once a
+        second for events it does not deem urgent -- e.g. when the two ends
+        happen to have the same ifindex in their namespaces -- so a first
+        ARP request could be lost and the first packet delayed by a second.
+        Waiting here means traffic flows when apply returns."""
+        deadline = time.monotonic() + timeout
+        pending = list(dict.fromkeys(self._coming_up))
+        self._coming_up.clear()
+        while pending:
+            still = []
+            for path, ifname in pending:
+                try:
+                    link = self._link(path, ifname)
+                except (NetnsGone, NetlinkError):
+                    continue  # gone meanwhile: nothing to wait for
+                if link is not None and link.get_attr("IFLA_OPERSTATE") not in ("UP", "UNKNOWN"):
+                    still.append((path, ifname))
+            pending = still
+            if not pending or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        return [f"{path or 'host'}:{ifname}" for path, ifname in pending]
 
     @contextmanager
     def in_host(self) -> Iterator[None]:
@@ -513,6 +544,7 @@ class Kernel:
             c.addr("add", index=cidx, address=str(ep.address.ip), prefixlen=ep.address.network.prefixlen)
             c.link("set", index=cidx, state="up")
             self.ipr(path).link("set", index=idx, state="up")
+            self._coming_up += [(path, self.naming.endpoint_if(ep.id)), (ep.netns, ep.ifname)]
         except BaseException:
             _quiet(lambda: self.ipr(path).link("del", index=idx), errno.ENODEV)
             raise
@@ -523,6 +555,7 @@ class Kernel:
         self.ipr(path).link("set", index=self._index(path, self.naming.endpoint_if(ep.id)), mtu=a.mtu,
                             master=self._index(path, SANDBOX_BRIDGE), state="up")
         self.ipr(ep.netns).link("set", index=self._index(ep.netns, ep.ifname), mtu=a.mtu, state="up")
+        self._coming_up += [(path, self.naming.endpoint_if(ep.id)), (ep.netns, ep.ifname)]
 
     def _do_DetachEndpoint(self, a: DetachEndpoint, desired: NodeState) -> None:
         path = self._sandbox(a.network_id)
@@ -580,6 +613,7 @@ class Kernel:
             c.link("set", index=cidx, state="up")
             c.route("replace", dst="0.0.0.0/0", gateway=str(a.gateway), oif=cidx)
             ipr.link("set", index=idx, state="up")
+            self._coming_up += [(None, host_if), (a.netns, a.ifname)]
         except BaseException:
             _quiet(lambda: ipr.link("del", index=idx), errno.ENODEV)
             raise
