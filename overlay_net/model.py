@@ -533,6 +533,7 @@ class EndpointState:
     up: bool  # both ends
     sandbox_mtu: int
     enslaved: bool
+    pinned: bool = True  # a static bridge FDB entry ties mac to this port
 
 
 @dataclass(frozen=True)

@@ -73,6 +73,8 @@ CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
 NUD_PERMANENT = 0x80
 NTF_SELF = 0x02
+NTF_MASTER = 0x04
+NUD_NOARP = 0x40
 MAIN_TABLE = 254
 AF_BRIDGE = 7
 
@@ -318,10 +320,14 @@ class Kernel:
                 up=_up(vx),
                 enslaved=br is not None and vx.get_attr("IFLA_MASTER") == br["index"],
             )
-            for m in ipr.fdb("dump", ifindex=vx["index"]):
-                dst = m.get_attr("NDA_DST")
-                if m["ifindex"] == vx["index"] and dst and m["flags"] & NTF_SELF:
-                    fdb.add((m.get_attr("NDA_LLADDR"), IPv4Address(dst)))
+        pinned: set[tuple[int, str]] = set()  # (port, mac) static bridge entries
+        for m in ipr.fdb("dump"):
+            dst = m.get_attr("NDA_DST")
+            if vx is not None and m["ifindex"] == vx["index"] and dst and m["flags"] & NTF_SELF:
+                fdb.add((m.get_attr("NDA_LLADDR"), IPv4Address(dst)))
+            elif m.get_attr("NDA_MASTER") and m["state"] & NUD_NOARP and not m["state"] & NUD_PERMANENT:
+                pinned.add((m["ifindex"], m.get_attr("NDA_LLADDR")))
+        if vx is not None:
             for m in ipr.neigh("dump", ifindex=vx["index"], family=AF_INET):
                 if m["ifindex"] == vx["index"] and m["state"] & NUD_PERMANENT and m.get_attr("NDA_LLADDR"):
                     neigh.add((IPv4Address(m.get_attr("NDA_DST")), m.get_attr("NDA_LLADDR")))
@@ -349,6 +355,7 @@ class Kernel:
             endpoints.append(EndpointState(
                 endpoint_id=ep_id, network_id=net_id, netns=ep_netns, ifname=ifname, address=address,
                 mac=mac, mtu=mtu, up=up, sandbox_mtu=link.get_attr("IFLA_MTU"),
+                pinned=mac is not None and (link["index"], mac) in pinned,
                 enslaved=br is not None and link.get_attr("IFLA_MASTER") == br["index"],
             ))
         return SandboxState(net_id, bridge, vxlan, frozenset(fdb), frozenset(neigh),
@@ -543,17 +550,27 @@ class Kernel:
             cidx = self._index(ep.netns, ep.ifname)
             c.addr("add", index=cidx, address=str(ep.address.ip), prefixlen=ep.address.network.prefixlen)
             c.link("set", index=cidx, state="up")
+            self._pin(path, idx, ep.mac)
             self.ipr(path).link("set", index=idx, state="up")
             self._coming_up += [(path, self.naming.endpoint_if(ep.id)), (ep.netns, ep.ifname)]
         except BaseException:
             _quiet(lambda: self.ipr(path).link("del", index=idx), errno.ENODEV)
             raise
 
+    def _pin(self, path: str, port: int, mac: str) -> None:
+        # Static (not local) bridge entry: the bridge may have learnt this
+        # MAC behind the VXLAN port while the endpoint ran on another node,
+        # and would keep sending its frames there (and dropping those that
+        # come from there) until the endpoint spoke first.
+        self.ipr(path).neigh("replace", family=AF_BRIDGE, ifindex=port, lladdr=mac, state=NUD_NOARP,
+                             flags=NTF_MASTER)
+
     def _do_ConfigureEndpoint(self, a: ConfigureEndpoint, desired: NodeState) -> None:
         ep = a.endpoint
         path = self._sandbox(ep.network_id)
-        self.ipr(path).link("set", index=self._index(path, self.naming.endpoint_if(ep.id)), mtu=a.mtu,
-                            master=self._index(path, SANDBOX_BRIDGE), state="up")
+        port = self._index(path, self.naming.endpoint_if(ep.id))
+        self.ipr(path).link("set", index=port, mtu=a.mtu, master=self._index(path, SANDBOX_BRIDGE), state="up")
+        self._pin(path, port, ep.mac)
         self.ipr(ep.netns).link("set", index=self._index(ep.netns, ep.ifname), mtu=a.mtu, state="up")
         self._coming_up += [(path, self.naming.endpoint_if(ep.id)), (ep.netns, ep.ifname)]
 

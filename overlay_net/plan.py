@@ -192,7 +192,8 @@ class AttachEndpoint(Action):
 
 @dataclass(frozen=True)
 class ConfigureEndpoint(Action):
-    """Set the MTU of both ends, enslave the sandbox end, and up both."""
+    """Set the MTU of both ends, enslave the sandbox end and pin the
+    endpoint's MAC to it, and up both."""
 
     endpoint: Endpoint
     mtu: int
@@ -336,7 +337,7 @@ def plan(desired: NodeState, observed: ObservedState, *, only_netns: str | None 
         if not _same_endpoint(ep, want):
             ep_detach.append(DetachEndpoint(ep.network_id, ep.endpoint_id, ep.netns))
             ep_attach.append(AttachEndpoint(want, mtu))
-        elif ep.mtu != mtu or ep.sandbox_mtu != mtu or not ep.up or not ep.enslaved:
+        elif ep.mtu != mtu or ep.sandbox_mtu != mtu or not ep.up or not ep.enslaved or not ep.pinned:
             ep_fix.append(ConfigureEndpoint(want, mtu))
     for ep_id, want in sorted(desired_eps.items()):
         if ep_id not in observed_eps:

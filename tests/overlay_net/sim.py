@@ -113,7 +113,7 @@ def step(obs: ObservedState, a: P.Action, desired: NodeState) -> ObservedState:
         return _put(obs, replace(s, endpoints=tuple(sorted(s.endpoints + (st,), key=lambda e: e.endpoint_id))))
     if isinstance(a, P.ConfigureEndpoint):
         s = _sb(obs, a.endpoint.network_id)
-        eps = tuple(replace(e, mtu=a.mtu, sandbox_mtu=a.mtu, up=True, enslaved=True)
+        eps = tuple(replace(e, mtu=a.mtu, sandbox_mtu=a.mtu, up=True, enslaved=True, pinned=True)
                     if e.endpoint_id == a.endpoint.id else e for e in s.endpoints)
         return _put(obs, replace(s, endpoints=eps))
     if isinstance(a, P.DetachEndpoint):

@@ -63,8 +63,19 @@ def test_mesh_icmp_tcp_and_mtu(w: World) -> None:
         for dst in every:
             if src is not dst:
                 assert boxes[src.id].ping(dst.address.ip), f"{src.id} -> {dst.id}"
-    for src in (a1, a2, c1):
-        assert src.tcp("10.60.0.4", data=f"from {src.name}") == f"from {src.name}"
+    # TCP both ways between every pair: each box runs a server naming itself.
+    for box in (a1, a2, c1):
+        w.procs.append(box.serve(["/bin/echo", f"server {box.host.name}-{box.name}"], port=7001))
+    time.sleep(0.2)
+    for src in every:
+        for dst in every:
+            if src is dst:
+                continue
+            if boxes[dst.id] is b1:
+                assert boxes[src.id].tcp(dst.address.ip, data=f"from {src.id}") == f"from {src.id}"
+            else:
+                want = f"server {boxes[dst.id].host.name}-{boxes[dst.id].name}"
+                assert boxes[src.id].tcp(dst.address.ip, 7001) == want, f"{src.id} -> {dst.id}"
     # The MTU is 1450 everywhere on the overlay.
     for c in (a1, a2, c1):
         assert {link.get_attr("IFLA_MTU") for link in c.links() if link.get_attr("IFLA_IFNAME") == "eth0"} == {1450}
@@ -172,6 +183,11 @@ def test_endpoint_moves_to_another_host(w: World) -> None:
     assert b1.ping("10.60.0.9") and c1.ping("10.60.0.9")
 
     m_on_c = ep("m", mc, "10.60.0.9/24")
+    # m says nothing by itself once moved (no IPv6 chatter): c's bridge,
+    # which learnt m's MAC behind the VXLAN port, must be corrected by the
+    # attach itself, not by m's first frame.
+    for key in ("all", "default"):
+        mc.run(["sysctl", "-qw", f"net.ipv6.conf.{key}.disable_ipv6=1"])
     t0 = time.monotonic()
     w.apply_all([N1], {"a": base["a"], "b": base["b"], "c": base["c"] + [m_on_c]})
     for src in (a1, b1, c1):
@@ -236,6 +252,12 @@ def test_restart_adopts_without_disruption(w: World) -> None:
     assert client.stdout.readline().strip() == "after"
     out, _ = pinger.communicate(timeout=20)
     assert "30 packets transmitted, 30 packets received" in out
+
+    # The restarted daemon also removes what is no longer desired.
+    smaller = w.states([N1], {"a": placement["a"][:1], "b": placement["b"][:1]})
+    done = w.apply("a", smaller["a"])
+    assert [type(x) for x in done] == [P.RemoveSandbox]
+    assert not os.path.exists(Naming(w.host("a").name_prefix).sandbox_path("in"))
 
 
 def test_teardown_leaves_nothing(w: World) -> None:
@@ -324,3 +346,20 @@ def test_dataplane_arguments_are_validated() -> None:
     with pytest.raises(StateError) as e:
         NetworkDataplane("orch-", "not-an-ip")
     assert [p.field for p in e.value.problems] == ["underlay_addr"]
+
+
+def test_mtu_follows_a_smaller_underlay(w: World) -> None:
+    """On a host whose underlay MTU is 1400 the overlay's interfaces get 1350
+    (nothing bigger could cross unfragmented); the peer's 1450 still talks to
+    it, for TCP at least (MSS is negotiated)."""
+    with IPRoute(netns=w.host("c").netns) as ipr:
+        ipr.link("set", index=ipr.link_lookup(ifname="eth0")[0], mtu=1400)
+    a1, c1 = w.container("a", "c1"), w.container("c", "c1")
+    w.procs.append(c1.serve(["/bin/echo", "small"]))
+    w.apply_all([N1], {"a": [ep("a1", a1, "10.60.0.2/24")], "c": [ep("c1", c1, "10.60.0.3/24")]})
+    assert {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_MTU") for link in c1.links()}["eth0"] == 1350
+    assert {link.get_attr("IFLA_IFNAME"): link.get_attr("IFLA_MTU") for link in a1.links()}["eth0"] == 1450
+    assert df_ping(c1, "10.60.0.2", 1322).startswith("ok 1322")
+    assert df_ping(c1, "10.60.0.2", 1323) == "emsgsize"
+    time.sleep(0.1)
+    assert a1.tcp("10.60.0.3") == "small"

@@ -130,6 +130,10 @@ def test_endpoint_goes_down_is_brought_up() -> None:
     broken = dataclasses.replace(obs, sandboxes=(dataclasses.replace(
         s, endpoints=(dataclasses.replace(s.endpoints[0], up=False),)),))
     assert kinds(plan(desired, broken)) == ["ConfigureEndpoint"]
+    unpinned = dataclasses.replace(obs, sandboxes=(dataclasses.replace(
+        s, endpoints=(dataclasses.replace(s.endpoints[0], pinned=False),)),))
+    assert kinds(plan(desired, unpinned)) == ["ConfigureEndpoint"]
+    assert plan(desired, sim.run(unpinned, plan(desired, unpinned), desired)) == []
 
 
 def test_container_side_lost_is_reattached() -> None:
