@@ -545,6 +545,7 @@ class SandboxState:
     neigh: frozenset[tuple[IPv4Address, str]]  # (ip, mac) permanent neighbours
     endpoints: tuple[EndpointState, ...] = ()
     stale_links: tuple[str, ...] = ()  # links in the sandbox that are none of ours
+    usable: bool = True  # False: the netns file exists but cannot be entered
 
 
 @dataclass(frozen=True)

@@ -285,10 +285,8 @@ class Kernel:
             return None
         try:
             links = self.ipr(path).get_links(peer_index)
-        except NetlinkError:
-            return None
-        except NetnsGone:
-            return None
+        except (NetlinkError, NetnsGone, OSError):
+            return None  # gone, or not a namespace: the endpoint is re-made
         if not links or _kind(links[0]) != "veth" or links[0].get_attr("IFLA_LINK") != local_index:
             return None
         return links[0]
@@ -297,7 +295,12 @@ class Kernel:
         net_id = self.naming.network_of_ns(ns_name)
         assert net_id is not None
         path = f"{NETNS_DIR}/{ns_name}"
-        ipr = self.ipr(path)
+        try:
+            ipr = self.ipr(path)
+        except (OSError, NetnsGone):
+            # A file without a namespace mounted on it (an interrupted
+            # create, a crash): remove and make again.
+            return SandboxState(net_id, None, None, frozenset(), frozenset(), usable=False)
         links = list(ipr.get_links())
         br = next((x for x in links if x.get_attr("IFLA_IFNAME") == SANDBOX_BRIDGE and _kind(x) == "bridge"), None)
         vx = next((x for x in links if x.get_attr("IFLA_IFNAME") == SANDBOX_VXLAN and _kind(x) == "vxlan"), None)
@@ -422,8 +425,8 @@ class Kernel:
             for link in ipr.get_links():
                 if _kind(link) in ("vxlan", "veth"):
                     _quiet(lambda: ipr.link("del", index=link["index"]), errno.ENODEV)
-        except NetnsGone:
-            pass
+        except (NetnsGone, OSError):
+            pass  # nothing mounted there: only the file is left to remove
         self._drop(path)
         try:
             netns.remove(ns_name)

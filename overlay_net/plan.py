@@ -309,7 +309,7 @@ def plan(desired: NodeState, observed: ObservedState, *, only_netns: str | None 
     observed_eps: dict[str, EndpointState] = {}
     stale_eps: list[EndpointState] = []
     for s in observed.sandboxes:
-        if s.network_id not in wanted_nets:
+        if s.network_id not in wanted_nets or not s.usable:
             continue  # whole sandbox goes
         for ep in s.endpoints:
             if ep.endpoint_id in observed_eps:
@@ -352,6 +352,9 @@ def plan(desired: NodeState, observed: ObservedState, *, only_netns: str | None 
         s = observed.sandbox(net_id)
         mtu = desired.mtu_of(net)
         fresh_vxlan = False
+        if s is not None and not s.usable:
+            removals.append(RemoveSandbox(net_id))  # e.g. a netns file left without its mount
+            s = None
         if s is None:
             net_creations.append(CreateSandbox(net_id))
             s = SandboxState(net_id, None, None, frozenset(), frozenset())

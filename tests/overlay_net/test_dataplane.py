@@ -301,6 +301,21 @@ def test_failures_are_isolated_and_reported(w: World) -> None:
     assert [type(f.action) for f in e.value.failures] == [P.AttachEndpoint]
     assert any(isinstance(x, P.AttachEndpoint) and x.endpoint.id == "a1" for x in e.value.done)
     assert a1.ping("10.60.0.1")  # a1 works: its sandbox's bridge answers
+    # Sandbox files with no namespace behind them (a crash mid-create) are
+    # replaced or removed, not a reason to fail.
+    naming = Naming(w.host("a").name_prefix)
+    n3 = Network("n3", 4603, "10.63.0.0/24")
+    a3 = w.container("a", "c3")
+    for net_id in ("n3", "junk"):
+        open(naming.sandbox_path(net_id), "w").close()
+    s = w.state("a", [N1, n3], [ep("a1", a1, "10.60.0.2/24"), ep("a3", a3, "10.63.0.2/24", "n3")], [])
+    done = w.apply("a", s)
+    assert [str(x) for x in done if isinstance(x, (P.RemoveSandbox, P.CreateSandbox))] == [
+        "RemoveSandbox(network_id=junk)", "RemoveSandbox(network_id=n2)", "RemoveSandbox(network_id=n3)",
+        "CreateSandbox(network_id=n3)"]
+    assert not os.path.exists(naming.sandbox_path("junk"))
+    assert a3.ping("10.63.0.1")
+    assert w.apply("a", s) == [] and a1.ping("10.60.0.1")
     with pytest.raises(StateError) as se:
         w.apply("b", s)
     assert {p.field for p in se.value.problems} == {"prefix", "underlay_addr"}

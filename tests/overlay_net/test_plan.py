@@ -11,7 +11,7 @@ from ipaddress import IPv4Address, IPv4Interface
 import pytest
 
 from overlay_net import plan as P
-from overlay_net.model import Egress, Endpoint, Network, NodeState, ObservedState, Peer
+from overlay_net.model import Egress, Endpoint, Network, NodeState, ObservedState, Peer, SandboxState
 from overlay_net.names import Naming
 from overlay_net.plan import plan
 from tests.overlay_net import sim
@@ -233,6 +233,18 @@ def test_repairs_half_made_sandbox() -> None:
     wrong_addr = dataclasses.replace(obs, sandboxes=(dataclasses.replace(
         s, bridge=dataclasses.replace(s.bridge, addresses=())),))  # type: ignore[arg-type]
     assert kinds(plan(desired, wrong_addr)) == ["ConfigureBridge"]
+
+
+def test_unusable_sandbox_is_made_again() -> None:
+    desired = node(endpoints=[ep()])
+    obs = converged(desired)
+    broken = dataclasses.replace(obs, sandboxes=(
+        SandboxState("n1", None, None, frozenset(), frozenset(), usable=False),
+        SandboxState("old", None, None, frozenset(), frozenset(), usable=False)))
+    actions = plan(desired, broken)
+    assert kinds(actions) == ["RemoveSandbox", "RemoveSandbox", "CreateSandbox", "CreateBridge", "CreateVxlan",
+                              "AttachEndpoint"]
+    assert {a.network_id for a in actions if isinstance(a, P.RemoveSandbox)} == {"n1", "old"}
 
 
 def test_duplicate_observed_endpoint_is_detached() -> None:
