@@ -372,10 +372,11 @@ class NodeState:
                 ck.add(f"{p}.id", f"duplicate endpoint id {e.id!r}")
                 continue
             ep_ids.add(e.id)
-            n = nets.get(e.network_id)
-            if n is None:
+            found = nets.get(e.network_id)
+            if found is None:
                 ck.add(f"{p}.network_id", f"unknown network {e.network_id!r}; add it to networks")
                 continue
+            n = found
             if e.address.network != n.subnet:
                 if e.address.ip in n.subnet:
                     ck.add(f"{p}.address", f"{e.address} has prefix length /{e.address.network.prefixlen}, "
@@ -422,10 +423,11 @@ class NodeState:
 
         for i, peer in enumerate(self.peers):
             p = f"peers[{i}]"
-            n = nets.get(peer.network_id)
-            if n is None:
+            found = nets.get(peer.network_id)
+            if found is None:
                 ck.add(f"{p}.network_id", f"unknown network {peer.network_id!r}; add it to networks")
                 continue
+            n = found
             if peer.node == self.underlay_addr:
                 ck.add(f"{p}.node", f"{peer.node} is this node's own address; a local container is an endpoint, "
                        "not a peer")

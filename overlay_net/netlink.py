@@ -27,8 +27,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from socket import AF_INET
 from typing import Any
 
-from pyroute2 import IPRoute, netns
-from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
 from . import nft
 from .model import (
@@ -146,7 +146,8 @@ def _attr(msg: Any, *path: str) -> Any:
 
 
 def _kind(link: Any) -> str | None:
-    return _attr(link, "IFLA_LINKINFO", "IFLA_INFO_KIND")
+    kind = _attr(link, "IFLA_LINKINFO", "IFLA_INFO_KIND")
+    return str(kind) if kind is not None else None
 
 
 def _up(link: Any) -> bool:

@@ -349,15 +349,15 @@ def plan(desired: NodeState, observed: ObservedState, *, only_netns: str | None 
     net_creations: list[Action] = []
     entry_creations: list[Action] = []
     for net_id, net in sorted(wanted_nets.items()):
-        s = observed.sandbox(net_id)
+        seen = observed.sandbox(net_id)
         mtu = desired.mtu_of(net)
         fresh_vxlan = False
-        if s is not None and not s.usable:
+        if seen is not None and not seen.usable:
             removals.append(RemoveSandbox(net_id))  # e.g. a netns file left without its mount
-            s = None
-        if s is None:
+            seen = None
+        if seen is None:
             net_creations.append(CreateSandbox(net_id))
-            s = SandboxState(net_id, None, None, frozenset(), frozenset())
+        s = seen if seen is not None else SandboxState(net_id, None, None, frozenset(), frozenset())
         if only_netns is None:
             for link in s.stale_links:
                 # Leftovers of an interrupted attach: no tag, so no endpoint.
