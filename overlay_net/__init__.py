@@ -8,12 +8,12 @@ Desired state as data (model), a pure reconciler (plan), kernel I/O
     done = await dp.apply(NodeState(prefix="orch-", underlay_addr="192.168.1.11", networks=..., ...))
 """
 
-from .manager import ApplyError, Failure, NetworkDataplane
+from .manager import ApplyError, Failure, NetworkDataplane, teardown
 from .model import Egress, Endpoint, Network, NodeState, ObservedState, Peer, Problem, StateError
 from .netlink import DataplaneError, NetnsGone
 from .plan import Action
 
 __all__ = [
     "Action", "ApplyError", "DataplaneError", "Egress", "Endpoint", "Failure", "NetnsGone", "Network",
-    "NetworkDataplane", "NodeState", "ObservedState", "Peer", "Problem", "StateError",
+    "NetworkDataplane", "NodeState", "ObservedState", "Peer", "Problem", "StateError", "teardown",
 ]

@@ -32,7 +32,7 @@ from ipaddress import IPv4Address
 from types import TracebackType
 from typing import TypeVar
 
-from .model import NodeState, ObservedState, Problem, StateError
+from .model import NodeState, ObservedState, Problem, StateError, check_prefix
 from .netlink import DataplaneError, Kernel
 from .plan import Action, plan
 
@@ -205,3 +205,19 @@ class NetworkDataplane:
             return done
         finally:
             kernel.close_session()
+
+
+async def teardown(prefix: str, *, host_netns: str | None = None) -> list[str]:
+    """Remove every sandbox, link, entry and nftables table `prefix` owns on
+    this node without a NetworkDataplane (a node leaving the cluster, or a
+    clean-up after a crash); what was removed. Runs in a thread of its own
+    for the reasons given at the top of this module."""
+    kernel = Kernel(check_prefix(prefix), host_netns)
+
+    def work() -> list[str]:
+        try:
+            return kernel.teardown()
+        finally:
+            kernel.close_session()
+
+    return await asyncio.to_thread(work)

@@ -131,6 +131,14 @@ def _check_id(value: Any, field_path: str, ck: _Checker) -> None:
         ck.add(field_path, f"{value!r} must be 1 to 64 letters, digits, '_', '.' or '-' (not starting with '_', '.', '-')")
 
 
+def check_prefix(prefix: Any) -> str:
+    """The prefix if it is a valid node name prefix; StateError otherwise."""
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise StateError([Problem("prefix", f"{prefix!r} must be 1 to 32 letters, digits, '_', '.' or '-', "
+                                            "starting with a letter")])
+    return prefix
+
+
 def _check_ifname(value: Any, field_path: str, ck: _Checker) -> None:
     if not isinstance(value, str) or not value:
         ck.add(field_path, "must be a non-empty interface name, e.g. eth0")
@@ -318,8 +326,10 @@ class NodeState:
 
     def __post_init__(self) -> None:
         ck = _Checker()
-        if not isinstance(self.prefix, str) or not _PREFIX_RE.fullmatch(self.prefix):
-            ck.add("prefix", f"{self.prefix!r} must be 1 to 32 letters, digits, '_', '.' or '-', starting with a letter")
+        try:
+            check_prefix(self.prefix)
+        except StateError as e:
+            ck.problems.extend(e.problems)
         addr = _as_v4(IPv4Address, self.underlay_addr, "underlay_addr", ck, "192.168.1.11")
         if addr is not None:
             _set(self, "underlay_addr", addr)
