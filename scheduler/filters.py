@@ -100,6 +100,14 @@ class NodeActive(NodeFilter):
     def reject(self, n: NodeInfo) -> str | None:
         return None if n.availability == "active" else f"node availability is {n.availability}"
 
+    def keep(self, nodes: list[NodeInfo], reasons: Counter[str]) -> list[NodeInfo]:
+        kept = [n for n in nodes if n.availability == "active"]
+        if len(kept) != len(nodes):
+            for n in nodes:
+                if n.availability != "active":
+                    reasons[f"node availability is {n.availability}"] += 1
+        return kept
+
 
 class ConstraintFilter(NodeFilter):
     """One placement constraint (`node.labels.zone==eu`)."""

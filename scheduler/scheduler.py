@@ -35,13 +35,17 @@ class _Leaf:
         self.g = g
         self.fit: Reject = fit.reject
         svc = g.service_id
-        self.heap = [self._key(n) for n in nodes]
+        # Inlined _key: this runs for every eligible node of every group.
+        # (.get, not [], on the Counters: a missing key costs a Python-level
+        # __missing__ call.)
+        self.heap = [(1 if n.recent_failures.get(svc) else 0, n.service_tasks.get(svc, 0), n.total_tasks, n.id, n)
+                     for n in nodes]
         heapq.heapify(self.heap)
-        self.count = sum(n.service_tasks[svc] for n in nodes)
+        self.count = sum(k[1] for k in self.heap)
 
     def _key(self, n: NodeInfo) -> tuple[int, int, int, str, NodeInfo]:
         svc = self.g.service_id
-        return (1 if n.recent_failures[svc] else 0, n.service_tasks[svc], n.total_tasks, n.id, n)
+        return (1 if n.recent_failures.get(svc) else 0, n.service_tasks.get(svc, 0), n.total_tasks, n.id, n)
 
     def place(self) -> NodeInfo | None:
         g = self.g
