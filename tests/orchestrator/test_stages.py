@@ -251,7 +251,7 @@ def test_a_constraint_parse_error_is_reported_once_per_service() -> None:
     assert p.ops == [] and p.placement_errors == {"g": err, "r": err} and cache.parses == 2
 
 
-def test_task_status_history_of_a_pass_is_not_lost_for_existing_tasks() -> None:
+def test_an_existing_new_task_moved_through_both_stages_gets_one_update() -> None:
     """An existing NEW task moved through both stages gets one Update, not two."""
     c = Cluster(mknode("n1"))
     svc = mkservice("web", 1)
