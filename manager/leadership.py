@@ -80,16 +80,16 @@ class Supervisor:
         self.stop_warning = stop_warning
         self.clock = clock
         self._components: dict[str, Leader] = {}
-        # What the driver told us last; `_elected` counts elections of this
-        # node, so a term can tell that it is stale.
-        self._is_leader = False
-        self._elected = 0
+        # What the driver told us last; `_elections` counts elections of
+        # this node, so that a term can tell that it is stale.
+        self._leads = False
+        self._elections = 0
         self._changed = asyncio.Event()
-        self._leader_event = asyncio.Event()
+        self._elected_event = asyncio.Event()
         self._runner: asyncio.Task[None] | None = None
         self._term: asyncio.Task[None] | None = None
         self._keepers: dict[str, asyncio.Task[None]] = {}  # the current term's, by component
-        self._term_election = 0
+        self._term_of = 0
         self.starts: dict[str, int] = {}  # lead() calls per component, over all terms
         self.failures: dict[str, int] = {}  # raised or returned, over all terms
         self.terms = 0  # terms opened
@@ -110,19 +110,14 @@ class Supervisor:
         """A `RaftNode` leader listener: record the change and wake the
         supervisor. Never blocks."""
         leading = new == self.node_id
-        if leading and not self._is_leader:
-            self._elected += 1
-        self._is_leader = leading
+        if leading and not self._leads:
+            self._elections += 1
+        self._leads = leading
         if leading:
-            self._leader_event.set()
+            self._elected_event.set()
         else:
-            self._leader_event.clear()
+            self._elected_event.clear()
         self._changed.set()
-
-    @property
-    def is_leader(self) -> bool:
-        """Whether the driver last said that this node leads."""
-        return self._is_leader
 
     @property
     def leading(self) -> bool:
@@ -131,7 +126,7 @@ class Supervisor:
 
     async def wait_elected(self) -> None:
         """Return once this node leads (at once if it does)."""
-        await self._leader_event.wait()
+        await self._elected_event.wait()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -154,10 +149,10 @@ class Supervisor:
         while True:
             await self._changed.wait()
             self._changed.clear()
-            if self._term is not None and (not self._is_leader or self._term_election != self._elected):
+            if self._term is not None and (not self._leads or self._term_of != self._elections):
                 await self._end_term()
-            if self._is_leader and self._term is None:
-                self._term_election = self._elected
+            if self._leads and self._term is None:
+                self._term_of = self._elections
                 self.terms += 1
                 log.info("leadership: node %d leads; starting %s", self.node_id, ", ".join(self._components) or "nothing")
                 self._term = asyncio.create_task(self._lead_all(), name=f"leadership-term-{self.terms}")
@@ -168,7 +163,7 @@ class Supervisor:
         term.cancel()
         while not (await asyncio.wait({term}, timeout=self.stop_warning))[0]:
             stuck = [n for n, t in self._keepers.items() if not t.done()]
-            log.warning("leadership: %s still running %.0f s after step-down; cancelling again "
+            log.warning("leadership: %s still running %g s after step-down; cancelling again "
                         "(does its lead() swallow CancelledError, e.g. through asyncio.wait_for on 3.11?)",
                         ", ".join(stuck) or "a component", self.stop_warning)
             for n in stuck:

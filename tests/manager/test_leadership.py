@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from api.objects import ContainerSpec, Service, ServiceSpec, TaskSpec, TaskState, evolve
-from manager.leadership import RestartPolicy, Supervisor
+from manager.leadership import Leader, RestartPolicy, Supervisor
 from manager.process import ManagerOptions, ManagerProcess
 from manager.raft.driver import RaftNode, RaftSettings
 from manager.store import Create, MemoryStore, Update
@@ -81,7 +81,7 @@ class Probe:
             self.running = False
 
 
-async def started(sup: Supervisor, **probes: Probe) -> Supervisor:
+async def started(sup: Supervisor, **probes: Leader) -> Supervisor:
     for name, p in probes.items():
         sup.add(name, p)
     sup.start()
@@ -357,6 +357,7 @@ async def test_three_managers_orchestrate_across_transfer_and_leader_loss(tmp_pa
         assert first.leadership.starts == expected and not first.leadership.leading
         orchestrated = first.orchestrator.passes
         svc = second.store.view().get("services", "web")
+        assert svc is not None
         await commit(second.raft, second.store, [Update("services", evolve(svc, spec__replicas=4))])
         await eventually(lambda: _live_tasks(second, "web") == 4, "the new leader's orchestrator scales to 4")
         assert first.orchestrator.passes == orchestrated, "the old leader's orchestrator still ran"
