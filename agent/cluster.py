@@ -36,6 +36,7 @@ from typing import Any
 import aiohttp
 
 from agent.session import AgentSession
+from api.session import Frame
 from manager.secretbox import load_key, new_key, save_key
 
 log = logging.getLogger(__name__)
@@ -325,9 +326,9 @@ class Membership:
             await self.session.stop()
         self._start_session(renewals=False)
 
-    async def send(self, message: dict[str, Any]) -> bool:
+    async def send(self, frame: Frame) -> bool:
         """To the leader over the current session (False when there is none)."""
-        return await self.session.send(message) if self.session is not None else False
+        return await self.session.send(frame) if self.session is not None else False
 
     def info(self) -> dict[str, Any]:
         if self.state is None:

@@ -166,6 +166,8 @@ class ManagerProcess:
 
         import aiohttp
 
+        from api.session import LogLines
+
         from .controlapi.server import _resolve
 
         if not self.raft.is_leader:
@@ -201,15 +203,15 @@ class ManagerProcess:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         async for m in self.dispatcher.logs(by_node, follow=follow, tail=tail):
-            tid = m.get("task", "")
+            tid = m.task
             node = next((n for n, ts in by_node.items() if tid in ts), "")
             base = {"task": tid, "name": names.get(tid, tid), "node": hosts.get(node, node)}
-            if m.get("t") == "log":
+            if isinstance(m, LogLines):
                 out = "".join(json.dumps({**base, "ts": ts, "stream": st, "line": line}) + "\n"
-                              for ts, st, line in m.get("lines") or [])
+                              for ts, st, line in m.lines)
                 await resp.write(out.encode())
-            elif m.get("error"):
-                await resp.write((json.dumps({**base, "error": m["error"]}) + "\n").encode())
+            elif m.error:
+                await resp.write((json.dumps({**base, "error": m.error}) + "\n").encode())
         await resp.write_eof()
         return resp
 
