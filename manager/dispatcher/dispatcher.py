@@ -94,8 +94,7 @@ class DispatcherSettings:
     session closed (>= 1). Default 3 periods, as Swarm."""
 
     check_interval: float | None = None
-    """Seconds between liveness checks (> 0); None (the default) is half a
-    period."""
+    """Seconds between liveness checks (> 0). Default None: half a period."""
 
     assign_coalesce: float = 0.02
     """Seconds to wait after a store change before computing assignment
