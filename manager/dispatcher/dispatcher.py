@@ -351,6 +351,13 @@ class Dispatcher:
                     await asyncio.sleep(0.5)
                     self._status_event.set()
                     break
+            else:
+                # Raced three times in a row: try again shortly. (Agents send a
+                # report once; no full set comes back to make them repeat it.)
+                for k, v in pending.items():
+                    self._status_q.setdefault(k, v)
+                await asyncio.sleep(0.5)
+                self._status_event.set()
 
     # -- sessions ------------------------------------------------------------
 
@@ -398,10 +405,13 @@ class Dispatcher:
                         asyncio.Queue(self.settings.outbox_frames))
         self.sessions[node_id] = sess
         self.last_seen[node_id] = sess.last_seen
+        # The full set once per session, changes after that: queued before any
+        # await, so every change frame is relative to it. The pump starts
+        # after the session frame is out.
+        self._send_full(sess)
         await ws.send_bytes(encode(SessionStarted(
             session_id=sess.session_id, node_id=node_id, period=self.settings.period,
             managers=tuple(self.manager_addrs()))))
-        self._send_full(sess)  # the full set once per session; changes after that
         sender = asyncio.create_task(self._pump(sess))
         try:
             async for msg in ws:
