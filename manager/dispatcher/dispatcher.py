@@ -40,6 +40,8 @@ from api.session import (
     AGENT_FRAMES,
     MAX_FRAME,
     SESSION_PATH,
+    AssignmentChanges,
+    AssignmentsFull,
     Close,
     Frame,
     FrameError,
@@ -68,7 +70,10 @@ from .assignments import DepKey, NodeAssignments
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Dispatcher", "DispatcherSettings", "DispatcherSettingsError", "SESSION_PATH", "MAX_FRAME"]
+__all__ = ["Dispatcher", "DispatcherSettings", "DispatcherSettingsError", "DispatcherStats", "SESSION_PATH",
+           "STATS_PATH", "MAX_FRAME"]
+
+STATS_PATH = "/v1/dispatcher/stats"
 
 
 class DispatcherSettingsError(ValueError):
@@ -140,6 +145,17 @@ class DispatcherSettings:
 
 
 @dataclass
+class DispatcherStats:
+    """Counters since the dispatcher was made (GET /v1/dispatcher/stats)."""
+
+    frames: dict[str, int] = field(default_factory=dict)  # frames sent to agents, by kind
+    bytes: dict[str, int] = field(default_factory=dict)  # their encoded size, by kind
+    # Seconds of the event-loop thread's CPU spent computing and encoding
+    # assignment frames (full sets and changes).
+    assignment_cpu: float = 0.0
+
+
+@dataclass
 class _Session:
     node_id: str
     session_id: str
@@ -182,9 +198,18 @@ class Dispatcher:
         self._status_q: dict[str, tuple[str, StatusUpdate]] = {}
         self._status_event = asyncio.Event()
         self._log_subs: dict[str, asyncio.Queue[LogLines | LogEnd]] = {}
+        self.stats = DispatcherStats()
 
     def attach(self, app: web.Application) -> None:
         app.router.add_get(SESSION_PATH, self.handle)
+        app.router.add_get(STATS_PATH, self.handle_stats)
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        """What the dispatcher has sent (managers only, as every route but the session)."""
+        st = self.stats
+        return web.json_response({"sessions": len(self.sessions), "full_sets": self.settings.full_sets,
+                                  "frames": st.frames, "bytes": st.bytes,
+                                  "assignment_cpu_s": round(st.assignment_cpu, 6)})
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -219,6 +244,13 @@ class Dispatcher:
     def _dispatch(self, batch: list[Event]) -> None:
         """Assignment frames for one batch of store events: to the nodes
         whose tasks changed, and to those using a changed secret or config."""
+        t0 = time.thread_time()
+        try:
+            self._dispatch_batch(batch)
+        finally:
+            self.stats.assignment_cpu += time.thread_time() - t0
+
+    def _dispatch_batch(self, batch: list[Event]) -> None:
         tasks_by_node: dict[str, set[str]] = {}
         deps: set[DepKey] = set()
         for ev in batch:
@@ -249,6 +281,7 @@ class Dispatcher:
     def _resync_sessions(self) -> None:
         """After events may have been missed (a new watch): bring every
         session up to date."""
+        t0 = time.thread_time()
         view = self.store.view()
         for sess in list(self.sessions.values()):
             if self.settings.full_sets:
@@ -257,6 +290,7 @@ class Dispatcher:
             frame = sess.assignments.resync(view, self._open_secret)
             if frame is not None:
                 self._send(sess, frame)
+        self.stats.assignment_cpu += time.thread_time() - t0
 
     async def _assignments(self) -> None:
         """Assignment changes to nodes whose tasks, secrets or configs changed, coalesced."""
@@ -408,7 +442,9 @@ class Dispatcher:
         # The full set once per session, changes after that: queued before any
         # await, so every change frame is relative to it. The pump starts
         # after the session frame is out.
+        t0 = time.thread_time()
         self._send_full(sess)
+        self.stats.assignment_cpu += time.thread_time() - t0
         await ws.send_bytes(encode(SessionStarted(
             session_id=sess.session_id, node_id=node_id, period=self.settings.period,
             managers=tuple(self.manager_addrs()))))
@@ -442,11 +478,17 @@ class Dispatcher:
                 del self.sessions[node_id]
         return ws
 
-    @staticmethod
-    async def _pump(sess: _Session) -> None:
+    async def _pump(self, sess: _Session) -> None:
+        st = self.stats
         while True:
             m = await sess.outbox.get()
-            await sess.ws.send_bytes(encode(m))
+            t0 = time.thread_time()
+            data = encode(m)
+            if isinstance(m, (AssignmentsFull, AssignmentChanges)):
+                st.assignment_cpu += time.thread_time() - t0
+            st.frames[m.KIND] = st.frames.get(m.KIND, 0) + 1
+            st.bytes[m.KIND] = st.bytes.get(m.KIND, 0) + len(data)
+            await sess.ws.send_bytes(data)
 
     def send(self, node_id: str, frame: Frame) -> bool:
         """Queue a frame for a node's session; False if it has none (or

@@ -202,6 +202,15 @@ async def test_assignments_cross_as_full_set_then_changes(world: tuple[Manager, 
         ops = [[c.op for c in f.changes] for f in a.frames if isinstance(f, AssignmentChanges)]
         assert ops == [["task_update", "secret_remove"], ["task_remove"]]
     assert set(a.worker.assigned.tasks) == {"t2"} and a.worker.assigned.secrets == {}
+    # What was sent, as the stats route counts it.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"http://{m.addr}/v1/dispatcher/stats") as r:
+            stats = await r.json()
+    assert stats["sessions"] == 1 and stats["full_sets"] == full_sets and stats["assignment_cpu_s"] > 0
+    kinds = {"assign_full"} if full_sets else {"assign_full", "assign_changes"}
+    assert kinds <= set(stats["frames"]) and all(stats["bytes"][k] > 0 for k in kinds)
+    if not full_sets:
+        assert (stats["frames"]["assign_full"], stats["frames"]["assign_changes"]) == (1, 2)
 
 
 async def test_heartbeats_carry_the_desired_role_and_logs_flow(world: tuple[Manager, Any, bool]) -> None:
