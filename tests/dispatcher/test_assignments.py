@@ -34,7 +34,7 @@ from api.session import (
     encode,
 )
 from manager.dispatcher.assignments import NodeAssignments
-from manager.secretbox import new_key, open_, seal
+from pki.secretbox import new_key, open_, seal
 from manager.store import Create, Delete, MemoryStore, Update
 from tests.store import Feeder
 
