@@ -2,7 +2,9 @@
 
 `orch image ...` and `orch container ...` talk to this: it is the engine's
 debugging surface (like podman's), not a cluster API. Long operations stream
-newline-delimited JSON (pull progress, logs with follow).
+newline-delimited JSON (pull progress, logs with follow). The daemon adds
+the membership routes and the manager's control API to the same socket
+(daemon.localapi).
 """
 
 from __future__ import annotations
@@ -313,60 +315,3 @@ async def remove_volume(request: web.Request) -> web.Response:
         return _volume_error(e)
     return _json({"name": vol.name, "removed": True})
 
-
-# -- cluster membership (init/join/leave) ------------------------------------
-
-MEMBERSHIP_KEY = web.AppKey("membership", object)
-
-
-def add_cluster_routes(app: web.Application, membership: Any) -> None:
-    app[MEMBERSHIP_KEY] = membership
-    app.router.add_post("/v1/swarm/init", swarm_init)
-    app.router.add_post("/v1/swarm/join", swarm_join)
-    app.router.add_post("/v1/swarm/leave", swarm_leave)
-    app.router.add_get("/v1/info", info)
-
-
-async def _body(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise web.HTTPBadRequest(text=json.dumps({"error": {"code": "invalid_argument",
-                                                            "message": "request body is not valid JSON"}}),
-                                 content_type="application/json") from None
-    return body if isinstance(body, dict) else {}
-
-
-async def _membership_call(coro: Any) -> web.Response:
-    from agent.cluster import ClusterError
-
-    try:
-        return _json(await coro)
-    except ClusterError as e:
-        return _err(e.status, "cluster", str(e))
-
-
-async def swarm_init(request: web.Request) -> web.Response:
-    b = await _body(request)
-    m = request.app[MEMBERSHIP_KEY]
-    if b.get("force_new_cluster"):
-        return await _membership_call(m.force_new_cluster())
-    return await _membership_call(m.init(str(b.get("listen_addr") or "0.0.0.0:4242"), b.get("advertise_addr")))
-
-
-async def swarm_join(request: web.Request) -> web.Response:
-    b = await _body(request)
-    if not isinstance(b.get("token"), str) or not isinstance(b.get("remote"), str):
-        return _err(400, "invalid_argument", "token and remote (HOST:PORT of a manager) are required")
-    m = request.app[MEMBERSHIP_KEY]
-    return await _membership_call(m.join(b["token"], b["remote"], str(b.get("listen_addr") or "0.0.0.0:4242"),
-                                         b.get("advertise_addr")))
-
-
-async def swarm_leave(request: web.Request) -> web.Response:
-    b = await _body(request)
-    return await _membership_call(request.app[MEMBERSHIP_KEY].leave(bool(b.get("force"))))
-
-
-async def info(request: web.Request) -> web.Response:
-    return _json(request.app[MEMBERSHIP_KEY].info())

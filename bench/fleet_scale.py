@@ -66,7 +66,7 @@ def pct(xs: list[float], p: float) -> float:
 async def agent_worker(spec_file: str, period_window: float) -> None:
     """Run sessions for the nodes in spec_file; report RTTs as JSON on stdout."""
     from agent.session import AgentSession
-    from manager.process import NodeTLS, client_ssl
+    from pki.tls import NodeTLS, client_ssl
 
     spec = json.loads(Path(spec_file).read_text())
     sessions = []
@@ -113,7 +113,7 @@ async def join_nodes(manager: str, token: str, ca_pem: str, n: int, concurrency:
 
     import aiohttp
 
-    from manager.ca import make_key_and_csr
+    from pki import make_key_and_csr
 
     ctx = ssl.create_default_context(cadata=ca_pem)
     ctx.check_hostname = False

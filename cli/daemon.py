@@ -1,28 +1,16 @@
-"""`orch daemon`: run this host's node daemon (engine; manager when asked)."""
+"""`orch daemon`: run this host's node daemon (engine; manager when asked).
+
+Only the command and its flags; `daemon.options` makes the options and
+`daemon.main` runs them.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import click
 
 from .output import fail
-
-
-def _parse_cluster(spec: str) -> dict[int, str]:
-    members: dict[int, str] = {}
-    for i, part in enumerate(p for p in spec.split(",") if p.strip()):
-        nid, sep, addr = part.strip().partition("=")
-        if not sep or not nid.isdigit() or int(nid) < 1 or not addr:
-            raise click.BadParameter(
-                f"member {i + 1} ({part.strip()!r}): expected ID=HOST:PORT with ID >= 1",
-                param_hint="--initial-cluster",
-            )
-        if int(nid) in members:
-            raise click.BadParameter(f"node id {nid} listed twice", param_hint="--initial-cluster")
-        members[int(nid)] = addr
-    return members
 
 
 @click.command()
@@ -64,73 +52,26 @@ def daemon(
     log_level: str,
 ) -> None:
     """Run the orch daemon on this host."""
-    import os
-
-    from agent.node import NodeDaemon, NodeOptions
-    from manager.dispatcher import DispatcherSettings
-    from manager.process import ManagerOptions, parse_addr
-    from manager.raft.driver import RaftSettings
-    from manager.raft.snap import SnapshotError
-    from manager.raft.wal import WALError
+    # Imported here: every other command of the CLI runs without the daemon's code.
+    from daemon.main import DaemonError, run
+    from daemon.options import OptionsError, build_options
 
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    members = _parse_cluster(initial_cluster)
-    if members and node_id not in members:
-        fail(f"--initial-cluster does not list this node's id {node_id}")
     try:
-        parse_addr(listen_addr)
-        for a in members.values():
-            parse_addr(a)
-    except ValueError as e:
-        fail(str(e))
-    settings = RaftSettings(
-        tick_interval=tick_ms / 1000,
-        election_tick=election_ticks,
-        snapshot_every=snapshot_every,
-        keep_entries=keep_entries,
-    )
-    mopts = None
-    joined = os.path.exists(os.path.join(data_dir, "cluster", "state.json"))  # init/join made it
-    if members or as_manager or (not joined and os.path.isdir(os.path.join(data_dir, "manager", "raft"))):
-        if node_id is None:
-            fail("--node-id is required for a manager (with --initial-cluster or an existing manager state)")
-        mopts = ManagerOptions(
-            node_id=node_id,
-            data_dir=os.path.join(data_dir, "manager"),
-            listen_addr=listen_addr,
-            initial_cluster=members,
-            settings=settings,
+        opts = build_options(
+            data_dir=data_dir, node_id=node_id, listen_addr=listen_addr, initial_cluster=initial_cluster,
+            as_manager=as_manager, socket_path=socket_path, tick_ms=tick_ms, election_ticks=election_ticks,
+            snapshot_every=snapshot_every, keep_entries=keep_entries, insecure=insecure,
+            registry_auth_file=registry_auth_file, runtime=runtime, cgroup_parent=cgroup_parent,
+            hostname=hostname, heartbeat_period=heartbeat_period,
         )
-    opts = NodeOptions(
-        data_dir=data_dir,
-        socket_path=socket_path or None,
-        insecure_registries=insecure,
-        registry_auth_file=registry_auth_file,
-        manager=mopts,
-        runtime=runtime,
-        cgroup_parent=cgroup_parent,
-        hostname=hostname,
-        raft_settings=settings,
-        dispatcher=DispatcherSettings(period=heartbeat_period),
-    )
-    import gc
-
-    # The daemon's heap is mostly long-lived store objects; collecting young
-    # garbage less often removes most of the collector's pauses under load.
-    gc.set_threshold(50_000, 20, 100)
+    except OptionsError as e:
+        if e.param:
+            raise click.BadParameter(str(e), param_hint=e.param) from None
+        fail(str(e))
     try:
-        # uvloop (faster Raft and HTTP) unless ORCH_EVENT_LOOP=asyncio; the
-        # engine spawns its children from threads, so the loop does not matter there.
-        try:
-            if os.environ.get("ORCH_EVENT_LOOP") == "asyncio":
-                raise ImportError
-            import uvloop
-        except ImportError:
-            asyncio.run(NodeDaemon(opts).run_forever())
-        else:
-            uvloop.run(NodeDaemon(opts).run_forever())
-    except (OSError, WALError, SnapshotError) as e:
-        # Damaged state is never repaired silently: say what and where, stop.
+        run(opts)
+    except DaemonError as e:
         fail(f"daemon: {e}")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,26 +23,20 @@ from api.objects import TaskState
 from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
 from manager.store import MemoryStore
+from pki.tls import NodeTLS, client_ssl, parse_addr, server_ssl
 
+from .clusterinfo import cluster_of, manager_addrs
+from .controlapi.common import ManagerContext
 from .controlapi.errors import HTTPError
 from .controlapi.server import add_routes, build_app
 from .dispatcher import Dispatcher, DispatcherSettings
 from .dispatcher.dispatcher import SESSION_PATH
-from .membership import RoleManager, add_node_routes, add_public_routes, cluster_of, manager_addrs
+from .membership import RoleManager
 
 log = logging.getLogger(__name__)
 
 PUBLIC_PATHS = frozenset({"/v1/ca", "/v1/join"})
 IDENTITY_KEY = "orch.identity"
-
-
-@dataclass
-class NodeTLS:
-    """This node's credentials (PEM)."""
-
-    cert: str
-    key: str
-    ca: str
 
 
 @dataclass
@@ -57,37 +50,8 @@ class ManagerOptions:
     tls: NodeTLS | None = None
     dispatcher: DispatcherSettings = field(default_factory=DispatcherSettings)
     force_new_cluster: bool = False  # rewrite the Raft state as a single-member cluster first
-    secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see manager.secretbox)
+    secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see pki.secretbox)
     resolve_image: Any = None  # async (ref) -> ref@digest, from this node's image service
-
-
-def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
-    host, sep, port = addr.rpartition(":")
-    if not sep:
-        return addr, default_port
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"bad port in address {addr!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def server_ssl(tls: NodeTLS) -> ssl.SSLContext:
-    from manager.ca.tls import server_context
-
-    ctx = server_context(tls.cert, tls.key, tls.ca)
-    # Joining nodes have no certificate yet; every other route requires one
-    # (auth_middleware), so the handshake asks for it without insisting.
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
-
-
-def client_ssl(tls: NodeTLS) -> ssl.SSLContext:
-    from manager.ca.tls import client_context
-
-    ctx = client_context(tls.cert, tls.key, tls.ca)
-    # Peers are dialled by address and their certificates name node ids:
-    # the chain to our CA is what is checked; the server checks our role.
-    ctx.check_hostname = False
-    return ctx
 
 
 class ManagerProcess:
@@ -103,12 +67,12 @@ class ManagerProcess:
             advertise_addr=opts.advertise_addr or opts.listen_addr,
             ssl_context=client_ssl(opts.tls) if opts.tls else None,
         )
-        self.app = build_app(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image)
+        # What the control API handlers use of this manager (also on the node's local socket).
+        self.control = ManagerContext(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image)
+        self.app = build_app(lambda: self.control)
         if opts.tls is not None:
             self.app.middlewares.append(self._auth_middleware)  # inside error_middleware
         self.app.router.add_get(RAFT_PATH, self.raft.transport.handle)
-        add_public_routes(self.app, self.raft, self.store, lambda: self.opts.secrets_key)
-        add_node_routes(self.app, self.raft, self.store)
         self.dispatcher = Dispatcher(self.raft, self.store, self._identify, opts.dispatcher,
                                      manager_addrs=lambda: manager_addrs(self.store),
                                      secrets_key=lambda: self.opts.secrets_key)
@@ -132,7 +96,7 @@ class ManagerProcess:
     async def _auth_middleware(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        from manager.ca import CAError, check_peer, peer_identity
+        from pki import CAError, check_peer, peer_identity
 
         sslobj = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
@@ -166,7 +130,7 @@ class ManagerProcess:
 
         import aiohttp
 
-        from .controlapi.server import _resolve
+        from .controlapi.common import resolve
 
         if not self.raft.is_leader:
             leader = self.raft.members.get(self.raft.lead) if self.raft.lead else None
@@ -184,7 +148,7 @@ class ManagerProcess:
             await resp.write_eof()
             return resp
         await self.raft.read_barrier()
-        svc = _resolve(self.store, "services", request.match_info["ref"])
+        svc = resolve(self.store, "services", request.match_info["ref"])
         follow = request.query.get("follow") in ("1", "true")
         tail_q = request.query.get("tail", "")
         tail = int(tail_q) if tail_q.isdigit() else None
@@ -235,8 +199,7 @@ class ManagerProcess:
                  " (mutual TLS)" if ssl_ctx else "")
 
     def add_control_routes(self, app: web.Application) -> None:
-        add_routes(app, self.raft, self.store, lambda: self.opts.secrets_key, self.opts.resolve_image)
-        add_node_routes(app, self.raft, self.store)
+        add_routes(app, lambda: self.control)
 
     async def stop(self) -> None:
         await self.orchestrator.stop()

@@ -3,6 +3,11 @@
 `node.labels.zone==eu`, `node.role!=manager`, `node.hostname==web-1`,
 `node.id==...`, `node.platform.os==linux`, `node.platform.arch==x86_64`.
 Parsing is strict and errors say which constraint and what was wrong.
+
+Also the one normal form of node platforms: OS and architecture compare
+case-insensitively and the kernel's architecture names equal the OCI ones
+(`x86_64` is `amd64`, `aarch64` is `arm64`), whether they come from a
+constraint, a `--platform` of the service, or what the node reported.
 """
 
 from __future__ import annotations
@@ -11,12 +16,33 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from api.arch import OCI_ARCH
+
 if TYPE_CHECKING:
     from .model import NodeInfo
 
 
 class ConstraintError(ValueError):
     pass
+
+
+# kernel (uname -m) name -> OCI name, as agents report and images declare them
+ARCH_ALIASES = OCI_ARCH  # either spelling (uname -m or GOARCH) -> GOARCH
+
+
+def normalize_os(os_: str) -> str:
+    return os_.lower()
+
+
+def normalize_arch(arch: str) -> str:
+    a = arch.lower()
+    return ARCH_ALIASES.get(a, a)
+
+
+def parse_platform(p: str) -> tuple[str, str]:
+    """`linux/amd64` -> ("linux", "amd64") in normal form; an empty part matches any."""
+    os_, _, arch = p.partition("/")
+    return normalize_os(os_.strip()), normalize_arch(arch.strip())
 
 
 _KEYS = ("node.id", "node.hostname", "node.role", "node.platform.os", "node.platform.arch")
@@ -33,28 +59,36 @@ class Constraint:
     def __str__(self) -> str:
         return f"{self.key}{'==' if self.equal else '!='}{self.value}"
 
-    def matches(self, node: NodeInfo) -> bool:
+    @property
+    def label(self) -> str | None:
+        """The label name for `node.labels.NAME`, else None."""
+        return self.key[12:] if self.key.startswith("node.labels.") else None
+
+    def wanted(self) -> str:
+        """The value in the form node values are compared in (see `node_value`)."""
+        if self.key == "node.platform.arch":
+            return normalize_arch(self.value)
+        return self.value.lower() if self.key in _CASE_INSENSITIVE else self.value
+
+    def node_value(self, node: NodeInfo) -> str | None:
         k = self.key
         if k.startswith("node.labels."):
-            actual: str | None = node.labels.get(k[12:])
-        elif k == "node.id":
-            actual = node.id
-        elif k == "node.hostname":
-            actual = node.hostname
-        elif k == "node.role":
-            actual = node.role
-        elif k == "node.platform.os":
-            actual = node.os
-        else:
-            actual = node.arch
-        if k in _CASE_INSENSITIVE:
-            a = actual.lower() if actual is not None else None
-            v = self.value.lower()
-        else:
-            a, v = actual, self.value
+            return node.labels.get(k[12:])
+        if k == "node.id":
+            return node.id
+        if k == "node.hostname":
+            return node.hostname
+        if k == "node.role":
+            return node.role.lower()
+        if k == "node.platform.os":
+            return normalize_os(node.os)
+        return normalize_arch(node.arch)
+
+    def matches(self, node: NodeInfo) -> bool:
+        a = self.node_value(node)
         if self.equal:
-            return a is not None and a == v
-        return a is None or a != v
+            return a is not None and a == self.wanted()
+        return a is None or a != self.wanted()
 
 
 def parse_constraint(expr: str, where: str = "constraint") -> Constraint:

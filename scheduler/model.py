@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from .constraints import Constraint
+
+if TYPE_CHECKING:
+    from .filters import Pipeline
 
 
 @dataclass(slots=True)
@@ -52,3 +56,6 @@ class TaskGroup:
     max_replicas_per_node: int = 0  # 0 = no limit
     host_ports: list[tuple[str, int]] = field(default_factory=list)
     platforms: list[tuple[str, str]] = field(default_factory=list)  # (os, arch); empty = any
+    # The node pipeline already built from these constraints and platforms
+    # (PlacementRules.group sets it); None: the scheduler builds it.
+    node_filter: Pipeline | None = None

@@ -1,24 +1,24 @@
 """Placement of task groups onto nodes. Pure: no I/O, no clock.
 
-For a group of identical tasks: filter the nodes once (ready, availability,
-constraints, platform), then place task by task. Spread preferences form a
-decision tree over label values; at each level the task goes to the branch
-holding the fewest tasks of the service. Within a branch the node with the
-fewest tasks of the service wins, then the fewest tasks overall; nodes where
-the service failed recently rank last. Resources, host ports and the
-per-node replica limit are re-checked as tasks land. Tasks that fit nowhere
+For a group of identical tasks: run the node pipeline once (ready,
+availability, constraints, platform: `filters.node_pipeline`), then place
+task by task. Spread preferences form a decision tree over label values; at
+each level the task goes to the branch holding the fewest tasks of the
+service. Within a branch the node with the fewest tasks of the service wins,
+then the fewest tasks overall; nodes where the service failed recently rank
+last. The fit pipeline (resources, host ports, the per-node replica limit:
+`filters.fit_pipeline`) is re-checked as tasks land. Tasks that fit nowhere
 stay unplaced with a reason that counts why each node was refused.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 
+from .filters import Pipeline, Reject, fit_pipeline, node_pipeline
 from .model import NodeInfo, TaskGroup
-
-MiB = 1 << 20
 
 
 @dataclass
@@ -28,55 +28,32 @@ class Placement:
     reason: str = ""
 
 
-def _static_reason(g: TaskGroup, n: NodeInfo) -> str | None:
-    if not n.ready:
-        return "node not ready"
-    if n.availability != "active":
-        return f"node availability is {n.availability}"
-    for c in g.constraints:
-        if not c.matches(n):
-            return f"fail constraint {c}"
-    if g.platforms and not any(
-        (not os_ or os_.lower() == n.os.lower()) and (not arch or arch.lower() == n.arch.lower())
-        for os_, arch in g.platforms
-    ):
-        return "platform mismatch"
-    return None
-
-
-def _dynamic_reason(g: TaskGroup, n: NodeInfo) -> str | None:
-    if g.reserve_memory and n.free_memory() < g.reserve_memory:
-        return f"lack {g.reserve_memory / MiB:.0f} MiB memory"
-    if g.reserve_cpu and n.free_cpu() < g.reserve_cpu:
-        return f"lack {g.reserve_cpu / 1e9:g} CPUs"
-    for p in g.host_ports:
-        if p in n.host_ports:
-            return f"host port {p[1]}/{p[0]} in use"
-    if g.max_replicas_per_node and n.service_tasks[g.service_id] >= g.max_replicas_per_node:
-        return f"max replicas per node ({g.max_replicas_per_node}) reached"
-    return None
-
-
 class _Leaf:
-    __slots__ = ("g", "heap", "count")
+    __slots__ = ("g", "fit", "heap", "count")
 
-    def __init__(self, g: TaskGroup, nodes: list[NodeInfo]) -> None:
+    def __init__(self, g: TaskGroup, nodes: list[NodeInfo], fit: Pipeline) -> None:
         self.g = g
+        self.fit: Reject = fit.reject
         svc = g.service_id
-        self.heap = [self._key(n) for n in nodes]
+        # Inlined _key: this runs for every eligible node of every group.
+        # (.get, not [], on the Counters: a missing key costs a Python-level
+        # __missing__ call.)
+        self.heap = [(1 if n.recent_failures.get(svc) else 0, n.service_tasks.get(svc, 0), n.total_tasks, n.id, n)
+                     for n in nodes]
         heapq.heapify(self.heap)
-        self.count = sum(n.service_tasks[svc] for n in nodes)
+        self.count = sum(k[1] for k in self.heap)
 
     def _key(self, n: NodeInfo) -> tuple[int, int, int, str, NodeInfo]:
         svc = self.g.service_id
-        return (1 if n.recent_failures[svc] else 0, n.service_tasks[svc], n.total_tasks, n.id, n)
+        return (1 if n.recent_failures.get(svc) else 0, n.service_tasks.get(svc, 0), n.total_tasks, n.id, n)
 
     def place(self) -> NodeInfo | None:
         g = self.g
         heap = self.heap
+        fit = self.fit
         while heap:
             n = heap[0][4]
-            if _dynamic_reason(g, n) is not None:
+            if fit(n) is not None:
                 heapq.heappop(heap)
                 continue
             n.reserved_cpu += g.reserve_cpu
@@ -114,14 +91,14 @@ class _Tree:
         return None
 
 
-def _build(g: TaskGroup, nodes: list[NodeInfo], levels: list[str]) -> _Leaf | _Tree:
+def _build(g: TaskGroup, nodes: list[NodeInfo], levels: list[str], fit: Pipeline) -> _Leaf | _Tree:
     if not levels:
-        return _Leaf(g, nodes)
+        return _Leaf(g, nodes, fit)
     label = levels[0]
     groups: dict[str, list[NodeInfo]] = defaultdict(list)
     for n in nodes:
         groups[n.labels.get(label, "")].append(n)
-    return _Tree([_build(g, ns, levels[1:]) for _, ns in sorted(groups.items())])
+    return _Tree([_build(g, ns, levels[1:], fit) for _, ns in sorted(groups.items())])
 
 
 def schedule_group(g: TaskGroup, nodes: list[NodeInfo]) -> Placement:
@@ -129,15 +106,10 @@ def schedule_group(g: TaskGroup, nodes: list[NodeInfo]) -> Placement:
     out = Placement()
     if not g.task_ids:
         return out
-    reasons: Counter[str] = Counter()
-    eligible: list[NodeInfo] = []
-    for n in nodes:
-        r = _static_reason(g, n)
-        if r is None:
-            eligible.append(n)
-        else:
-            reasons[r] += 1
-    root = _build(g, eligible, list(g.spread))
+    static = g.node_filter if g.node_filter is not None else node_pipeline(g.constraints, g.platforms)
+    fit = fit_pipeline(g)
+    eligible, reasons = static.split(nodes)
+    root = _build(g, eligible, list(g.spread), fit)
     tasks = g.task_ids
     for i, tid in enumerate(tasks):
         n = root.place()
@@ -146,10 +118,8 @@ def schedule_group(g: TaskGroup, nodes: list[NodeInfo]) -> Placement:
             break
         out.assignments.append((tid, n.id))
     if out.unplaced:
-        for n in eligible:
-            r = _dynamic_reason(g, n)
-            if r is not None:
-                reasons[r] += 1
+        _, full = fit.split(eligible)
+        reasons.update(full)
         detail = ", ".join(f"{c} {r}" for r, c in sorted(reasons.items(), key=lambda x: (-x[1], x[0])))
         out.reason = f"no suitable node: {len(nodes)} nodes checked" + (f", {detail}" if detail else "")
     return out

@@ -22,6 +22,7 @@ from agent.images.errors import (
     UnsupportedMediaType,
 )
 from agent.images.reference import validate_digest
+from api.arch import oci_platform
 
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -72,24 +73,6 @@ def digest_of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:" + hashlib.new(algorithm, data).hexdigest()
 
 
-# platform.machine() -> (GOARCH, variant) as used in OCI platforms.
-_MACHINE_TO_ARCH: dict[str, tuple[str, str]] = {
-    "x86_64": ("amd64", ""),
-    "amd64": ("amd64", ""),
-    "aarch64": ("arm64", "v8"),
-    "arm64": ("arm64", "v8"),
-    "armv7l": ("arm", "v7"),
-    "armv6l": ("arm", "v6"),
-    "i386": ("386", ""),
-    "i686": ("386", ""),
-    "ppc64le": ("ppc64le", ""),
-    "s390x": ("s390x", ""),
-    "riscv64": ("riscv64", ""),
-    "mips64": ("mips64", ""),
-    "loongarch64": ("loong64", ""),
-}
-
-
 @dataclass(frozen=True)
 class Platform:
     os: str
@@ -109,7 +92,7 @@ class Platform:
 
 def host_platform() -> Platform:
     machine = _platform.machine()
-    arch, variant = _MACHINE_TO_ARCH.get(machine, (machine, ""))
+    arch, variant = oci_platform(machine)
     return Platform("linux", arch, variant)
 
 

@@ -38,37 +38,7 @@ from typing import Any, Iterable
 
 from agent.images.errors import BlobSizeMismatch, BlobTruncated, DigestMismatch, StoreError
 from agent.images.reference import DIGEST_HEX_LENGTHS
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write `data` to `path` so that readers see all of it or none of it."""
-    tmp = path.parent / f".{path.name}.tmp-{secrets.token_hex(6)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        view = memoryview(data)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    try:
-        os.rename(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+from api.fsutil import fsync_dir, write_atomic
 
 
 def syncfs(path: Path) -> None:
@@ -341,7 +311,7 @@ class ContentStore:
         return path
 
     def commit_snapshot(self, tmp: Path, chain_id: str, meta: dict[str, Any]) -> Path:
-        atomic_write(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
+        write_atomic(tmp / "meta.json", json.dumps(meta, indent=1, sort_keys=True).encode())
         syncfs(tmp)
         dest = self.snapshot_dir(chain_id)
         try:
@@ -393,7 +363,7 @@ class ContentStore:
     def put_image(self, record: ImageRecord) -> None:
         path = self._image_path(record.manifest_digest)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, record.to_json())
+        write_atomic(path, record.to_json())
 
     def get_image(self, manifest_digest: str) -> ImageRecord | None:
         try:
@@ -429,7 +399,7 @@ class ContentStore:
         return dict(refs)
 
     def _write_refs(self, refs: dict[str, str]) -> None:
-        atomic_write(self.refs_path, json.dumps({"version": 1, "refs": refs}, indent=1, sort_keys=True).encode())
+        write_atomic(self.refs_path, json.dumps({"version": 1, "refs": refs}, indent=1, sort_keys=True).encode())
 
     def set_ref(self, name: str, manifest_digest: str) -> None:
         refs = self.refs()
@@ -450,7 +420,7 @@ class ContentStore:
     # --- leases ----------------------------------------------------------------
 
     def put_lease(self, lease: Lease) -> None:
-        atomic_write(self.leases_dir / f"{lease.key}.json", json.dumps(asdict(lease), sort_keys=True).encode())
+        write_atomic(self.leases_dir / f"{lease.key}.json", json.dumps(asdict(lease), sort_keys=True).encode())
 
     def get_lease(self, container_dir: str | Path) -> Lease | None:
         try:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from agent import proc
+from api.fsutil import write_atomic
 
 from .health import HealthConfig, HealthState
 from .logs import LogFiles, LogLine
@@ -55,17 +56,6 @@ class ContainerRecord:
     error: str = ""
     health: dict[str, Any] | None = None  # HealthConfig
     health_state: dict[str, Any] | None = None  # HealthState
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    """Replace a file atomically. No fsync: these files (bundle, record) are
-    rewritten on every change and what matters after a host crash is
-    re-derived from the runtime's state and conmon's exit files; an fsync per
-    write would stall the event loop for every container started."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _pid_alive(pid: int) -> bool:
@@ -124,7 +114,11 @@ class ContainerManager:
         return os.path.join(self.cdir(cid), "exits", cid)
 
     def _save(self, rec: ContainerRecord) -> None:
-        _atomic_write(os.path.join(self.cdir(rec.id), "state.json"), json.dumps(asdict(rec)).encode())
+        # No fsync for the record and the bundle: they are rewritten on every
+        # change and what matters after a host crash is re-derived from the
+        # runtime's state and conmon's exit files; an fsync per write would
+        # stall the event loop for every container started.
+        write_atomic(os.path.join(self.cdir(rec.id), "state.json"), json.dumps(asdict(rec)).encode(), fsync=False)
 
     def get(self, ref: str) -> ContainerRecord:
         rec = self.records.get(ref)
@@ -186,7 +180,7 @@ class ContainerManager:
             spec, image_config, os.path.abspath(rootfs), container_id=cid,
             cgroups_path=f"/{self.cgroup_parent}/{cid}", hosts_file=hosts, resolv_file=resolv,
         )
-        _atomic_write(os.path.join(d, "config.json"), json.dumps(cfg).encode())
+        write_atomic(os.path.join(d, "config.json"), json.dumps(cfg).encode(), fsync=False)  # see _save
         rec = ContainerRecord(cid, name, spec.image, asdict(spec), time.time())
         if healthcheck is not None:
             rec.health = asdict(healthcheck)

@@ -34,6 +34,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.arch import machine_arch
+
 ALLOW = "SCMP_ACT_ALLOW"
 ERRNO = "SCMP_ACT_ERRNO"
 
@@ -86,7 +88,6 @@ HOST_ARCHES: dict[str, HostArch] = {
     "riscv64": HostArch("riscv64", "SCMP_ARCH_RISCV64"),
     "loongarch64": HostArch("loongarch64", "SCMP_ARCH_LOONGARCH64"),
 }
-ARCH_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 @dataclass(frozen=True)
@@ -309,8 +310,8 @@ def host_arch(arch: str | None = None) -> tuple[str, HostArch | None]:
     architectures list (libseccomp then builds for the native ABI only)."""
     if arch is None:
         m = platform.machine()
-        return m, HOST_ARCHES.get(ARCH_ALIASES.get(m, m))
-    m = ARCH_ALIASES.get(arch, arch)
+        return m, HOST_ARCHES.get(machine_arch(m))
+    m = machine_arch(arch)
     if m not in HOST_ARCHES:
         raise SeccompError(f"arch: unknown architecture {arch!r} (known: {', '.join(sorted(HOST_ARCHES))})")
     return m, HOST_ARCHES[m]

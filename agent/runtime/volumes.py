@@ -16,6 +16,8 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 
+from api.fsutil import write_atomic
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -75,12 +77,7 @@ class VolumeStore:
         d = os.path.join(self.root, name)
         os.makedirs(os.path.join(d, "_data"), exist_ok=True)
         vol = Volume(name, os.path.join(d, "_data"), time.time(), dict(labels or {}))
-        tmp = self._meta(name) + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(asdict(vol), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._meta(name))
+        write_atomic(self._meta(name), json.dumps(asdict(vol)))
         return vol, True
 
     def list(self) -> list[Volume]:

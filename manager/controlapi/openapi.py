@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
 from api.objects import Config, ConfigSpec
+
+from .common import Route
+from .errors import json_response
 
 
 def document() -> dict[str, Any]:
@@ -54,3 +58,10 @@ def document() -> dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(document())
+
+
+ROUTES: tuple[Route, ...] = (Route("GET", "/v1/openapi.json", openapi),)

@@ -17,31 +17,18 @@ from api import codec
 from api.errors import ValidationError
 from api.objects import Meta, Service, ServiceSpec, TaskState, UpdateState, UpdateStatus, evolve
 from manager import store as store_ops
+from manager.store import MemoryStore
 from scheduler.constraints import ConstraintError, parse_constraint
 
-from .errors import bad_request, conflict, json_response
-from .server import STORE_KEY, _barrier, _commit, _json_body, _resolve
-
-
-RESOLVE_KEY = web.AppKey("resolve_image", object)
-
-
-def add_service_routes(app: web.Application, resolve_image: Any = None) -> None:
-    app[RESOLVE_KEY] = resolve_image
-    app.router.add_get("/v1/services", list_services)
-    app.router.add_post("/v1/services", create_service)
-    app.router.add_get("/v1/services/{ref}", get_service)
-    app.router.add_post("/v1/services/{ref}/update", update_service)
-    app.router.add_post("/v1/services/{ref}/rollback", rollback_service)
-    app.router.add_delete("/v1/services/{ref}", delete_service)
-    app.router.add_get("/v1/tasks", list_tasks)
+from .common import Route, barrier, commit, json_body, manager, resolve
+from .errors import bad_request, conflict, http_error, json_response
 
 
 def parse_spec(body: Any) -> ServiceSpec:
     try:
         spec = codec.from_json(ServiceSpec, body, what="service")
     except ValidationError as e:
-        raise bad_request(str(e), field=e.errors[0][0] if e.errors else None) from None
+        raise http_error(e) from None
     for i, c in enumerate(spec.task.placement.constraints):
         where = f"task.placement.constraints[{i}]"
         try:
@@ -55,7 +42,7 @@ def parse_spec(body: Any) -> ServiceSpec:
     return spec
 
 
-def _counts(store: Any, svc: Service) -> dict[str, int]:
+def _counts(store: MemoryStore, svc: Service) -> dict[str, int]:
     running = desired = completed = 0
     for t in store.view().find("tasks", "service_id", svc.id):
         if t.desired_state <= TaskState.RUNNING:
@@ -67,23 +54,21 @@ def _counts(store: Any, svc: Service) -> dict[str, int]:
     return {"running": running, "desired": desired, "completed": completed}
 
 
-def service_json(store: Any, svc: Service) -> dict[str, Any]:
+def service_json(store: MemoryStore, svc: Service) -> dict[str, Any]:
     return {**codec.to_json(svc), "replicas_status": _counts(store, svc)}
 
 
 async def list_services(request: web.Request) -> web.Response:
-    await _barrier(request)
-    store = request.app[STORE_KEY]
+    store = (await barrier(request)).store
     return json_response([service_json(store, s) for s in store.view().list("services")])
 
 
 async def get_service(request: web.Request) -> web.Response:
-    await _barrier(request)
-    store = request.app[STORE_KEY]
-    return json_response(service_json(store, _resolve(store, "services", request.match_info["ref"])))
+    store = (await barrier(request)).store
+    return json_response(service_json(store, resolve(store, "services", request.match_info["ref"])))
 
 
-def _check_refs(store: Any, spec: ServiceSpec) -> None:
+def _check_refs(store: MemoryStore, spec: ServiceSpec) -> None:
     view = store.view()
     c = spec.task.container
     for i, r in enumerate(c.secrets):
@@ -100,39 +85,38 @@ async def _pin_image(request: web.Request, spec: ServiceSpec) -> tuple[ServiceSp
     """The spec with its image pinned to the registry's current digest, so
     every node runs the same bits; if the registry cannot be asked, the
     reference stays as given and a warning says so (as Swarm does)."""
-    resolve = request.app.get(RESOLVE_KEY)
+    resolve_image = manager(request).resolve_image
     image = spec.task.container.image
-    if resolve is None or "@" in image:
+    if resolve_image is None or "@" in image:
         return spec, ""
     try:
-        pinned = await resolve(image)  # type: ignore[operator]
+        pinned = await resolve_image(image)
     except Exception as e:  # registry unreachable, unknown tag, auth...
         return spec, f"image {image} could not be resolved to a digest ({e}); nodes pull the tag as it is then"
     return evolve(spec, task=evolve(spec.task, container=evolve(spec.task.container, image=pinned))), ""
 
 
 async def create_service(request: web.Request) -> web.Response:
-    spec = parse_spec(await _json_body(request))
-    await _barrier(request)
-    _check_refs(request.app[STORE_KEY], spec)
+    spec = parse_spec(await json_body(request))
+    store = (await barrier(request)).store
+    _check_refs(store, spec)
     spec, warning = await _pin_image(request, spec)
     now = time.time()
     svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
-    result = await _commit(request, [store_ops.Create("services", svc)])
-    out = service_json(request.app[STORE_KEY], result.events[0].obj)
+    result = await commit(request, [store_ops.Create("services", svc)])
+    out = service_json(store, result.events[0].obj)
     if warning:
         out["warnings"] = [warning]
     return json_response(out, 201)
 
 
 async def update_service(request: web.Request) -> web.Response:
-    body = await _json_body(request)
+    body = await json_body(request)
     if "spec" not in body:
         raise bad_request("spec: the service's new spec is required", field="spec")
     spec = parse_spec(body["spec"])
-    await _barrier(request)
-    store = request.app[STORE_KEY]
-    svc = _resolve(store, "services", request.match_info["ref"])
+    store = (await barrier(request)).store
+    svc = resolve(store, "services", request.match_info["ref"])
     _check_refs(store, spec)
     version = body.get("version")
     if version is not None and version != svc.meta.version:
@@ -151,7 +135,7 @@ async def update_service(request: web.Request) -> web.Response:
                        update_status=UpdateStatus(state=UpdateState.UPDATING, started_at=time.time(),
                                                   message="update in progress"))
     new = evolve(svc, **changes)
-    result = await _commit(request, [store_ops.Update("services", new)])
+    result = await commit(request, [store_ops.Update("services", new)])
     out = service_json(store, result.events[0].obj)
     if warning:
         out["warnings"] = [warning]
@@ -159,33 +143,31 @@ async def update_service(request: web.Request) -> web.Response:
 
 
 async def rollback_service(request: web.Request) -> web.Response:
-    await _barrier(request)
-    store = request.app[STORE_KEY]
-    svc = _resolve(store, "services", request.match_info["ref"])
+    store = (await barrier(request)).store
+    svc = resolve(store, "services", request.match_info["ref"])
     if svc.previous_spec is None:
         raise conflict(f"service {svc.spec.name} has no previous spec to roll back to")
     new = evolve(svc, spec=svc.previous_spec, previous_spec=svc.spec, spec_version=svc.spec_version + 1,
                  update_status=UpdateStatus(state=UpdateState.ROLLBACK_STARTED, started_at=time.time(),
                                             message="manually requested rollback"))
-    result = await _commit(request, [store_ops.Update("services", new)])
+    result = await commit(request, [store_ops.Update("services", new)])
     return json_response(service_json(store, result.events[0].obj))
 
 
 async def delete_service(request: web.Request) -> web.Response:
-    await _barrier(request)
-    svc = _resolve(request.app[STORE_KEY], "services", request.match_info["ref"])
+    store = (await barrier(request)).store
+    svc = resolve(store, "services", request.match_info["ref"])
     # Its tasks are shut down and reaped by the orchestrator.
-    await _commit(request, [store_ops.Delete("services", svc.id)])
+    await commit(request, [store_ops.Delete("services", svc.id)])
     return web.Response(status=204)
 
 
 async def list_tasks(request: web.Request) -> web.Response:
-    await _barrier(request)
-    store = request.app[STORE_KEY]
+    store = (await barrier(request)).store
     view = store.view()
     q = request.query
     if "service" in q:
-        svc = _resolve(store, "services", q["service"])
+        svc = resolve(store, "services", q["service"])
         tasks = view.find("tasks", "service_id", svc.id)
     elif "node" in q:
         tasks = view.find("tasks", "node_id", q["node"])
@@ -194,3 +176,14 @@ async def list_tasks(request: web.Request) -> web.Response:
     if q.get("desired") == "running":
         tasks = [t for t in tasks if t.desired_state <= TaskState.RUNNING]
     return json_response([codec.to_json(t) for t in tasks])
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/services", list_services),
+    Route("POST", "/v1/services", create_service),
+    Route("GET", "/v1/services/{ref}", get_service),
+    Route("POST", "/v1/services/{ref}/update", update_service),
+    Route("POST", "/v1/services/{ref}/rollback", rollback_service),
+    Route("DELETE", "/v1/services/{ref}", delete_service),
+    Route("GET", "/v1/tasks", list_tasks),
+)

@@ -138,7 +138,7 @@ class Dispatcher:
         return out
 
     def _files(self, view: Any, t: Any) -> list[dict[str, Any]]:
-        from manager.secretbox import SecretBoxError, open_
+        from pki.secretbox import SecretBoxError, open_
 
         files = []
         c = t.spec.container

@@ -22,8 +22,16 @@ the old one stopped: there is no hidden progress to lose.
   (`parallelism`) at a time, stop-first or start-first; the next batch
   waits until the last one ran for `monitor` seconds; failures beyond
   `max_failure_ratio` pause, continue or roll back.
-- scheduler: new tasks are placed by the pure scheduler, grouped per
-  (service, spec version); unplaceable ones stay PENDING with its reason.
+- task stages: the reconcilers above create tasks NEW; the allocation
+  stage moves them to PENDING once an `Allocator` (allocate.py) gave them
+  what they need (network addresses), or leaves them NEW with its reason;
+  the scheduling stage moves PENDING tasks to ASSIGNED: global ones to the
+  node they were made for, the others onto nodes picked by the pure
+  scheduler, grouped per (service, spec version). Unplaceable ones stay
+  PENDING with the scheduler's reason. One pass takes a task through every
+  stage it can pass and writes it once, in its final state.
+- placement: global services and the scheduler use the same node filters
+  (`scheduler.filters`), from rules parsed once per service (placement.py).
 - reaper: at most `task_history_retention_limit` ended tasks per slot, and
   the tasks of removed services once they stopped.
 """
@@ -32,7 +40,6 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,12 +62,15 @@ from api.objects import (
     evolve,
 )
 from manager import store as store_ops
-from scheduler.constraints import ConstraintError, parse_constraints
-from scheduler.model import NodeInfo, TaskGroup
+from scheduler.constraints import normalize_arch, normalize_os
+from scheduler.filters import PlacementRules
+from scheduler.model import NodeInfo
 from scheduler.scheduler import schedule_group
 
+from .allocate import Allocator, NoAllocation
+from .placement import PlacementCache
+
 JOB_MODES = (ServiceMode.REPLICATED_JOB, ServiceMode.GLOBAL_JOB)
-ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 @dataclass
@@ -69,6 +79,9 @@ class Pass:
 
     ops: list[Any] = field(default_factory=list)
     wake_at: float | None = None  # earliest time something becomes due (restart delay, monitor)
+    # service id -> why its placement rules do not parse; one entry per
+    # service however many nodes or tasks it concerns (for the loop to log)
+    placement_errors: dict[str, str] = field(default_factory=dict)
 
     def wake(self, t: float) -> None:
         if self.wake_at is None or t < self.wake_at:
@@ -79,35 +92,37 @@ def _node_down(n: Node | None) -> bool:
     return n is None or n.status.state == NodeState.DOWN
 
 
-def _eligible_static(svc: Service, n: Node) -> bool:
-    if n.status.state != NodeState.READY or n.spec.availability != NodeAvailability.ACTIVE:
-        return False
-    info = node_info(n)
-    try:
-        cons = parse_constraints(svc.spec.task.placement.constraints)
-    except ConstraintError:
-        return False
-    return all(c.matches(info) for c in cons) and _platform_ok(svc, info)
-
-
-def _platform_ok(svc: Service, info: NodeInfo) -> bool:
-    plats = svc.spec.task.placement.platforms
-    if not plats:
-        return True
-    for p in plats:
-        os_, _, arch = p.partition("/")
-        if (not os_ or os_ == info.os) and (not arch or ARCH_ALIASES.get(arch, arch) == info.arch):
-            return True
-    return False
-
-
 def node_info(n: Node) -> NodeInfo:
     d = n.description
     return NodeInfo(
-        id=n.id, hostname=d.hostname, role=n.role.value, labels=dict(n.spec.labels), os=d.os or "linux",
-        arch=ARCH_ALIASES.get(d.arch, d.arch), ready=n.status.state == NodeState.READY,
+        id=n.id, hostname=d.hostname, role=n.role.value, labels=dict(n.spec.labels),
+        os=normalize_os(d.os or "linux"), arch=normalize_arch(d.arch), ready=n.status.state == NodeState.READY,
         availability=n.spec.availability.value, cpu_nanos=d.nano_cpus, memory_bytes=d.memory_bytes,
     )
+
+
+class _Context:
+    """What the stages of one pass share: the nodes as the scheduler sees
+    them (built once per pass, on first use) and the services' placement
+    rules (parsed once per service)."""
+
+    def __init__(self, nodes: dict[str, Node], placements: PlacementCache, out: Pass) -> None:
+        self.nodes = nodes
+        self.placements = placements
+        self.out = out
+        self._infos: dict[str, NodeInfo] | None = None
+
+    @property
+    def infos(self) -> dict[str, NodeInfo]:
+        if self._infos is None:
+            self._infos = {nid: node_info(n) for nid, n in self.nodes.items()}
+        return self._infos
+
+    def rules(self, svc: Service) -> PlacementRules:
+        r = self.placements.rules(svc)
+        if r.error is not None:
+            self.out.placement_errors[svc.id] = r.error
+        return r
 
 
 def live(t: Task, nodes: dict[str, Node]) -> bool:
@@ -161,9 +176,18 @@ def _restart_decision(svc: Service, slot_tasks: list[Task], t: Task, now: float)
     return True, max(now, t.status.timestamp) + pol.delay
 
 
-def plan(view: Any, now: float | None = None) -> Pass:
+def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = None,
+         placements: PlacementCache | None = None) -> Pass:
+    """One reconciliation pass over `view`: the writes, and when to look again.
+
+    `allocator` is the allocation stage's hook (default: nothing to
+    allocate); `placements` may be kept by the caller across passes so a
+    service's placement is parsed once per spec rather than once per pass.
+    """
     now = time.time() if now is None else now
     out = Pass()
+    if placements is None:
+        placements = PlacementCache()
     nodes: dict[str, Node] = {n.id: n for n in view.list("nodes")}
     services: dict[str, Service] = {s.id: s for s in view.list("services")}
     clusters: list[Cluster] = view.list("clusters")
@@ -172,19 +196,36 @@ def plan(view: Any, now: float | None = None) -> Pass:
     for t in view.list("tasks"):
         by_service[t.service_id].append(t)
 
+    ctx = _Context(nodes, placements, out)
+
+    # Stage 1, create: the reconcilers write new tasks NEW (and stop, restart,
+    # replace and reap the others).
     for sid, tasks in by_service.items():
         if sid not in services:
             _orphaned_service_tasks(tasks, out)
     for svc in services.values():
         tasks = by_service.get(svc.id, [])
         if svc.spec.mode in (ServiceMode.GLOBAL, ServiceMode.GLOBAL_JOB):
-            _global(svc, tasks, nodes, now, out)
+            _global(svc, tasks, ctx, now, out)
         else:
             _replicated(svc, tasks, nodes, now, out)
         _reap(tasks, nodes, history, out)
-    _schedule(view, nodes, services, by_service, now, out)
+    placements.retain(services)
+
+    # The tasks the next stages move on: this pass's new ones and earlier
+    # ones still waiting, unless stage 1 just wrote them.
+    writes = _TaskWrites(out)
+    waiting = _waiting(by_service, writes, now, out)
+    # Stage 2, allocate: NEW -> PENDING, or NEW with the allocator's reason.
+    to_allocate = [t for t in waiting if t.status.state == TaskState.NEW]
+    allocated, alloc_ops = _allocate(view, to_allocate, allocator or NoAllocation(), writes, now)
+    # Stage 3, schedule: PENDING -> ASSIGNED, or PENDING with the scheduler's reason.
+    pending = [allocated.get(t.id, t) for t in waiting
+               if t.status.state == TaskState.PENDING or t.id in allocated]
+    _schedule(pending, ctx, services, by_service, writes, now)
+
     out.ops.extend(retire_replaced(view))
-    out.ops = _dedupe(out.ops)
+    out.ops = _dedupe(alloc_ops + out.ops)
     return out
 
 
@@ -377,8 +418,11 @@ def retire_replaced(view: Any) -> list[Any]:
     return ops
 
 
-def _global(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float, out: Pass) -> None:
+def _global(svc: Service, tasks: list[Task], ctx: _Context, now: float, out: Pass) -> None:
     job = svc.spec.mode == ServiceMode.GLOBAL_JOB
+    nodes = ctx.nodes
+    infos = ctx.infos
+    eligible = ctx.rules(svc).nodes.reject  # the scheduler's node filters
     by_node: dict[str, list[Task]] = defaultdict(list)
     for t in tasks:
         by_node[t.node_id].append(t)
@@ -386,10 +430,11 @@ def _global(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float,
         ts.sort(key=lambda x: (x.created_at, x.id))
     for n in nodes.values():
         ts = by_node.get(n.id, [])
-        if not _eligible_static(svc, n):
+        refused = eligible(infos[n.id])
+        if refused is not None:
             for t in ts:
                 if t.desired_state <= TaskState.RUNNING:
-                    out.ops.append(_shutdown(t, "node no longer eligible"))
+                    out.ops.append(_shutdown(t, f"node no longer eligible: {refused}"))
             continue
         live_ts = [t for t in ts if t.desired_state <= TaskState.RUNNING and live(t, nodes)]
         if live_ts:
@@ -437,34 +482,87 @@ def _reap(tasks: list[Task], nodes: dict[str, Node], history: int, out: Pass) ->
             out.ops.append(store_ops.Delete("tasks", t.id))
 
 
-def _schedule(view: Any, nodes: dict[str, Node], services: dict[str, Service],
-              by_service: dict[str, list[Task]], now: float, out: Pass) -> None:
-    pending: dict[tuple[str, int], list[Task]] = defaultdict(list)
+class _TaskWrites:
+    """Where each task written by the stages sits in the pass's ops, so a
+    task moved on by several stages is written once, in its final form: a
+    task created in this pass keeps its Create, an existing one gets one
+    Update."""
+
+    def __init__(self, out: Pass) -> None:
+        self.out = out
+        self.at: dict[str, int] = {}
+        for i, op in enumerate(out.ops):
+            if isinstance(op, store_ops.Create) and op.table == "tasks":
+                self.at[op.obj.id] = i
+
+    def created(self) -> list[Task]:
+        return [self.out.ops[i].obj for i in self.at.values()]
+
+    def put(self, t: Task) -> None:
+        ops = self.out.ops
+        i = self.at.get(t.id)
+        if i is None:
+            self.at[t.id] = len(ops)
+            ops.append(store_ops.Update("tasks", t))
+        else:
+            ops[i] = type(ops[i])("tasks", t)
+
+
+def _waiting(by_service: dict[str, list[Task]], writes: _TaskWrites, now: float, out: Pass) -> list[Task]:
+    """Tasks wanted running that are not yet assigned and are due now:
+    earlier ones first (in store order), then this pass's new ones."""
     changed = {op.obj.id for op in out.ops if isinstance(op, store_ops.Update) and op.table == "tasks"}
-    candidates: Iterable[Task] = [t for ts in by_service.values() for t in ts if t.id not in changed]
-    # Where this pass's new tasks sit in its ops, so placing one rewrites its
-    # Create instead of adding an Update (_put only ever appends Updates, so
-    # these indexes stay valid).
-    replaced: dict[str, int] = {}
-    for i, op in enumerate(out.ops):
-        if isinstance(op, store_ops.Create) and op.table == "tasks":
-            replaced[op.obj.id] = i
-    created = [out.ops[i].obj for i in replaced.values()]
-    for t in list(candidates) + created:
+    candidates = [t for ts in by_service.values() for t in ts if t.id not in changed]
+    waiting = []
+    for t in candidates + writes.created():
         if t.desired_state != TaskState.RUNNING or t.status.state > TaskState.PENDING:
             continue
         if t.not_before > now:
             out.wake(t.not_before)
             continue
-        if t.node_id:
-            # Global tasks are made for their node: they only wait out their delay.
-            _put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")),
-                 out, replaced)
+        waiting.append(t)
+    return waiting
+
+
+def _allocate(view: Any, tasks: list[Task], allocator: Allocator, writes: _TaskWrites,
+              now: float) -> tuple[dict[str, Task], list[Any]]:
+    """NEW -> PENDING for the tasks the allocator served; the others stay NEW
+    with its reason. Returns (task id -> PENDING task, the allocator's other writes)."""
+    if not tasks:
+        return {}, []
+    res = allocator.allocate(view, tasks, now)
+    asked = {t.id for t in tasks}
+    allocated: dict[str, Task] = {}
+    for t in res.allocated:
+        if t.id not in asked:
+            raise ValueError(f"allocator {type(allocator).__name__} returned task {t.id}, which it was not given")
+        new = evolve(t, status=TaskStatus(state=TaskState.PENDING, timestamp=now, message="allocated"))
+        allocated[t.id] = new
+        writes.put(new)
+    for t in tasks:
+        if t.id in allocated:
             continue
-        pending[(t.service_id, t.spec_version)].append(t)
-    if not pending:
+        reason = res.waiting.get(t.id) or "waiting for allocation"
+        if t.status.message != reason:
+            writes.put(evolve(t, status=TaskStatus(state=TaskState.NEW, timestamp=now, message=reason)))
+    return allocated, list(res.ops)
+
+
+def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],
+              by_service: dict[str, list[Task]], writes: _TaskWrites, now: float) -> None:
+    """PENDING -> ASSIGNED: global tasks to their node, the others where the
+    scheduler places them; unplaceable ones stay PENDING with its reason."""
+    nodes = ctx.nodes
+    groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
+    for t in pending:
+        if t.node_id:
+            # Global tasks are made for a node that passed the node filters.
+            writes.put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")))
+            continue
+        groups[(t.service_id, t.spec_version)].append(t)
+    if not groups:
         return
-    infos = {nid: node_info(n) for nid, n in nodes.items()}
+    infos = ctx.infos
     for ts in by_service.values():
         for t in ts:
             if t.node_id in infos and live(t, nodes):
@@ -477,45 +575,27 @@ def _schedule(view: Any, nodes: dict[str, Node], services: dict[str, Service],
             elif t.node_id in infos and t.status.state == TaskState.FAILED and t.created_at > now - 300:
                 infos[t.node_id].recent_failures[t.service_id] += 1
     node_list = sorted(infos.values(), key=lambda n: n.id)
-    for (sid, _), ts in sorted(pending.items()):
+    for (sid, _), ts in sorted(groups.items()):
         svc = services.get(sid)
         if svc is None:
             continue
-        pl = svc.spec.task.placement
-        try:
-            cons = parse_constraints(pl.constraints)
-        except ConstraintError as e:
+        rules = ctx.rules(svc)
+        if rules.error is not None:
             for t in ts:
-                _set_pending(t, f"invalid placement: {e}", out, replaced, now)
+                _set_pending(t, rules.error, writes, now)
             continue
-        spread = [p.removeprefix("node.labels.") for p in pl.preferences]
-        plats = [(p.partition("/")[0], ARCH_ALIASES.get(p.partition("/")[2], p.partition("/")[2]))
-                 for p in pl.platforms]
         res = svc.spec.task.resources.reservations
-        g = TaskGroup(service_id=sid, task_ids=[t.id for t in ts], constraints=cons, spread=spread,
-                      reserve_cpu=res.nano_cpus, reserve_memory=res.memory_bytes,
-                      max_replicas_per_node=pl.max_replicas, platforms=plats)
+        g = rules.group(sid, [t.id for t in ts], reserve_cpu=res.nano_cpus, reserve_memory=res.memory_bytes)
         placed = schedule_group(g, node_list)
         by_id = {t.id: t for t in ts}
         for tid, nid in placed.assignments:
-            t = by_id[tid]
-            new = evolve(t, node_id=nid, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now,
-                                                           message="scheduled"))
-            _put(new, out, replaced)
+            writes.put(evolve(by_id[tid], node_id=nid, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now,
+                                                                         message="scheduled")))
         for tid in placed.unplaced:
-            _set_pending(by_id[tid], placed.reason, out, replaced, now)
+            _set_pending(by_id[tid], placed.reason, writes, now)
 
 
-def _set_pending(t: Task, reason: str, out: Pass, replaced: dict[str, int], now: float) -> None:
+def _set_pending(t: Task, reason: str, writes: _TaskWrites, now: float) -> None:
     if t.status.state == TaskState.PENDING and t.status.message == reason:
         return
-    _put(evolve(t, status=TaskStatus(state=TaskState.PENDING, timestamp=now, message=reason)), out, replaced)
-
-
-def _put(new: Task, out: Pass, replaced: dict[str, int]) -> None:
-    """A task created in this pass is written in its final form; an existing one is updated."""
-    i = replaced.get(new.id)
-    if i is not None:
-        out.ops[i] = store_ops.Create("tasks", new)
-    else:
-        out.ops.append(store_ops.Update("tasks", new))
+    writes.put(evolve(t, status=TaskStatus(state=TaskState.PENDING, timestamp=now, message=reason)))

@@ -47,20 +47,118 @@ class StepError(RaftError):
     pass
 
 
+class ConfigError(ValueError):
+    """A Raft setting out of its range; the message names the field, the
+    rule and the value given."""
+
+
+def check_int(name: str, v: object, minimum: int, rule: str) -> None:
+    """`name` must be an int >= `minimum` (`rule` says so in words)."""
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise ConfigError(f"{name} must be an integer, got {v!r}")
+    if v < minimum:
+        raise ConfigError(f"{name} must be {rule}, got {v}")
+
+
+def _check_bool(name: str, v: object) -> None:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{name} must be true or false, got {v!r}")
+
+
 @dataclass
 class Config:
+    """Settings of one Raft replica (what etcd-io/raft calls Config).
+
+    Time is counted in ticks: the core has no clock, its driver calls
+    `tick()` at a fixed interval (`RaftSettings.tick_interval`, 100 ms by
+    default), so 10 ticks are one second there. Sizes are bytes. Every field
+    is checked when the Config is made (`validate`); a bad one raises
+    ConfigError naming it.
+    """
+
+    # This replica's id in the group: an integer > 0 (0 means "no node" in
+    # messages and votes). Required.
     id: int
+    # Ticks a follower waits without hearing from a leader before it starts
+    # an election. The actual timeout is drawn at random from
+    # [election_tick, 2 * election_tick) each term so candidates rarely
+    # collide. With check_quorum, also how long a leader keeps leading
+    # without hearing from a quorum, and how long a follower ignores vote
+    # requests after its leader was last heard of. Must be greater than
+    # heartbeat_tick; about 10x heartbeat_tick is usual. Default 10.
     election_tick: int = 10
+    # Ticks between the leader's heartbeats to each follower. Must be > 0.
+    # Default 1.
     heartbeat_tick: int = 1
+    # Index of the last entry the state machine applied before a restart;
+    # entries up to it are not handed out for applying again. 0 (default)
+    # on a fresh replica; >= 0, and at most the stored commit index (checked
+    # when the log is loaded).
     applied: int = 0
+    # Upper bound, in bytes, of the entries of one append message (entry
+    # data plus 24 bytes of bookkeeping each). An entry larger than this
+    # still goes, alone. Lower means cheaper retries after a lost message,
+    # higher means faster catch-up. Must be > 0. Default 1 MiB.
     max_size_per_msg: int = 1 << 20
+    # Append messages a leader keeps in flight, unacknowledged, to one
+    # follower while replicating (a pipelining window). Must be > 0.
+    # Default 256.
     max_inflight_msgs: int = 256
+    # Bytes of entry data the leader accepts into its log while uncommitted;
+    # past it, proposals are dropped until entries commit (one proposal is
+    # always accepted, however large). Protects memory while a quorum is
+    # unreachable. 0 (default) = no limit; must be >= 0.
     max_uncommitted_entries_size: int = 0
+    # Pre-vote (Raft thesis 9.6): a candidate first asks whether it could
+    # win before raising its term, so a node that was cut off cannot depose
+    # a healthy leader when it comes back. Default on.
     pre_vote: bool = True
+    # The leader steps down when it has not heard from a quorum for
+    # election_tick ticks, and followers that hear from a leader ignore
+    # vote requests (leader lease). Default on.
     check_quorum: bool = True
+    # Followers drop proposals (ProposalDropped) instead of forwarding them
+    # to the leader. Default off.
     disable_proposal_forwarding: bool = False
+    # Bytes of snapshot data per snapshot message: a large snapshot goes to
+    # a follower in chunks of this size. Must be > 0. Default 1 MiB.
     snapshot_chunk_size: int = 1 << 20
+    # Seed of the random election timeouts; None (default) uses the id, so
+    # runs are reproducible. Set it in simulations to vary the schedule.
     seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError for the first field out of its range."""
+        if not isinstance(self.id, int) or isinstance(self.id, bool):
+            raise ConfigError(f"id must be an integer, got {self.id!r}")
+        if self.id == NONE:
+            raise ConfigError("id must be non-zero (0 means no node)")
+        if self.id < 0:
+            raise ConfigError(f"id must be > 0, got {self.id}")
+        check_ticks(self.election_tick, self.heartbeat_tick)
+        check_int("applied", self.applied, 0, ">= 0")
+        check_int("max_size_per_msg", self.max_size_per_msg, 1, "> 0")
+        check_int("max_inflight_msgs", self.max_inflight_msgs, 1, "> 0")
+        check_int("max_uncommitted_entries_size", self.max_uncommitted_entries_size, 0, ">= 0 (0 = no limit)")
+        _check_bool("pre_vote", self.pre_vote)
+        _check_bool("check_quorum", self.check_quorum)
+        _check_bool("disable_proposal_forwarding", self.disable_proposal_forwarding)
+        check_int("snapshot_chunk_size", self.snapshot_chunk_size, 1, "> 0")
+        if self.seed is not None and (not isinstance(self.seed, int) or isinstance(self.seed, bool)):
+            raise ConfigError(f"seed must be an integer or None, got {self.seed!r}")
+
+
+def check_ticks(election_tick: int, heartbeat_tick: int) -> None:
+    """The rules between the two timers, shared with the driver's settings."""
+    check_int("heartbeat_tick", heartbeat_tick, 1, "> 0")
+    check_int("election_tick", election_tick, 1, "> 0")
+    if election_tick <= heartbeat_tick:
+        raise ConfigError(
+            f"election_tick ({election_tick}) must be greater than heartbeat_tick ({heartbeat_tick})"
+        )
 
 
 class ProgressState(enum.IntEnum):
@@ -187,10 +285,7 @@ class _ReadReq:
 
 class Raft:
     def __init__(self, c: Config, storage: Storage) -> None:
-        if c.id == NONE:
-            raise ValueError("node id must not be 0")
-        if c.heartbeat_tick <= 0 or c.election_tick <= c.heartbeat_tick:
-            raise ValueError("election_tick must be greater than heartbeat_tick > 0")
+        c.validate()  # again: a Config is mutable
         self.id = c.id
         self.cfg = c
         self.rng = random.Random(c.seed if c.seed is not None else c.id)

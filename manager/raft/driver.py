@@ -91,18 +91,71 @@ class Stopped(RaftError):
 
 @dataclass
 class RaftSettings:
+    """How a manager runs its Raft replica: the core's timers and limits
+    (passed on to `core.Config`, where they are described at length) and
+    the driver's own clock, persistence and timeouts.
+
+    Times are seconds unless they say ticks (one tick = tick_interval);
+    sizes are bytes. Every field is checked when the settings are made; a
+    bad one raises core.ConfigError naming it, the rule and the value.
+    """
+
+    # Seconds between two ticks of the core's clock. Every Raft timer is a
+    # number of ticks, so this scales them all: heartbeats go every
+    # heartbeat_tick * tick_interval, elections start after
+    # election_tick * tick_interval. A finite number > 0. Default 0.1.
     tick_interval: float = 0.1
+    # Ticks without a leader before a follower campaigns (randomised up to
+    # twice that); > heartbeat_tick. Default 10 (1 s at the default tick).
     election_tick: int = 10
+    # Ticks between the leader's heartbeats; > 0. Default 1.
     heartbeat_tick: int = 1
+    # Applied entries between two snapshots of the state machine (after
+    # each, the WAL before the snapshot is released). > 0. Default 10,000.
     snapshot_every: int = 10_000
+    # Entries kept in the in-memory log behind a snapshot, so a follower
+    # that lags by fewer is caught up from the log rather than sent the
+    # whole snapshot. >= 0. Default 5,000.
     keep_entries: int = 5_000
+    # Append messages in flight per follower (core.Config). > 0. Default 256.
     max_inflight_msgs: int = 256
+    # Bytes of entries per append message (core.Config). > 0. Default 1 MiB.
     max_size_per_msg: int = 1 << 20
+    # Bytes per snapshot message (core.Config). > 0. Default 1 MiB.
     snapshot_chunk_size: int = 1 << 20
+    # Bytes after which the WAL starts a new segment file; whole segments
+    # are released once a snapshot covers them. > 0. Default 64 MiB.
     segment_size: int = 64 << 20
+    # Snapshot files kept on disk, newest first; at least 2, so the
+    # snapshot the WAL's last marker names survives the next one. Default 3.
     keep_snapshots: int = 3
+    # Seconds a proposal, a linearizable read or a membership change waits
+    # to be committed (or confirmed, or applied) before it fails with
+    # Timeout, unless the caller gives its own. A finite number > 0.
+    # Default 10.
     proposal_timeout: float = 10.0
+    # A learner is promoted to voter once it is within this many entries of
+    # the leader's commit index. >= 0. Default 100.
     learner_catchup_lag: int = 100
+
+    def __post_init__(self) -> None:
+        from .core import ConfigError, check_int, check_ticks
+
+        for name in ("tick_interval", "proposal_timeout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigError(f"{name} must be a number of seconds, got {v!r}")
+            if not (0 < v < float("inf")):
+                raise ConfigError(f"{name} must be a finite number of seconds > 0, got {v}")
+        check_ticks(self.election_tick, self.heartbeat_tick)
+        check_int("snapshot_every", self.snapshot_every, 1, "> 0")
+        check_int("keep_entries", self.keep_entries, 0, ">= 0")
+        check_int("max_inflight_msgs", self.max_inflight_msgs, 1, "> 0")
+        check_int("max_size_per_msg", self.max_size_per_msg, 1, "> 0")
+        check_int("snapshot_chunk_size", self.snapshot_chunk_size, 1, "> 0")
+        check_int("segment_size", self.segment_size, 1, "> 0")
+        check_int("keep_snapshots", self.keep_snapshots, 2, "at least 2")
+        check_int("learner_catchup_lag", self.learner_catchup_lag, 0, ">= 0")
 
 
 @dataclass

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from manager.ca import (
+from pki import (
     CAError,
     RootCA,
     TokenError,
@@ -27,7 +27,7 @@ from manager.ca import (
     peer_identity,
     renewal_delay,
 )
-from manager.ca.tls import client_context, server_context
+from pki.tls import client_context, server_context
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 UTC = dt.timezone.utc

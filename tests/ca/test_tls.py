@@ -1,5 +1,5 @@
 """Real mutual-TLS handshakes on 127.0.0.1 between an aiohttp server and
-aiohttp clients, with contexts from manager.ca.tls."""
+aiohttp clients, with contexts from pki.tls."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from manager.ca import CertError, PeerRejected, RootCA, check_peer, make_key_and_csr
-from manager.ca.tls import client_context, peer_identity_of, server_context
+from pki import CertError, PeerRejected, RootCA, check_peer, make_key_and_csr
+from pki.tls import client_context, peer_identity_of, server_context
 
 REMOVED = {"gone"}
 

@@ -9,7 +9,7 @@ import re
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from manager.ca import (
+from pki import (
     CAError,
     JoinToken,
     RootCA,

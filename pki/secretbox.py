@@ -11,11 +11,12 @@ decrypted only to be sent to the nodes that run tasks using them.
 
 from __future__ import annotations
 
-import os
 import secrets
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from api.fsutil import write_atomic
 
 MAGIC = b"orchsec1"
 
@@ -40,13 +41,7 @@ def load_key(path: str) -> bytes | None:
 
 
 def save_key(path: str, key: bytes) -> None:
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, key, 0o600)
 
 
 def seal(key: bytes, secret_id: str, data: bytes) -> bytes:

@@ -8,7 +8,7 @@ is a manager.
 
 - init: a new cluster CA, this node's certificate (OU=manager), a
   single-member Raft group, then the Cluster object (CA, join secrets) and
-  this Node in the store.
+  this Node in the store (`manager.bootstrap`).
 - join: fetch the manager's CA without trusting it, check it against the
   digest in the token (pinning), then send a CSR with the token over TLS
   verified against that CA; the answer is our certificate, node id and
@@ -21,11 +21,11 @@ is a manager.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
 import platform
-import secrets
 import shutil
 import socket
 import ssl
@@ -36,7 +36,14 @@ from typing import Any
 import aiohttp
 
 from agent.session import AgentSession
-from manager.secretbox import load_key, new_key, save_key
+from api import codec
+from api.arch import oci_arch
+from api.fsutil import write_atomic
+from pki import RootCA, TokenError, make_key_and_csr, parse_token, renewal_delay
+from pki.secretbox import load_key, new_key, save_key
+from pki.tls import NodeTLS, client_ssl
+
+from .settings import ManagerSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +70,6 @@ class ClusterState:
     joined_at: float = 0.0
 
 
-def _write(path: str, data: str | bytes, mode: int = 0o644) -> None:
-    tmp = f"{path}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def describe_host(hostname: str | None = None) -> dict[str, Any]:
     mem = 0
     try:
@@ -83,7 +80,7 @@ def describe_host(hostname: str | None = None) -> dict[str, Any]:
                     break
     except OSError:
         pass
-    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    arch = oci_arch(platform.machine())
     return {"hostname": hostname or socket.gethostname(), "os": "linux", "arch": arch,
             "nano_cpus": (os.cpu_count() or 1) * 1_000_000_000, "memory_bytes": mem}
 
@@ -95,13 +92,12 @@ def _with_port(addr: str, port: int = DEFAULT_PORT) -> str:
 class Membership:
     """Owned by the node daemon; drives its manager and agent session."""
 
-    def __init__(self, data_dir: str, *, hostname: str | None = None, settings: Any = None,
-                 dispatcher: Any = None) -> None:
+    def __init__(self, data_dir: str, *, hostname: str | None = None,
+                 settings: ManagerSettings | None = None) -> None:
         self.dir = os.path.join(data_dir, "cluster")
         self.data_dir = data_dir
         self.hostname = hostname
-        self.settings = settings  # RaftSettings for managers
-        self.dispatcher_settings = dispatcher
+        self.settings = settings or ManagerSettings()  # for a manager made by init/join/promotion
         self.state: ClusterState | None = None
         self.manager: Any = None  # ManagerProcess
         self.session: AgentSession | None = None
@@ -123,8 +119,6 @@ class Membership:
 
     def _save_secrets_key(self, resp: dict[str, Any]) -> None:
         if resp.get("secrets_key"):
-            import base64
-
             os.makedirs(self.dir, exist_ok=True)
             save_key(self.key_path, base64.b64decode(resp["secrets_key"]))
 
@@ -141,17 +135,15 @@ class Membership:
     def _save_state(self) -> None:
         assert self.state is not None
         os.makedirs(self.dir, exist_ok=True)
-        _write(os.path.join(self.dir, "state.json"), json.dumps(asdict(self.state), indent=1))
+        write_atomic(os.path.join(self.dir, "state.json"), json.dumps(asdict(self.state), indent=1))
 
     def _save_certs(self, ca: str, cert: str, key: str) -> None:
         os.makedirs(self.certs, mode=0o700, exist_ok=True)
-        _write(os.path.join(self.certs, "ca.crt"), ca)
-        _write(os.path.join(self.certs, "node.crt"), cert)
-        _write(os.path.join(self.certs, "node.key"), key, 0o600)
+        write_atomic(os.path.join(self.certs, "ca.crt"), ca)
+        write_atomic(os.path.join(self.certs, "node.crt"), cert)
+        write_atomic(os.path.join(self.certs, "node.key"), key, 0o600)
 
-    def tls(self) -> Any:
-        from manager.process import NodeTLS
-
+    def tls(self) -> NodeTLS:
         def rd(n: str) -> str:
             with open(os.path.join(self.certs, n)) as f:
                 return f.read()
@@ -183,19 +175,17 @@ class Membership:
             self.manager = None
 
     async def _start_manager(self, initial: dict[int, str], force_new_cluster: bool = False) -> None:
+        # Imported here, not at the top: a node that stays a worker never loads the manager.
         from manager.process import ManagerOptions, ManagerProcess
-        from manager.raft.driver import RaftSettings
 
         st = self.state
         assert st is not None
-        kw: dict[str, Any] = {}
-        if self.dispatcher_settings is not None:
-            kw["dispatcher"] = self.dispatcher_settings
         self.manager = ManagerProcess(ManagerOptions(
             node_id=st.raft_id, data_dir=os.path.join(self.data_dir, "manager"),
             listen_addr=st.listen_addr, advertise_addr=st.advertise_addr, initial_cluster=initial,
-            settings=self.settings or RaftSettings(), tls=self.tls(), force_new_cluster=force_new_cluster,
-            secrets_key=load_key(self.key_path), resolve_image=self.resolve_image, **kw,
+            settings=self.settings.raft_settings(), tls=self.tls(), force_new_cluster=force_new_cluster,
+            secrets_key=load_key(self.key_path), resolve_image=self.resolve_image,
+            dispatcher=self.settings.dispatcher_settings(),
         ))
         await self.manager.start()
 
@@ -210,8 +200,6 @@ class Membership:
         return raft
 
     def _start_session(self, renewals: bool = True) -> None:
-        from manager.process import client_ssl
-
         st = self.state
         assert st is not None
 
@@ -239,9 +227,6 @@ class Membership:
 
     async def _renew(self) -> dict[str, Any]:
         """A fresh certificate for the role the cluster wants; tries each manager."""
-        from manager.ca import make_key_and_csr
-        from manager.process import client_ssl
-
         st = self.state
         assert st is not None
         ctx = client_ssl(self.tls())
@@ -261,8 +246,6 @@ class Membership:
         raise ClusterError(f"certificate renewal failed on every manager: {last}", 502)
 
     async def _renew_loop(self) -> None:
-        from manager.ca import renewal_delay
-
         while True:
             try:
                 with open(os.path.join(self.certs, "node.crt")) as f:
@@ -342,12 +325,9 @@ class Membership:
     # -- init ------------------------------------------------------------------
 
     async def init(self, listen_addr: str, advertise_addr: str | None) -> dict[str, Any]:
-        from api import codec
-        from api.objects import Cluster, ManagerStatus, Meta, Node, NodeDescription, NodeRole, NodeSpec, RootCAState
-        from manager import store as store_ops
-        from manager.ca import RootCA, make_key_and_csr
-        from manager.membership import join_tokens, new_raft_id
-        from manager.tx import commit
+        # The manager is imported only by nodes that become one (as in _start_manager).
+        from manager.bootstrap import create_cluster
+        from manager.clusterinfo import new_raft_id
 
         async with self._lock:
             if self.load() is not None:
@@ -366,17 +346,9 @@ class Membership:
             try:
                 await self._start_manager({raft_id: advertise})
                 raft = await self._await_leadership("the new manager")
-                now = time.time()
-                cluster = Cluster(id=cluster_id, meta=Meta(created_at=now, updated_at=now),
-                                  root_ca=RootCAState(ca_cert=root.cert_pem, ca_key=root.key_pem.encode(),
-                                                      worker_secret=secrets.token_hex(16),
-                                                      manager_secret=secrets.token_hex(16)))
-                node = Node(id=node_id, meta=Meta(created_at=now, updated_at=now),
-                            spec=NodeSpec(role=NodeRole.MANAGER), role=NodeRole.MANAGER,
-                            description=NodeDescription.model_validate(describe_host(self.hostname)),
-                            manager_status=ManagerStatus(raft_id=raft_id, addr=advertise))
-                await commit(raft, self.manager.store, [store_ops.Create("clusters", cluster),
-                                                        store_ops.Create("nodes", node)])
+                tokens = await create_cluster(raft, self.manager.store, cluster_id=cluster_id, node_id=node_id,
+                                              raft_id=raft_id, root=root, advertise_addr=advertise,
+                                              description=describe_host(self.hostname))
             except BaseException:
                 await self.stop()
                 self.state = None
@@ -385,16 +357,13 @@ class Membership:
             self._save_state()
             self._start_session()
             return {"node_id": node_id, "cluster_id": cluster_id, "advertise_addr": advertise,
-                    "join_tokens": join_tokens(cluster)}
+                    "join_tokens": tokens}
 
     async def force_new_cluster(self) -> dict[str, Any]:
         """Recover from lost quorum on a surviving manager: keep the state,
         become the only manager; the other managers are demoted in the store
         (they rejoin with a token, or are promoted again once back)."""
-        from api.objects import NodeRole, evolve
-        from manager import store as store_ops
-        from manager.membership import join_tokens
-        from manager.tx import commit
+        from manager import bootstrap  # only on a manager (see init)
 
         async with self._lock:
             if self.load() is None or self.state is None or self.state.role != "manager":
@@ -402,28 +371,17 @@ class Membership:
             await self.stop()
             await self._start_manager({}, force_new_cluster=True)
             raft = await self._await_leadership("the forced single-member cluster")
-            store = self.manager.store
-            ops = [store_ops.Update("nodes", evolve(n, spec__role=NodeRole.WORKER, role=NodeRole.WORKER,
-                                                    manager_status=None))
-                   for n in store.view().list("nodes")
-                   if n.id != self.state.node_id and n.manager_status is not None]
-            if ops:
-                await commit(raft, store, ops)
+            tokens = await bootstrap.force_new_cluster(raft, self.manager.store, node_id=self.state.node_id)
             self.state.managers = [self.state.advertise_addr]
             self._save_state()
             self._start_session()
-            from manager.membership import cluster_of
-
-            c = cluster_of(store)
             return {"node_id": self.state.node_id, "cluster_id": self.state.cluster_id,
                     "advertise_addr": self.state.advertise_addr,
-                    "join_tokens": join_tokens(c) if c else {}, "forced": True}
+                    "join_tokens": tokens, "forced": True}
 
     # -- join ------------------------------------------------------------------
 
     async def join(self, token: str, remote: str, listen_addr: str, advertise_addr: str | None) -> dict[str, Any]:
-        from manager.ca import TokenError, make_key_and_csr, parse_token
-
         async with self._lock:
             if self.load() is not None:
                 raise ClusterError("this node is already part of a cluster; `orch leave` first", 409)

@@ -1,6 +1,6 @@
 """Exception types of the cluster CA.
 
-Everything in `manager.ca` reports bad input with a subclass of `CAError`
+Everything in `pki` reports bad input with a subclass of `CAError`
 (itself a `ValueError`, so callers that catch `ValueError` keep working):
 hostile PEM/DER, CSRs and tokens must never surface as a library's own
 exception type in a daemon that parses them from the network.

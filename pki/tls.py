@@ -14,6 +14,10 @@ before knowing who is there (a new node, a manager list) may pass
 `check_hostname=False` and check `peer_identity_of()` after the handshake;
 the chain is verified either way.
 
+`NodeTLS` is a node's own credentials; `server_ssl`/`client_ssl` are the
+contexts of the manager port and of every client that dials it (agent
+sessions, Raft peers, joins), tuned for how nodes are addressed.
+
 `ssl` loads a certificate chain from files only, so the PEMs are written to
 a private temporary directory (0700, key file 0600) just long enough to be
 loaded, and removed before returning.
@@ -24,6 +28,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
+from dataclasses import dataclass
 
 from .certs import NodeIdentity, peer_identity
 from .errors import CertError
@@ -96,3 +101,37 @@ def peer_identity_of(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> NodeId
         return None
     der = ssl_object.getpeercert(binary_form=True)
     return None if der is None else peer_identity(der)
+
+
+@dataclass
+class NodeTLS:
+    """This node's credentials (PEM)."""
+
+    cert: str
+    key: str
+    ca: str
+
+
+def parse_addr(addr: str, default_port: int = 4242) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep:
+        return addr, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad port in address {addr!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def server_ssl(tls: NodeTLS) -> ssl.SSLContext:
+    ctx = server_context(tls.cert, tls.key, tls.ca)
+    # Joining nodes have no certificate yet; every other route requires one
+    # (auth_middleware), so the handshake asks for it without insisting.
+    ctx.verify_mode = ssl.CERT_OPTIONAL
+    return ctx
+
+
+def client_ssl(tls: NodeTLS) -> ssl.SSLContext:
+    ctx = client_context(tls.cert, tls.key, tls.ca)
+    # Peers are dialled by address and their certificates name node ids:
+    # the chain to our CA is what is checked; the server checks our role.
+    ctx.check_hostname = False
+    return ctx

@@ -20,9 +20,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from api.fsutil import write_atomic
+
 from .certs import NODE_ID_RE, PARSE_ERRORS, ROLES, load_cert, load_csr
 from .errors import CAError, CertError
-from .files import read_file, write_atomic
+from .files import read_file
 from .tokens import ca_digest
 
 __all__ = ["NODE_VALIDITY", "ROOT_CN", "ROOT_VALIDITY", "RootCA", "check_node_id", "make_key_and_csr"]

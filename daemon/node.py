@@ -1,9 +1,13 @@
-"""The node daemon: this host's engine, its local API, and the manager while
-the node is one.
+"""The node daemon, the one composition root (as SwarmKit's node/node.go):
+this host's engine and agent, its local API, and the manager while the node
+is one.
 
-The engine (images now; containers with the runtime) always runs; the
-manager components run when the node was started as a manager. The local
-unix socket serves the engine routes and, on managers, the control API.
+The engine (images, containers, volumes), the worker and the agent session
+always run; the manager runs while the node is a manager (a static one from
+the flags, or one made by init/join/promotion, see daemon.membership). The
+local unix socket serves the engine and membership routes and, once there is
+a manager, the control API. The manager is imported only then: a node that
+stays a worker never loads it.
 """
 
 from __future__ import annotations
@@ -14,32 +18,66 @@ import logging
 import os
 import signal
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from agent.engine import Engine
 from agent.images import ImageService, RegistryConfig
+from agent.localapi import add_container_routes, add_image_routes
+from agent.runtime.runtime import ContainerManager
+from agent.runtime.volumes import VolumeStore
+from agent.worker import Worker
 
-from .localapi import add_cluster_routes, add_container_routes, add_image_routes
+from .localapi import add_cluster_routes, add_manager_routes, local_error_middleware
+from .membership import Membership
+from .settings import ManagerSettings, check_node_options
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class NodeOptions:
+    """What the node daemon runs with; `orch daemon` makes it from its flags
+    (daemon.options). Every field is checked when the options are made
+    (settings.check_node_options): a bad value raises SettingsError naming
+    the field."""
+
+    # Directory of all this node's state: images/, engine/ (containers,
+    # volumes), cluster/ (membership, certificates), manager/ (Raft log and
+    # snapshots). Created if missing. Required.
     data_dir: str
+    # Path of the root-only unix socket for the local CLI (mode 0600, replaced
+    # if a stale socket is there); None serves no local socket. At most 107
+    # bytes (the kernel's limit for socket paths).
     socket_path: str | None = "/run/orch/orch.sock"
+    # Registries spoken to over plain http: "host:port", "host" (any port) or
+    # a CIDR of registry addresses. Default: none.
     insecure_registries: tuple[str, ...] = ()
+    # docker-style config.json whose "auths" hold registry credentials; None:
+    # anonymous pulls only.
     registry_auth_file: str | None = None
-    manager: Any = None  # manager.process.ManagerOptions when this node is a manager
+    # manager.process.ManagerOptions of a static manager this daemon runs from
+    # the start (`orch daemon --manager` or `--initial-cluster`); None for a
+    # node that is a worker or gets its manager from init/join/promotion.
+    # Checked by ManagerOptions itself.
+    manager: Any = None
+    # The OCI runtime binary, a name looked up on PATH or a path (runc, crun, youki).
     runtime: str = "runc"
+    # cgroup (relative to the cgroup root) under which each container gets its own.
     cgroup_parent: str = "orch"
-    hostname: str | None = None  # reported to the managers (default: the host's name)
-    raft_settings: Any = None  # RaftSettings for a manager made by init/join
-    dispatcher: Any = None  # DispatcherSettings (heartbeat period) for such a manager
+    # The name this node reports to the managers; None: the host's name.
+    hostname: str | None = None
+    # How a manager made by init, join or promotion runs (Raft timing,
+    # snapshots, heartbeat period); None: the manager's defaults.
+    manager_settings: ManagerSettings | None = None
+    # Free-form values for code that embeds the daemon; the daemon reads none of them.
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_node_options(self)
 
 
 class NodeDaemon:
@@ -52,10 +90,9 @@ class NodeDaemon:
         self.membership: Any = None
         self.worker: Any = None
         self._local: web.AppRunner | None = None
+        self._control: web.Application | None = None
 
     async def start(self) -> None:
-        from manager.controlapi.errors import error_middleware
-
         os.makedirs(self.opts.data_dir, exist_ok=True)
         self.images = ImageService(
             os.path.join(self.opts.data_dir, "images"),
@@ -64,8 +101,6 @@ class NodeDaemon:
                 auth_file=Path(self.opts.registry_auth_file) if self.opts.registry_auth_file else None,
             ),
         )
-        from agent.runtime.runtime import ContainerManager
-
         self.containers = ContainerManager(
             os.path.join(self.opts.data_dir, "engine"),
             runtime=self.opts.runtime,
@@ -75,49 +110,20 @@ class NodeDaemon:
         # exit codes of those that ended while it was down.
         await self.containers.recover()
         self.containers.start_supervisor()
-        from agent.runtime.volumes import VolumeStore
-
         self.volumes = VolumeStore(os.path.join(self.opts.data_dir, "engine"))
-        local = web.Application(middlewares=[error_middleware], client_max_size=4 << 20)
+        local = web.Application(middlewares=[local_error_middleware], client_max_size=4 << 20)
         add_image_routes(local, self.images)
         add_container_routes(local, self.images, self.containers, self.volumes)
-        from manager.controlapi.server import add_routes
-        from manager.membership import add_node_routes
-
-        from .cluster import Membership
-
         self.membership = Membership(self.opts.data_dir, hostname=self.opts.hostname,
-                                     settings=self.opts.raft_settings, dispatcher=self.opts.dispatcher)
+                                     settings=self.opts.manager_settings)
         self.membership.resolve_image = self.images.resolve
-        # The control API on the local socket follows whichever manager this
-        # node runs now (none, a static one, or one from init/join).
-        raft_ref, store_ref = _Forward(lambda: self._current_manager(), "raft"), \
-            _Forward(lambda: self._current_manager(), "store")
-        def secrets_key() -> bytes | None:
-            m = self._current_manager()
-            return m.opts.secrets_key if m is not None else None
-
-        add_routes(local, raft_ref, store_ref, secrets_key, self.images.resolve)  # type: ignore[arg-type]
-        add_node_routes(local, raft_ref, store_ref)  # type: ignore[arg-type]
         add_cluster_routes(local, self.membership)
-
-        async def service_logs(request: web.Request) -> web.StreamResponse:
-            m = self._current_manager()
-            if m is None:
-                from manager.controlapi.errors import HTTPError
-
-                raise HTTPError(503, "not_manager", "this node is not a manager: run the command on a manager")
-            return await m.service_logs(request)
-
-        local.router.add_get("/v1/services/{ref}/logs", service_logs)
-        from .engine import Engine
-        from .worker import Worker
-
+        add_manager_routes(local, self._control_routes)
         self.worker = Worker(Engine(self.images, self.containers, self.volumes), self.membership.send)
         self.membership.worker = self.worker
         self.worker.start()
         if self.opts.manager is not None:
-            from manager.process import ManagerProcess
+            from manager.process import ManagerProcess  # a static manager (see _control_routes)
 
             self.manager = ManagerProcess(self.opts.manager)
             await self.manager.start()
@@ -136,6 +142,40 @@ class NodeDaemon:
             finally:
                 os.umask(old)
             os.chmod(path, 0o600)
+
+    def _control_routes(self) -> web.Application | None:
+        """The manager's routes on the local socket: built the first time this
+        node runs a manager, None before. Until then the manager is never
+        imported, which keeps a worker's daemon small."""
+        if self._control is not None or self._current_manager() is None:
+            return self._control
+        from manager.controlapi.common import ManagerContext
+        from manager.controlapi.errors import error_middleware
+        from manager.controlapi.server import add_routes
+
+        local = web.Application(middlewares=[error_middleware])
+
+        def control() -> ManagerContext | None:
+            # The control API on the local socket follows whichever manager this
+            # node runs now (none, a static one, or one from init/join); images
+            # are pinned with this node's image service.
+            m = self._current_manager()
+            return None if m is None else replace(m.control, resolve_image=self.images.resolve)
+
+        add_routes(local, control)
+
+        async def service_logs(request: web.Request) -> web.StreamResponse:
+            m = self._current_manager()
+            if m is None:
+                from manager.controlapi.errors import HTTPError
+
+                raise HTTPError(503, "not_manager", "this node is not a manager: run the command on a manager")
+            return await m.service_logs(request)
+
+        local.router.add_get("/v1/services/{ref}/logs", service_logs)
+        local.freeze()
+        self._control = local
+        return local
 
     def _current_manager(self) -> Any:
         if self.manager is not None:
@@ -182,21 +222,3 @@ class NodeDaemon:
                     pass
         finally:
             await self.stop()
-
-
-class _Forward:
-    """Stands for the current manager's `raft` or `store` in the local
-    socket's control routes; without a manager they answer 503."""
-
-    def __init__(self, get: Any, attr: str) -> None:
-        self._get = get
-        self._attr = attr
-
-    def __getattr__(self, name: str) -> Any:
-        m = self._get()
-        if m is None:
-            from manager.controlapi.errors import HTTPError
-
-            raise HTTPError(503, "not_manager",
-                            "this node is not a manager: run the command on a manager, or `orch init` here")
-        return getattr(getattr(m, self._attr), name)
