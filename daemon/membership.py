@@ -38,6 +38,7 @@ import aiohttp
 from agent.session import AgentSession
 from api import codec
 from api.arch import oci_arch
+from api.objects import AddressPoolSpec
 from api.fsutil import write_atomic
 from pki import RootCA, TokenError, make_key_and_csr, parse_token, renewal_delay
 from pki.secretbox import load_key, new_key, save_key
@@ -324,7 +325,8 @@ class Membership:
 
     # -- init ------------------------------------------------------------------
 
-    async def init(self, listen_addr: str, advertise_addr: str | None) -> dict[str, Any]:
+    async def init(self, listen_addr: str, advertise_addr: str | None,
+                   addr_pool: AddressPoolSpec | None = None) -> dict[str, Any]:
         # The manager is imported only by nodes that become one (as in _start_manager).
         from manager.bootstrap import create_cluster
         from manager.clusterinfo import new_raft_id
@@ -348,7 +350,8 @@ class Membership:
                 raft = await self._await_leadership("the new manager")
                 tokens = await create_cluster(raft, self.manager.store, cluster_id=cluster_id, node_id=node_id,
                                               raft_id=raft_id, root=root, advertise_addr=advertise,
-                                              description=describe_host(self.hostname))
+                                              description=describe_host(self.hostname),
+                                              default_addr_pool=addr_pool)
             except BaseException:
                 await self.stop()
                 self.state = None
