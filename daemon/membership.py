@@ -192,13 +192,11 @@ class Membership:
 
     async def _await_leadership(self, what: str, timeout: float = 15.0) -> Any:
         """This node's raft once it leads (a single-member group elects itself)."""
-        raft = self.manager.raft
-        deadline = time.monotonic() + timeout
-        while not raft.is_leader:
-            if time.monotonic() > deadline:
-                raise ClusterError(f"{what} did not elect this node in {timeout:.0f} s", 500)
-            await asyncio.sleep(0.05)
-        return raft
+        try:
+            await asyncio.wait_for(self.manager.leadership.wait_elected(), timeout)
+        except asyncio.TimeoutError:
+            raise ClusterError(f"{what} did not elect this node in {timeout:.0f} s", 500) from None
+        return self.manager.raft
 
     def _start_session(self, renewals: bool = True) -> None:
         st = self.state

@@ -26,35 +26,22 @@ log = logging.getLogger(__name__)
 class RoleManager:
     """Makes Raft membership follow the managers in the store: a manager
     node's raft id is added (learner, then voter once caught up); a node
-    demoted to worker is removed from Raft and its observed role updated."""
+    demoted to worker is removed from Raft and its observed role updated.
+    A `manager.leadership.Leader`: `lead()` runs while this manager leads."""
 
     def __init__(self, raft: RaftNode, store: MemoryStore, interval: float = 0.5) -> None:
         self.raft = raft
         self.store = store
         self.interval = interval
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
+    async def lead(self) -> None:
+        # Conf changes are not store events, so this is a periodic pass.
         while True:
             await asyncio.sleep(self.interval)
-            if not self.raft.is_leader:
-                continue
             try:
                 await self.reconcile()
-            except asyncio.CancelledError:
-                raise
             except (RaftError, TxFailed) as e:
-                log.info("role reconciliation: %s", e)
-            except Exception:
-                log.exception("role reconciliation failed")
+                log.info("role reconciliation: %s", e)  # expected now and then; the next pass retries
 
     async def reconcile(self) -> None:
         cs = self.raft.conf_state

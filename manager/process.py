@@ -180,6 +180,8 @@ class ManagerProcess:
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
+        from .leadership import Supervisor
+
         os.makedirs(self.opts.data_dir, exist_ok=True)
         if self.opts.force_new_cluster:
             RaftNode(self.opts.node_id, os.path.join(self.opts.data_dir, "raft"), MemoryStore(),
@@ -191,10 +193,13 @@ class ManagerProcess:
         host, port = parse_addr(self.opts.listen_addr)
         ssl_ctx = server_ssl(self.opts.tls) if self.opts.tls else None
         await web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_ctx).start()
+        # Leader-only work follows the driver's leader changes; listening
+        # before the driver starts means no election goes unseen.
+        self.leadership = Supervisor(self.raft.id, [
+            ("dispatcher", self.dispatcher), ("roles", self.roles), ("orchestrator", self.orchestrator)])
+        self.raft.add_leader_listener(self.leadership.leader_changed)
+        self.leadership.start()
         await self.raft.start()
-        self.dispatcher.start()
-        self.roles.start()
-        self.orchestrator.start()
         log.info("manager %d serving on %s%s", self.opts.node_id, self.opts.listen_addr,
                  " (mutual TLS)" if ssl_ctx else "")
 
@@ -202,8 +207,10 @@ class ManagerProcess:
         add_routes(app, lambda: self.control)
 
     async def stop(self) -> None:
-        await self.orchestrator.stop()
-        await self.roles.stop()
+        leadership = getattr(self, "leadership", None)  # absent if start() failed early
+        if leadership is not None:
+            await leadership.stop()
+            self.raft.remove_leader_listener(leadership.leader_changed)
         await self.dispatcher.stop()
         await self.raft.stop()
         if self._runner is not None:

@@ -87,9 +87,6 @@ class Dispatcher:
         self.sessions: dict[str, _Session] = {}
         self.last_seen: dict[str, float] = {}
         self.leader_since: float | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._assign_task: asyncio.Task[None] | None = None
-        self._status_task: asyncio.Task[None] | None = None
         self._status_q: dict[str, tuple[str, dict[str, Any]]] = {}
         self._status_event = asyncio.Event()
         self._log_subs: dict[str, asyncio.Queue[dict[str, Any]]] = {}
@@ -97,16 +94,30 @@ class Dispatcher:
     def attach(self, app: web.Application) -> None:
         app.router.add_get(SESSION_PATH, self.handle)
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-        self._assign_task = asyncio.create_task(self._assignments())
-        self._status_task = asyncio.create_task(self._statuses())
+    async def lead(self) -> None:
+        """The leader's half (a `manager.leadership.Leader`): liveness checks,
+        assignment pushes and status writes, together until cancelled. If
+        one fails, all three end and the sessions are closed: agents
+        register again and get full assignment sets, so nothing the failed
+        loop missed stays missed when the supervisor restarts this."""
+        why = "dispatcher restarting"
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._run(), name="dispatcher-liveness")
+                tg.create_task(self._assignments(), name="dispatcher-assignments")
+                tg.create_task(self._statuses(), name="dispatcher-statuses")
+        except asyncio.CancelledError:
+            why = "no longer the leader"
+            raise
+        finally:
+            # A new term judges liveness afresh, from its own start.
+            self.leader_since = None
+            self.last_seen.clear()
+            await self._close_all(why)
 
     async def stop(self) -> None:
-        for t in (self._task, self._assign_task, self._status_task):
-            if t is not None:
-                t.cancel()
-                await asyncio.gather(t, return_exceptions=True)
+        """Close the sessions (the leadership supervisor has already ended
+        `lead()`; a follower only redirects)."""
         await self._close_all("manager stopping")
 
     # -- assignments ---------------------------------------------------------

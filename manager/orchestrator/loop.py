@@ -1,12 +1,14 @@
 """The leader's orchestration loop.
 
-While this manager leads, it runs a reconciliation pass (`reconcile.plan`)
+While this manager leads (`lead()`, started and cancelled by the leadership
+supervisor), it runs a reconciliation pass (`reconcile.plan`)
 whenever the store changes (services, tasks, nodes, the cluster) or a timer
 it asked for comes due (restart delays, update monitors), and commits the
 pass's writes in batches of at most `batch` operations. Passes are cheap
 and idempotent: a batch that loses a race (version conflict) is simply
-decided again on the next pass. Losing leadership stops the loop; the next
-leader starts from the store, which holds all the state there is.
+decided again on the next pass. Losing leadership cancels the loop; the
+next leader starts from the store, which holds all the state there is. A
+failure is the supervisor's to log and restart.
 """
 
 from __future__ import annotations
@@ -28,42 +30,26 @@ TABLES = frozenset({"services", "tasks", "nodes", "clusters"})
 
 
 class Orchestrator:
+    """A `manager.leadership.Leader`: `lead()` runs while this manager leads."""
+
     def __init__(self, raft: RaftNode, store: MemoryStore, *, batch: int = 200, idle: float = 1.0) -> None:
         self.raft = raft
         self.store = store
         self.batch = batch
         self.idle = idle  # a pass at least this often while leading (monitor windows, clocks)
         self.passes = 0
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                if not self.raft.is_leader:
-                    await asyncio.sleep(0.1)
-                    continue
-                await self._lead()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("orchestrator failed; restarting it")
-                await asyncio.sleep(0.5)
-
-    async def _lead(self) -> None:
+    async def lead(self) -> None:
         # Everything committed before we took over must be applied first, or
         # a pass could undo writes of the previous leader it has not seen.
         await self.raft.read_barrier()
+        while True:
+            await self._follow()  # returns when its watch overflowed: start over with a fresh one
+
+    async def _follow(self) -> None:
         watch = self.store.watch(TABLES)
         try:
-            while self.raft.is_leader:
+            while True:
                 t0 = time.monotonic()
                 p = plan(self.store.view())
                 self.passes += 1
@@ -87,12 +73,16 @@ class Orchestrator:
                 timeout = self.idle
                 if p.wake_at is not None:
                     timeout = max(0.01, min(timeout, p.wake_at - time.time()))
+                # asyncio.timeout, not wait_for: on 3.11 wait_for drops a
+                # cancellation that arrives as the watch fires, and then
+                # step-down would never end this loop.
                 try:
-                    await asyncio.wait_for(watch.next_batch(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await watch.next_batch()
                     watch.poll()  # coalesce whatever else is queued
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         except WatchError:
-            pass  # overflowed: start over with a fresh watch
+            pass
         finally:
             watch.close()

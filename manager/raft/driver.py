@@ -211,7 +211,11 @@ class RaftNode:
         self.sm = state_machine
         self.settings = settings or RaftSettings()
         self._initial_members = initial_members or {}
-        self._on_leader_change = on_leader_change
+        # Called as fn(old, new) from the ready loop when the leader changes;
+        # they must not block (the leadership supervisor only signals).
+        self._leader_listeners: list[Callable[[int, int], None]] = []
+        if on_leader_change is not None:
+            self._leader_listeners.append(on_leader_change)
         self.members: dict[int, str] = {}
         self._offline = False  # rewriting state on disk: no network
         self._learned: dict[int, str] = {}  # peer addresses from connections, not (yet) from the config
@@ -541,6 +545,23 @@ class RaftNode:
 
     # -- internals -------------------------------------------------------------
 
+    def add_leader_listener(self, fn: Callable[[int, int], None]) -> None:
+        """Call `fn(old, new)` (Raft ids, 0 = none) whenever the leader this
+        node knows of changes; this node leads iff new == self.id. It runs
+        inside the ready loop: it must return at once, never block."""
+        self._leader_listeners.append(fn)
+
+    def remove_leader_listener(self, fn: Callable[[int, int], None]) -> None:
+        if fn in self._leader_listeners:
+            self._leader_listeners.remove(fn)
+
+    def _notify_leader_change(self, old: int, new: int) -> None:
+        for fn in list(self._leader_listeners):
+            try:
+                fn(old, new)
+            except Exception:  # a listener's bug must not stop the node (the ready loop treats errors as fatal)
+                log.exception("raft %d: leader listener %r failed", self.id, fn)
+
     def _check_running(self) -> None:
         if self._stopped or self.fatal is not None:
             raise Stopped(f"raft node is stopped{': ' + str(self.fatal) if self.fatal else ''}")
@@ -645,8 +666,7 @@ class RaftNode:
             self.role = rd.soft_state.role
             if old != self.lead:
                 log.info("raft %d: leader is now %d", self.id, self.lead)
-                if self._on_leader_change is not None:
-                    self._on_leader_change(old, self.lead)
+                self._notify_leader_change(old, self.lead)
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             self.snapshotter.save(rd.snapshot)
             self.wal.save_snapshot(rd.snapshot.meta)
