@@ -6,6 +6,10 @@ missing, mounts are resolved (volumes created and seeded from the image on
 first use), the healthcheck comes from the request or the image, and a
 container that fails to start leaves nothing behind (runtime state, rootfs
 mount, directory).
+
+`Engine` also implements the worker's view of an engine
+(`agent.worker.TaskEngine`): list, stop, remove, logs and change
+notifications of containers, besides `run`.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import os
 import shutil
 import subprocess
 import uuid
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypedDict
 
 from pydantic import Field
 
@@ -59,6 +64,18 @@ class RunRequest(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     seccomp: str | None = None  # None: the default profile; "unconfined"; or a Docker-format profile file
     devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
+
+
+class TaskFile(TypedDict):
+    """A secret or config file of a task's container: `data` is written to
+    a private file (secrets on a tmpfs) bind-mounted read-only at `target`."""
+
+    kind: str  # "secret" | "config"
+    target: str  # absolute path in the container
+    data: bytes
+    uid: str
+    gid: str
+    mode: int
 
 
 def volume_users(mgr: ContainerManager, vol: Volume) -> list[str]:
@@ -110,7 +127,7 @@ class Engine:
             subprocess.run(["umount", "-l", secrets_dir], check=False, capture_output=True)
         self.images.release_rootfs(cdir)
 
-    def _files(self, cdir: str, files: list[dict[str, Any]]) -> list[Mount]:
+    def _files(self, cdir: str, files: list[TaskFile]) -> list[Mount]:
         """Secrets on a private tmpfs (never on disk), configs as plain files;
         each bind-mounted read-only at its target."""
         mounts = []
@@ -142,9 +159,9 @@ class Engine:
         return mounts
 
     async def run(self, req: RunRequest, *, cid: str | None = None,
-                  files: list[dict[str, Any]] | None = None) -> ContainerRecord:
+                  files: list[TaskFile] | None = None) -> ContainerRecord:
         """Create and start a container; raises ImageError or EngineError.
-        `files`: secrets and configs to mount ({kind, target, data, uid, gid, mode})."""
+        `files`: secrets and configs to mount."""
         mgr = self.containers
         image_config = await self.ensure_image(req.image)
         try:
@@ -193,3 +210,21 @@ class Engine:
                 if vol.path == m.get("source") and vol.labels.get("orch.anonymous") == "true":
                     if not volume_users(self.containers, vol):
                         self.volumes.remove(vol.name, [])
+
+    # -- what the worker uses besides run/remove (agent.worker.TaskEngine) ----------
+
+    def list_containers(self) -> list[ContainerRecord]:
+        return self.containers.list()
+
+    def subscribe(self, callback: Callable[[ContainerRecord], None]) -> None:
+        """`callback(record)` on every container change (one subscriber)."""
+        self.containers.on_change = callback
+
+    async def stop(self, cid: str) -> int | None:
+        """Stop signal, then KILL after the container's grace period; its exit code."""
+        return await self.containers.stop(cid)
+
+    def logs(self, cid: str, *, follow: bool = False, tail: int | None = None
+             ) -> AsyncIterator[tuple[str, str, str]]:
+        """(timestamp, stream, line) of a container's log."""
+        return self.containers.logs(cid, follow=follow, tail=tail)

@@ -6,6 +6,10 @@ manager asks for, with jitter so a fleet that restarted together does not
 beat in lockstep. A follower redirects us to the leader; any failure moves
 on to the next known manager with capped, jittered backoff. The list of
 managers is refreshed from every session the leader grants.
+
+Frames are the typed models of `api.session`; heartbeat acks are handled
+here (period, desired role), every other manager frame goes to `on_message`
+(the worker).
 """
 
 from __future__ import annotations
@@ -20,11 +24,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-import msgpack
+
+from api.objects import NodeDescription
+from api.session import (
+    MANAGER_FRAMES,
+    MAX_FRAME,
+    SESSION_PATH,
+    Close,
+    Frame,
+    Heartbeat,
+    HeartbeatAck,
+    Redirect,
+    Register,
+    SessionStarted,
+    decode,
+    encode,
+)
 
 log = logging.getLogger(__name__)
-
-SESSION_PATH = "/v1/dispatcher/session"
 
 
 @dataclass
@@ -44,10 +61,10 @@ class AgentSession:
         self,
         managers: list[str],
         ssl_context: ssl.SSLContext | None,
-        describe: Callable[[], dict[str, Any]],
+        describe: Callable[[], dict[str, Any] | NodeDescription],
         *,
         addr: str = "",
-        on_message: Callable[[dict[str, Any]], None] | None = None,
+        on_message: Callable[[Frame], None] | None = None,
         on_managers: Callable[[list[str]], None] | None = None,
         on_role: Callable[[str], None] | None = None,
         backoff_min: float = 0.1,
@@ -78,12 +95,20 @@ class AgentSession:
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
 
-    async def send(self, message: dict[str, Any]) -> bool:
+    async def send(self, frame: Frame) -> bool:
         ws = self._ws
         if ws is None or ws.closed:
             return False
-        await ws.send_bytes(msgpack.packb(message, use_bin_type=True))
+        await ws.send_bytes(encode(frame))
         return True
+
+    def _description(self) -> NodeDescription | None:
+        try:
+            d = self.describe()
+            return d if isinstance(d, NodeDescription) else NodeDescription.model_validate(d)
+        except ValueError as e:  # the manager keeps the description it has
+            log.warning("cannot describe this node: %s", e)
+            return None
 
     def _candidates(self) -> list[str]:
         ms = list(dict.fromkeys(self.state.managers))
@@ -119,30 +144,30 @@ class AgentSession:
 
     async def _session(self, http: aiohttp.ClientSession, url: str, addr: str) -> bool:
         """One session; True if it was established (for backoff)."""
-        async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5), max_msg_size=4 << 20,
+        async with http.ws_connect(url, timeout=aiohttp.ClientWSTimeout(ws_close=5), max_msg_size=MAX_FRAME,
                                    heartbeat=None) as ws:
             self._ws = ws
-            await ws.send_bytes(msgpack.packb({"t": "register", "description": self.describe(), "addr": self.addr}))
+            await ws.send_bytes(encode(Register(description=self._description(), addr=self.addr)))
             first = await ws.receive(timeout=15)
             if first.type != aiohttp.WSMsgType.BINARY:
                 raise ValueError(f"session refused ({first.type.name})")
-            msg = msgpack.unpackb(first.data, raw=False)
-            if msg.get("t") == "redirect":
-                self._leader_hint = str(msg.get("leader") or "")
+            msg = decode(first.data, MANAGER_FRAMES)  # FrameError is a ValueError
+            if isinstance(msg, Redirect):
+                self._leader_hint = msg.leader
                 self.state.last_error = f"{addr} is not the leader"
                 return False
-            if msg.get("t") == "error":
+            if isinstance(msg, Close):
                 self._leader_hint = ""
-                raise ValueError(str(msg.get("message")))
-            if msg.get("t") != "session":
-                raise ValueError(f"unexpected first frame {msg.get('t')!r}")
+                raise ValueError(msg.message)
+            if not isinstance(msg, SessionStarted):
+                raise ValueError(f"unexpected first frame {msg.KIND!r}")
             self._leader_hint = addr
             st = self.state
-            st.connected, st.manager, st.session_id = True, addr, str(msg["session_id"])
-            st.period = float(msg.get("period") or 5.0)
+            st.connected, st.manager, st.session_id = True, addr, msg.session_id
+            st.period = msg.period
             st.last_error = ""
-            if msg.get("managers"):
-                st.managers = [str(m) for m in msg["managers"]]
+            if msg.managers:
+                st.managers = list(msg.managers)
                 if self.on_managers is not None:
                     self.on_managers(st.managers)
             beat = asyncio.create_task(self._heartbeat(ws))
@@ -150,14 +175,14 @@ class AgentSession:
                 async for frame in ws:
                     if frame.type != aiohttp.WSMsgType.BINARY:
                         break
-                    m = msgpack.unpackb(frame.data, raw=False)
-                    if m.get("t") == "hb":
+                    m = decode(frame.data, MANAGER_FRAMES)
+                    if isinstance(m, HeartbeatAck):
                         st.heartbeats += 1
                         if st.rtts is not None and self._hb_sent:
                             st.rtts.append(time.monotonic() - self._hb_sent)
-                        st.period = float(m.get("period") or st.period)
-                        if m.get("role") and self.on_role is not None:
-                            self.on_role(str(m["role"]))
+                        st.period = m.period
+                        if m.role is not None and self.on_role is not None:
+                            self.on_role(m.role.value)
                     elif self.on_message is not None:
                         self.on_message(m)
             finally:
@@ -170,4 +195,4 @@ class AgentSession:
             # Jitter below the period: never late because of it.
             await asyncio.sleep(self.state.period * self.rng.uniform(0.7, 0.95))
             self._hb_sent = time.monotonic()
-            await ws.send_bytes(msgpack.packb({"t": "hb"}))
+            await ws.send_bytes(encode(Heartbeat()))

@@ -1,7 +1,10 @@
 """The agent's worker: makes this node's containers match its assignments.
 
-The leader's dispatcher sends the full set of this node's tasks whenever it
-changes. For each task the worker converges the engine towards it:
+The leader's dispatcher sends this node's assignment set once per session
+(`AssignmentsFull`), then the changes to it (`AssignmentChanges`): tasks as
+`api.objects.Task` models, and the secrets and configs they use. The worker
+keeps the current set (`AssignmentSet`) and converges the engine towards it,
+through `TaskEngine`, the few engine operations it needs:
 
 - wanted running and no container yet: pull (PREPARING), create and start
   (STARTING), then RUNNING; a pull that fails is REJECTED, a start that fails
@@ -16,8 +19,8 @@ changes. For each task the worker converges the engine towards it:
 Containers carry their task id as a label, so after an agent restart the
 worker re-adopts the containers the engine recovered and reports what
 happened to them meanwhile. Status reports only ever move a task forward
-and are batched; after a reconnect everything is reported again (the
-manager ignores what it already has).
+and are batched; after a reconnect (a new full set) every report the
+manager lacks is sent again.
 """
 
 from __future__ import annotations
@@ -25,97 +28,190 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from agent.engine import Engine, EngineError, RunRequest
+from agent.engine import EngineError, RunRequest, TaskFile
 from agent.images import ImageError
 from agent.runtime.runtime import ContainerRecord, NotFound, RuntimeError_
-from api.objects import TaskState
+from api.objects import Config, Secret, Task, TaskState
+from api.session import (
+    AssignmentChanges,
+    AssignmentsFull,
+    ConfigRemove,
+    ConfigUpdate,
+    Frame,
+    LogCancel,
+    LogEnd,
+    LogLines,
+    LogRequest,
+    SecretRemove,
+    SecretUpdate,
+    StatusBatch,
+    StatusUpdate,
+    TaskRemove,
+    TaskUpdate,
+)
 
 log = logging.getLogger(__name__)
 
 TASK_LABEL = "orch.task.id"
+LOG_BATCH = 500  # lines per log frame at most
 
 
-def _container_name(t: dict[str, Any]) -> str:
-    svc = t.get("service_name") or t["service_id"][:12]
-    return f"{svc}.{t['slot'] or 'g'}.{t['id'][:12]}"
+class TaskEngine(Protocol):
+    """What the worker needs of the container engine (`agent.engine.Engine`)."""
+
+    def list_containers(self) -> list[ContainerRecord]: ...
+
+    def subscribe(self, callback: Callable[[ContainerRecord], None]) -> None:
+        """Call `callback` whenever a container changes (starts, exits, health)."""
+
+    async def ensure_image(self, ref: str) -> Any:
+        """Pull the image unless this node has it; raises ImageError."""
+
+    async def run(self, req: RunRequest, *, files: list[TaskFile] | None = None) -> ContainerRecord:
+        """Create and start; raises ImageError or EngineError."""
+
+    async def stop(self, cid: str) -> int | None: ...
+
+    async def remove(self, cid: str, force: bool = False) -> None: ...
+
+    def logs(self, cid: str, *, follow: bool = False, tail: int | None = None
+             ) -> AsyncIterator[tuple[str, str, str]]: ...
 
 
-def run_request(t: dict[str, Any]) -> RunRequest:
-    c = t["spec"]["container"]
-    lim = t["spec"].get("resources", {}).get("limits", {})
+@dataclass
+class AssignmentSet:
+    """This node's assignments as the manager sent them."""
+
+    tasks: dict[str, TaskUpdate] = field(default_factory=dict)
+    secrets: dict[str, Secret] = field(default_factory=dict)
+    configs: dict[str, Config] = field(default_factory=dict)
+
+    def apply(self, frame: AssignmentsFull | AssignmentChanges) -> None:
+        if isinstance(frame, AssignmentsFull):
+            self.tasks.clear()
+            self.secrets.clear()
+            self.configs.clear()
+        for c in frame.changes:
+            if isinstance(c, TaskUpdate):
+                self.tasks[c.task.id] = c
+            elif isinstance(c, TaskRemove):
+                self.tasks.pop(c.id, None)
+            elif isinstance(c, SecretUpdate):
+                self.secrets[c.secret.id] = c.secret
+            elif isinstance(c, SecretRemove):
+                self.secrets.pop(c.id, None)
+            elif isinstance(c, ConfigUpdate):
+                self.configs[c.config.id] = c.config
+            elif isinstance(c, ConfigRemove):
+                self.configs.pop(c.id, None)
+
+    def files(self, task: Task) -> list[TaskFile]:
+        """The secret and config files of a task, at their targets. A
+        reference the manager sent no object for (it could not open the
+        secret) is left out, as before change frames."""
+        out: list[TaskFile] = []
+        c = task.spec.container
+        for r in c.secrets:
+            s = self.secrets.get(r.secret_id)
+            if s is None:
+                log.warning("task %s: secret %s was not sent to this node; its file is left out", task.id,
+                            r.secret_name)
+                continue
+            out.append(TaskFile(kind="secret", target=r.target or f"/run/secrets/{r.secret_name}",
+                                data=s.spec.data, uid=r.uid, gid=r.gid, mode=r.mode))
+        for cr in c.configs:
+            cfg = self.configs.get(cr.config_id)
+            if cfg is None:
+                log.warning("task %s: config %s was not sent to this node; its file is left out", task.id,
+                            cr.config_name)
+                continue
+            out.append(TaskFile(kind="config", target=cr.target or f"/{cr.config_name}",
+                                data=cfg.spec.data, uid=cr.uid, gid=cr.gid, mode=cr.mode))
+        return out
+
+
+def _container_name(a: TaskUpdate) -> str:
+    t = a.task
+    svc = a.service_name or t.service_id[:12]
+    return f"{svc}.{t.slot or 'g'}.{t.id[:12]}"
+
+
+def run_request(a: TaskUpdate) -> RunRequest:
+    """The engine request for an assigned task's container."""
+    t = a.task
+    c = t.spec.container
+    lim = t.spec.resources.limits
     env = {}
-    for item in c.get("env") or ():
-        k, _, v = str(item).partition("=")
+    for item in c.env:
+        k, _, v = item.partition("=")
         env[k] = v
-    labels = {str(k): str(v) for k, v in dict(c.get("labels") or {}).items()}
-    labels.update({TASK_LABEL: t["id"], "orch.service.id": t["service_id"],
-                   "orch.service.name": t.get("service_name", ""), "orch.task.slot": str(t.get("slot", 0))})
+    labels = dict(c.labels)
+    labels.update({TASK_LABEL: t.id, "orch.service.id": t.service_id,
+                   "orch.service.name": a.service_name, "orch.task.slot": str(t.slot)})
     return RunRequest(
-        image=c["image"], name=_container_name(t),
-        command=tuple(c["command"]) if c.get("command") else None,
-        args=tuple(c["args"]) if c.get("args") else None,
-        env=env, user=c.get("user") or None, workdir=c.get("dir") or None, hostname=c.get("hostname") or None,
-        memory=int(lim.get("memory_bytes") or 0), pids_limit=int(lim.get("pids") or 0),
-        cpus=float(lim.get("nano_cpus") or 0) / 1e9,
-        stop_signal=c.get("stop_signal") or None, stop_grace=float(c.get("stop_grace_period", 10.0)),
-        mounts=tuple(dict(m) for m in c.get("mounts") or ()),
-        healthcheck=dict(c["healthcheck"]) if c.get("healthcheck") else None,
-        read_only=bool(c.get("read_only")), cap_add=tuple(c.get("cap_add") or ()),
-        cap_drop=tuple(c.get("cap_drop") or ()), labels=labels,
+        image=c.image, name=_container_name(a),
+        command=c.command or None, args=c.args or None,
+        env=env, user=c.user or None, workdir=c.dir or None, hostname=c.hostname or None,
+        memory=lim.memory_bytes, pids_limit=lim.pids, cpus=lim.nano_cpus / 1e9,
+        stop_signal=c.stop_signal or None, stop_grace=c.stop_grace_period,
+        mounts=c.mounts, healthcheck=c.healthcheck,
+        read_only=c.read_only, cap_add=c.cap_add, cap_drop=c.cap_drop, labels=labels,
     )
 
 
 class Worker:
-    def __init__(self, engine: Engine, send: Callable[[dict[str, Any]], Awaitable[bool]]) -> None:
+    def __init__(self, engine: TaskEngine, send: Callable[[Frame], Awaitable[bool]]) -> None:
         self.engine = engine
         self.send = send
-        self.assigned: dict[str, dict[str, Any]] = {}
-        self.state: dict[str, dict[str, Any]] = {}  # task id -> last status we decided
+        self.assigned = AssignmentSet()
+        self.state: dict[str, StatusUpdate] = {}  # task id -> last status we decided
         self._busy: dict[str, asyncio.Task[None]] = {}
-        self._outbox: dict[str, dict[str, Any]] = {}
+        self._outbox: dict[str, StatusUpdate] = {}
         self._wake = asyncio.Event()
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._log_streams: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
-        self.engine.containers.on_change = self.container_changed
+        self.engine.subscribe(self.container_changed)
         self._tasks = [asyncio.create_task(self._flush_loop()), asyncio.create_task(self._reconcile_loop())]
 
     async def stop(self) -> None:
-        for t in [*self._tasks, *self._busy.values()]:
+        for t in [*self._tasks, *self._busy.values(), *self._log_streams.values()]:
             t.cancel()
-        await asyncio.gather(*self._tasks, *self._busy.values(), return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._busy.values(), *self._log_streams.values(),
+                             return_exceptions=True)
         self._tasks = []
 
     # -- input -------------------------------------------------------------------
 
-    def on_message(self, m: dict[str, Any]) -> None:
-        if m.get("t") == "logs":
-            rid = str(m.get("id"))
-            self._log_streams[rid] = asyncio.create_task(self._stream_logs(rid, m))
-            return
-        if m.get("t") == "logs_cancel":
-            t = self._log_streams.pop(str(m.get("id")), None)
+    def on_message(self, m: Frame) -> None:
+        if isinstance(m, LogRequest):
+            self._log_streams[m.id] = asyncio.create_task(self._stream_logs(m))
+        elif isinstance(m, LogCancel):
+            t = self._log_streams.pop(m.id, None)
             if t is not None:
                 t.cancel()
-            return
-        if m.get("t") == "assign":
-            self.assigned = {t["id"]: t for t in m.get("tasks") or [] if isinstance(t, dict) and "id" in t}
-            # The manager may lack reports sent before a reconnect: send ours again.
-            for tid, t in self.assigned.items():
-                st = self.state.get(tid)
-                if st is not None and st["state"] > int(t.get("state", 0)):
-                    self._outbox[tid] = st
-            self._wake.set()
+        elif isinstance(m, (AssignmentsFull, AssignmentChanges)):
+            self.assigned.apply(m)
+            if isinstance(m, AssignmentsFull):
+                # A new session: the manager may lack reports sent before it. Send ours again.
+                for tid, a in self.assigned.tasks.items():
+                    st = self.state.get(tid)
+                    if st is not None and st.state > a.task.status.state:
+                        self._outbox[tid] = st
+                self._wake.set()
             self._kick.set()
+        else:
+            log.warning("unexpected %r frame from the manager; ignored", m.KIND)
 
     def _containers_by_task(self) -> dict[str, ContainerRecord]:
         out = {}
-        for r in self.engine.containers.list():
+        for r in self.engine.list_containers():
             tid = (r.spec.get("labels") or {}).get(TASK_LABEL)
             if tid:
                 out[tid] = r
@@ -126,10 +222,10 @@ class Worker:
     def _report(self, tid: str, state: TaskState, message: str = "", err: str = "",
                 exit_code: int | None = None, container_id: str = "") -> None:
         prev = self.state.get(tid)
-        if prev is not None and prev["state"] >= int(state):
+        if prev is not None and prev.state >= state:
             return
-        u = {"id": tid, "state": int(state), "message": message, "err": err, "timestamp": time.time(),
-             "exit_code": exit_code, "container_id": container_id or (prev or {}).get("container_id", "")}
+        u = StatusUpdate(id=tid, state=state, message=message, err=err, timestamp=time.time(),
+                         exit_code=exit_code, container_id=container_id or (prev.container_id if prev else ""))
         self.state[tid] = u
         self._outbox[tid] = u
         self._wake.set()
@@ -143,7 +239,7 @@ class Worker:
                 continue
             batch, self._outbox = self._outbox, {}
             try:
-                ok = await self.send({"t": "status", "updates": list(batch.values())})
+                ok = await self.send(StatusBatch(updates=tuple(batch.values())))
             except Exception:  # the connection dropped mid-send
                 ok = False
             if not ok:
@@ -165,11 +261,12 @@ class Worker:
         self._kick.set()
 
     def _observe(self, tid: str, rec: ContainerRecord) -> None:
-        t = self.assigned.get(tid)
+        a = self.assigned.tasks.get(tid)
         if rec.status == "exited":
-            wanted_down = t is not None and int(t["desired_state"]) > TaskState.RUNNING
+            wanted_down = a is not None and a.task.desired_state > TaskState.RUNNING
             hs = rec.health_state or {}
-            if self.state.get(tid, {}).get("err") == "unhealthy container":
+            st = self.state.get(tid)
+            if st is not None and st.err == "unhealthy container":
                 return
             if wanted_down:
                 self._report(tid, TaskState.SHUTDOWN, "shut down", exit_code=rec.exit_code, container_id=rec.id)
@@ -186,24 +283,23 @@ class Worker:
     async def _stop_unhealthy(self, tid: str, rec: ContainerRecord) -> None:
         try:
             self._report(tid, TaskState.FAILED, "failed", err="unhealthy container", container_id=rec.id)
-            await self.engine.containers.stop(rec.id)
+            await self.engine.stop(rec.id)
         except (RuntimeError_, NotFound):
             pass
         finally:
             self._busy.pop(tid, None)
 
-    async def _stream_logs(self, rid: str, m: dict[str, Any]) -> None:
+    async def _stream_logs(self, req: LogRequest) -> None:
         """Send the logs of the requested tasks' containers to the manager,
-        a batch of lines per frame; each task's stream ends with log_end."""
+        a batch of lines per frame; each task's stream ends with LogEnd."""
         by_task = self._containers_by_task()
-        tail = m.get("tail") if isinstance(m.get("tail"), int) else None
 
         async def one(tid: str) -> None:
             rec = by_task.get(tid)
             if rec is None:
-                await self.send({"t": "log_end", "id": rid, "task": tid, "error": "no container on this node"})
+                await self.send(LogEnd(id=req.id, task=tid, error="no container on this node"))
                 return
-            batch: list[list[str]] = []
+            batch: list[tuple[str, str, str]] = []
 
             async def flusher() -> None:
                 nonlocal batch
@@ -211,28 +307,27 @@ class Worker:
                     await asyncio.sleep(0.1)
                     if batch:
                         out, batch = batch, []
-                        await self.send({"t": "log", "id": rid, "task": tid, "lines": out})
+                        await self.send(LogLines(id=req.id, task=tid, lines=tuple(out)))
 
             fl = asyncio.create_task(flusher())
             try:
-                async for ts, stream, line in self.engine.containers.logs(rec.id, follow=bool(m.get("follow")),
-                                                                          tail=tail):
-                    batch.append([ts, stream, line])
-                    if len(batch) >= 500:
+                async for ts, stream, line in self.engine.logs(rec.id, follow=req.follow, tail=req.tail):
+                    batch.append((ts, stream, line))
+                    if len(batch) >= LOG_BATCH:
                         out, batch = batch, []
-                        await self.send({"t": "log", "id": rid, "task": tid, "lines": out})
+                        await self.send(LogLines(id=req.id, task=tid, lines=tuple(out)))
             except NotFound:
                 pass
             finally:
                 fl.cancel()
             if batch:
-                await self.send({"t": "log", "id": rid, "task": tid, "lines": batch})
-            await self.send({"t": "log_end", "id": rid, "task": tid})
+                await self.send(LogLines(id=req.id, task=tid, lines=tuple(batch)))
+            await self.send(LogEnd(id=req.id, task=tid))
 
         try:
-            await asyncio.gather(*(one(str(t)) for t in m.get("tasks") or []))
+            await asyncio.gather(*(one(t) for t in req.tasks))
         finally:
-            self._log_streams.pop(rid, None)
+            self._log_streams.pop(req.id, None)
 
     async def _reconcile_loop(self) -> None:
         while True:
@@ -247,32 +342,33 @@ class Worker:
 
     async def reconcile(self) -> None:
         by_task = self._containers_by_task()
-        for tid, t in self.assigned.items():
+        for tid, a in self.assigned.tasks.items():
             if tid in self._busy:
                 continue
             rec = by_task.get(tid)
-            want_running = int(t["desired_state"]) <= TaskState.RUNNING
+            want_running = a.task.desired_state <= TaskState.RUNNING
             if rec is not None:
                 self._observe(tid, rec)
                 if not want_running and rec.status != "exited":
                     self._busy[tid] = asyncio.create_task(self._stop(tid, rec))
             elif want_running:
-                if self.state.get(tid, {}).get("state", 0) > TaskState.RUNNING:
+                st = self.state.get(tid)
+                if st is not None and st.state > TaskState.RUNNING:
                     continue  # ended and already reported; the container is gone
-                self._busy[tid] = asyncio.create_task(self._start(tid, t))
+                self._busy[tid] = asyncio.create_task(self._start(tid, a))
             else:
                 self._report(tid, TaskState.SHUTDOWN, "shut down before it started")
         for tid, rec in by_task.items():
-            if tid not in self.assigned and tid not in self._busy:
+            if tid not in self.assigned.tasks and tid not in self._busy:
                 self._busy[tid] = asyncio.create_task(self._remove(tid, rec))
-        for tid in [k for k in self.state if k not in self.assigned and k not in by_task]:
+        for tid in [k for k in self.state if k not in self.assigned.tasks and k not in by_task]:
             del self.state[tid]
 
-    async def _start(self, tid: str, t: dict[str, Any]) -> None:
+    async def _start(self, tid: str, a: TaskUpdate) -> None:
         try:
             self._report(tid, TaskState.ACCEPTED, "accepted")
             try:
-                req = run_request(t)
+                req = run_request(a)
             except ValueError as e:
                 self._report(tid, TaskState.REJECTED, "rejected", err=f"invalid task spec: {e}")
                 return
@@ -284,7 +380,7 @@ class Worker:
                 return
             self._report(tid, TaskState.STARTING, "starting")
             try:
-                rec = await self.engine.run(req, files=list(t.get("files") or []))
+                rec = await self.engine.run(req, files=self.assigned.files(a.task))
             except (EngineError, ImageError) as e:
                 self._report(tid, TaskState.FAILED, "failed", err=str(e))
                 return
@@ -295,7 +391,7 @@ class Worker:
 
     async def _stop(self, tid: str, rec: ContainerRecord) -> None:
         try:
-            await self.engine.containers.stop(rec.id)
+            await self.engine.stop(rec.id)
             self._observe(tid, rec)
         except (RuntimeError_, NotFound) as e:
             log.warning("stopping task %s: %s", tid, e)

@@ -37,6 +37,7 @@ import aiohttp
 
 from agent.session import AgentSession
 from api import codec
+from api.session import Frame
 from api.arch import oci_arch
 from api.objects import AddressPoolSpec
 from api.fsutil import write_atomic
@@ -307,9 +308,9 @@ class Membership:
             await self.session.stop()
         self._start_session(renewals=False)
 
-    async def send(self, message: dict[str, Any]) -> bool:
+    async def send(self, frame: Frame) -> bool:
         """To the leader over the current session (False when there is none)."""
-        return await self.session.send(message) if self.session is not None else False
+        return await self.session.send(frame) if self.session is not None else False
 
     def info(self) -> dict[str, Any]:
         if self.state is None:

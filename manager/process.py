@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from api.objects import TaskState
+from api.session import SESSION_PATH
 from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
 from manager.store import MemoryStore
@@ -28,9 +29,9 @@ from pki.tls import NodeTLS, client_ssl, parse_addr, server_ssl
 from .clusterinfo import cluster_of, manager_addrs
 from .controlapi.common import ManagerContext
 from .controlapi.errors import HTTPError
-from .controlapi.server import add_routes, build_app
+from .controlapi.server import build_app
 from .dispatcher import Dispatcher, DispatcherSettings
-from .dispatcher.dispatcher import SESSION_PATH
+from .leadership import Supervisor
 from .membership import RoleManager
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class ManagerProcess:
 
         self.orchestrator = Orchestrator(self.raft, self.store)
         self._runner: web.AppRunner | None = None
+        self.leadership: Supervisor | None = None  # made in start()
 
     # -- identity and authorization ------------------------------------------
 
@@ -130,6 +132,8 @@ class ManagerProcess:
 
         import aiohttp
 
+        from api.session import LogLines
+
         from .controlapi.common import resolve
 
         if not self.raft.is_leader:
@@ -165,23 +169,21 @@ class ManagerProcess:
         resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await resp.prepare(request)
         async for m in self.dispatcher.logs(by_node, follow=follow, tail=tail):
-            tid = m.get("task", "")
+            tid = m.task
             node = next((n for n, ts in by_node.items() if tid in ts), "")
             base = {"task": tid, "name": names.get(tid, tid), "node": hosts.get(node, node)}
-            if m.get("t") == "log":
+            if isinstance(m, LogLines):
                 out = "".join(json.dumps({**base, "ts": ts, "stream": st, "line": line}) + "\n"
-                              for ts, st, line in m.get("lines") or [])
+                              for ts, st, line in m.lines)
                 await resp.write(out.encode())
-            elif m.get("error"):
-                await resp.write((json.dumps({**base, "error": m["error"]}) + "\n").encode())
+            elif m.error:
+                await resp.write((json.dumps({**base, "error": m.error}) + "\n").encode())
         await resp.write_eof()
         return resp
 
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        from .leadership import Supervisor
-
         os.makedirs(self.opts.data_dir, exist_ok=True)
         if self.opts.force_new_cluster:
             RaftNode(self.opts.node_id, os.path.join(self.opts.data_dir, "raft"), MemoryStore(),
@@ -203,11 +205,8 @@ class ManagerProcess:
         log.info("manager %d serving on %s%s", self.opts.node_id, self.opts.listen_addr,
                  " (mutual TLS)" if ssl_ctx else "")
 
-    def add_control_routes(self, app: web.Application) -> None:
-        add_routes(app, lambda: self.control)
-
     async def stop(self) -> None:
-        leadership = getattr(self, "leadership", None)  # absent if start() failed early
+        leadership = self.leadership
         if leadership is not None:
             await leadership.stop()
             self.raft.remove_leader_listener(leadership.leader_changed)

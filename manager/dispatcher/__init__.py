@@ -1,5 +1,5 @@
 """The dispatcher: one long-lived session per agent, on the leader."""
 
-from .dispatcher import Dispatcher, DispatcherSettings
+from .dispatcher import Dispatcher, DispatcherSettings, DispatcherSettingsError
 
-__all__ = ["Dispatcher", "DispatcherSettings"]
+__all__ = ["Dispatcher", "DispatcherSettings", "DispatcherSettingsError"]

@@ -13,46 +13,146 @@ has no heartbeat history, so it gives every node that same grace from the
 moment it took over before judging it: failover never marks healthy nodes
 down. State changes are written in batches, one transaction per check.
 
-Frames, agent -> manager: {"t": "register", "description": {...}},
-{"t": "hb"}, {"t": "status", "updates": [...]}; manager -> agent:
-{"t": "session", "session_id", "node_id", "period", "managers"},
-{"t": "hb", "period"}, {"t": "redirect", "leader"}, {"t": "error", "message"}.
+Frames are the typed models of `api.session`. Assignments: a new session
+gets the node's full set once, then only changes (tasks, secrets, configs
+added, updated or removed), computed by `assignments.NodeAssignments` for
+the tasks and objects each batch of store events touched: the work per
+change is proportional to what changed, not to the node's set or the
+cluster. Task status reports come back in batches and are written in
+batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 from aiohttp import WSMsgType, web
 
-from api import codec
-from api.objects import Node, NodeDescription, NodeState, TaskState, TaskStatus, evolve
+from api.objects import Node, NodeDescription, NodeState, Secret, TaskStatus, evolve
+from api.session import (
+    AGENT_FRAMES,
+    MAX_FRAME,
+    SESSION_PATH,
+    AssignmentChanges,
+    AssignmentsFull,
+    Close,
+    Frame,
+    FrameError,
+    Heartbeat,
+    HeartbeatAck,
+    LogCancel,
+    LogEnd,
+    LogLines,
+    LogRequest,
+    Redirect,
+    Register,
+    SessionStarted,
+    StatusBatch,
+    StatusUpdate,
+    decode,
+    encode,
+)
 from manager import store as store_ops
 from manager.raft.driver import RaftError, RaftNode
 from manager.store import MemoryStore
 from manager.store.errors import WatchError
+from manager.store.watch import Event
 from manager.tx import TxFailed, commit
+
+from .assignments import DepKey, NodeAssignments
 
 log = logging.getLogger(__name__)
 
-SESSION_PATH = "/v1/dispatcher/session"
-MAX_FRAME = 4 << 20
+__all__ = ["Dispatcher", "DispatcherSettings", "DispatcherSettingsError", "DispatcherStats", "SESSION_PATH",
+           "STATS_PATH", "MAX_FRAME"]
+
+STATS_PATH = "/v1/dispatcher/stats"
+
+
+class DispatcherSettingsError(ValueError):
+    """A `DispatcherSettings` field is out of range; `field` names it."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"DispatcherSettings.{field_name}: {message}")
+        self.field = field_name
 
 
 @dataclass
 class DispatcherSettings:
-    period: float = 5.0  # heartbeat period told to agents
-    down_after: float = 3.0  # periods without a heartbeat before DOWN
-    check_interval: float | None = None  # default: period / 2
-    assign_coalesce: float = 0.02  # wait this long to batch assignment changes
-    status_coalesce: float = 0.05  # and status reports
+    """How the dispatcher runs agent sessions. Checked when made and again
+    by the Dispatcher (`validate()`); a bad value raises
+    `DispatcherSettingsError` naming the field."""
+
+    period: float = 5.0
+    """Heartbeat period told to agents, in seconds (> 0). Agents beat at
+    70-95% of it. Default 5 s, as Swarm."""
+
+    down_after: float = 3.0
+    """Heartbeat periods without a beat before a node is marked DOWN and its
+    session closed (>= 1). Default 3 periods, as Swarm."""
+
+    check_interval: float | None = None
+    """Seconds between liveness checks (> 0). Default None: half a period."""
+
+    assign_coalesce: float = 0.02
+    """Seconds to wait after a store change before computing assignment
+    changes, so one frame per node carries a burst (>= 0). Default 20 ms."""
+
+    status_coalesce: float = 0.05
+    """Seconds to collect agents' status reports into one store
+    transaction (>= 0). Default 50 ms."""
+
+    outbox_frames: int = 1024
+    """Frames queued for one agent before it is deemed too slow and its
+    session closed (>= 1; it reconnects and gets its full set). Default 1024."""
+
+    full_sets: bool = False
+    """Send a node its whole assignment set on every change to it, instead
+    of the changes (how the protocol worked before change frames); for
+    comparison (bench/fleet_scale.py --assignments) and as a fallback.
+    Default False."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def number(name: str, *, gt: float | None = None, ge: float | None = None) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise DispatcherSettingsError(name, f"must be a finite number (got {v!r})")
+            if gt is not None and not v > gt:
+                raise DispatcherSettingsError(name, f"must be > {gt:g} (got {v!r})")
+            if ge is not None and not v >= ge:
+                raise DispatcherSettingsError(name, f"must be >= {ge:g} (got {v!r})")
+
+        number("period", gt=0)
+        number("down_after", ge=1)
+        if self.check_interval is not None:
+            number("check_interval", gt=0)
+        number("assign_coalesce", ge=0)
+        number("status_coalesce", ge=0)
+        if isinstance(self.outbox_frames, bool) or not isinstance(self.outbox_frames, int) or self.outbox_frames < 1:
+            raise DispatcherSettingsError("outbox_frames", f"must be an integer >= 1 (got {self.outbox_frames!r})")
+        if not isinstance(self.full_sets, bool):
+            raise DispatcherSettingsError("full_sets", f"must be true or false (got {self.full_sets!r})")
+
+
+@dataclass
+class DispatcherStats:
+    """Counters since the dispatcher was made (GET /v1/dispatcher/stats)."""
+
+    frames: dict[str, int] = field(default_factory=dict)  # frames sent to agents, by kind
+    bytes: dict[str, int] = field(default_factory=dict)  # their encoded size, by kind
+    # Seconds of the event-loop thread's CPU spent computing and encoding
+    # assignment frames (full sets and changes).
+    assignment_cpu: float = 0.0
 
 
 @dataclass
@@ -62,7 +162,11 @@ class _Session:
     ws: web.WebSocketResponse
     addr: str
     last_seen: float
-    outbox: asyncio.Queue[dict[str, Any]] = field(default_factory=lambda: asyncio.Queue(1024))
+    outbox: asyncio.Queue[Frame]
+    assignments: NodeAssignments = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.assignments = NodeAssignments(self.node_id)
 
 
 class Dispatcher:
@@ -81,18 +185,28 @@ class Dispatcher:
         self.store = store
         self.identify = identify  # node id from the peer certificate (None = refuse)
         self.settings = settings or DispatcherSettings()
+        self.settings.validate()
         self.manager_addrs = manager_addrs or (lambda: [])
         self.secrets_key = secrets_key or (lambda: None)
         self.clock = clock
         self.sessions: dict[str, _Session] = {}
         self.last_seen: dict[str, float] = {}
         self.leader_since: float | None = None
-        self._status_q: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._status_q: dict[str, tuple[str, StatusUpdate]] = {}
         self._status_event = asyncio.Event()
-        self._log_subs: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._log_subs: dict[str, asyncio.Queue[LogLines | LogEnd]] = {}
+        self.stats = DispatcherStats()
 
     def attach(self, app: web.Application) -> None:
         app.router.add_get(SESSION_PATH, self.handle)
+        app.router.add_get(STATS_PATH, self.handle_stats)
+
+    async def handle_stats(self, request: web.Request) -> web.Response:
+        """What the dispatcher has sent (managers only, as every route but the session)."""
+        st = self.stats
+        return web.json_response({"sessions": len(self.sessions), "full_sets": self.settings.full_sets,
+                                  "frames": st.frames, "bytes": st.bytes,
+                                  "assignment_cpu_s": round(st.assignment_cpu, 6)})
 
     async def lead(self) -> None:
         """The leader's half (a `manager.leadership.Leader`): liveness checks,
@@ -122,86 +236,86 @@ class Dispatcher:
 
     # -- assignments ---------------------------------------------------------
 
-    def assignment_set(self, node_id: str) -> list[dict[str, Any]]:
-        """The tasks a node must know: those it should run, and those it
-        still runs but should stop."""
-        view = self.store.view()
-        services = {}
-        out = []
-        for t in view.find("tasks", "node_id", node_id):
-            if t.desired_state > TaskState.RUNNING and t.status.state.terminal:
-                continue
-            if t.status.state < TaskState.ASSIGNED:
-                continue
-            svc = services.get(t.service_id)
-            if svc is None:
-                svc = services[t.service_id] = view.get("services", t.service_id)
-            item = {
-                "id": t.id, "service_id": t.service_id, "service_name": svc.spec.name if svc else "",
-                "slot": t.slot, "spec_version": t.spec_version, "spec": codec.to_dict(t.spec),
-                "desired_state": int(t.desired_state), "state": int(t.status.state),
-            }
-            if t.desired_state <= TaskState.RUNNING:
-                # Secrets and configs travel only with the tasks that use them,
-                # to the node that runs them.
-                item["files"] = self._files(view, t)
-            out.append(item)
-        return out
-
-    def _files(self, view: Any, t: Any) -> list[dict[str, Any]]:
+    def _open_secret(self, s: Secret) -> Secret | None:
+        """A stored (sealed) secret as its node gets it: plaintext."""
         from pki.secretbox import SecretBoxError, open_
 
-        files = []
-        c = t.spec.container
         key = self.secrets_key()
-        for r in c.secrets:
-            s = view.get("secrets", r.secret_id)
-            if s is None or key is None:
-                continue
-            try:
-                data = open_(key, s.id, s.spec.data)
-            except SecretBoxError as e:
-                log.error("%s", e)
-                continue
-            files.append({"kind": "secret", "target": r.target or f"/run/secrets/{r.secret_name}", "data": data,
-                          "uid": r.uid, "gid": r.gid, "mode": r.mode})
-        for r in c.configs:
-            cfg = view.get("configs", r.config_id)
-            if cfg is None:
-                continue
-            files.append({"kind": "config", "target": r.target or f"/{r.config_name}", "data": cfg.spec.data,
-                          "uid": r.uid, "gid": r.gid, "mode": r.mode})
-        return files
+        if key is None:
+            return None
+        try:
+            return evolve(s, spec__data=open_(key, s.id, s.spec.data))
+        except SecretBoxError as e:
+            log.error("%s", e)
+            return None
 
-    def _push(self, node_id: str) -> None:
-        if node_id in self.sessions:
-            self.send(node_id, {"t": "assign", "full": True, "tasks": self.assignment_set(node_id)})
+    def _send_full(self, sess: _Session) -> None:
+        self._send(sess, sess.assignments.full(self.store.view(), self._open_secret))
+
+    def _dispatch(self, batch: list[Event]) -> None:
+        """Assignment frames for one batch of store events: to the nodes
+        whose tasks changed, and to those using a changed secret or config."""
+        t0 = time.thread_time()
+        try:
+            self._dispatch_batch(batch)
+        finally:
+            self.stats.assignment_cpu += time.thread_time() - t0
+
+    def _dispatch_batch(self, batch: list[Event]) -> None:
+        tasks_by_node: dict[str, set[str]] = {}
+        deps: set[DepKey] = set()
+        for ev in batch:
+            if ev.table == "tasks":
+                for nid in (ev.obj.node_id, ev.old.node_id if ev.old is not None else ""):
+                    if nid:
+                        tasks_by_node.setdefault(nid, set()).add(ev.obj.id)
+            else:
+                deps.add((ev.table, ev.obj.id))
+        if self.settings.full_sets:
+            for nid in tasks_by_node:
+                sess = self.sessions.get(nid)
+                if sess is not None:
+                    self._send_full(sess)
+            return
+        targets = [s for nid in tasks_by_node if (s := self.sessions.get(nid)) is not None]
+        if deps:  # rare (secret and config updates): every session may use them
+            targets += [s for s in self.sessions.values()
+                        if s.node_id not in tasks_by_node and any(s.assignments.uses(d) for d in deps)]
+        view = self.store.view()
+        for sess in targets:
+            frame = sess.assignments.changes(
+                view, self._open_secret, tasks=tasks_by_node.get(sess.node_id, ()),
+                deps=[d for d in deps if sess.assignments.uses(d)])
+            if frame is not None:
+                self._send(sess, frame)
+
+    def _resync_sessions(self) -> None:
+        """After events may have been missed (a new watch): bring every
+        session up to date."""
+        t0 = time.thread_time()
+        view = self.store.view()
+        for sess in list(self.sessions.values()):
+            if self.settings.full_sets:
+                self._send_full(sess)
+                continue
+            frame = sess.assignments.resync(view, self._open_secret)
+            if frame is not None:
+                self._send(sess, frame)
+        self.stats.assignment_cpu += time.thread_time() - t0
 
     async def _assignments(self) -> None:
-        """Full assignment sets to nodes whose tasks changed, coalesced."""
-        while True:
-            if not self.raft.is_leader:
-                await asyncio.sleep(0.1)
-                continue
-            watch = self.store.watch(frozenset({"tasks"}))
+        """Assignment changes to nodes whose tasks, secrets or configs changed, coalesced."""
+        while True:  # runs under lead(): cancelled on step-down
+            watch = self.store.watch(frozenset({"tasks", "secrets", "configs"}))
             try:
-                while self.raft.is_leader:
-                    try:
-                        batch = await asyncio.wait_for(watch.next_batch(), 1.0)
-                    except asyncio.TimeoutError:
-                        continue
+                self._resync_sessions()
+                while True:
+                    # next_batch() itself, not wait_for(): on 3.11 wait_for can
+                    # drop a cancellation that arrives as the watch fires.
+                    batch = await watch.next_batch()
                     await asyncio.sleep(self.settings.assign_coalesce)
                     batch += watch.poll()
-                    dirty = set()
-                    for ev in batch:
-                        if ev.table != "tasks":
-                            continue
-                        dirty.add(ev.obj.node_id)
-                        if ev.old is not None:
-                            dirty.add(ev.old.node_id)
-                    for nid in dirty:
-                        if nid:
-                            self._push(nid)
+                    self._dispatch(batch)
             except WatchError:
                 pass
             finally:
@@ -209,37 +323,37 @@ class Dispatcher:
 
     # -- logs ------------------------------------------------------------------
 
-    async def logs(self, by_node: dict[str, list[str]], *, follow: bool, tail: int | None) -> Any:
+    async def logs(self, by_node: dict[str, list[str]], *, follow: bool,
+                   tail: int | None) -> AsyncIterator[LogLines | LogEnd]:
         """Yield log frames of the given tasks ({node: [task ids]}) from
         their agents, merged as they arrive; ends when every task's stream
         ended (never, with follow, until the caller stops iterating)."""
         req = secrets.token_hex(8)
-        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        q: asyncio.Queue[LogLines | LogEnd] = asyncio.Queue()
         self._log_subs[req] = q
         open_tasks = set()
         try:
             for nid, tids in by_node.items():
-                if self.send(nid, {"t": "logs", "id": req, "tasks": tids, "follow": follow, "tail": tail}):
+                if self.send(nid, LogRequest(id=req, tasks=tuple(tids), follow=follow, tail=tail)):
                     open_tasks.update(tids)
                 else:
                     for tid in tids:
-                        yield {"t": "log_end", "task": tid, "error": f"node {nid} is not connected"}
+                        yield LogEnd(id=req, task=tid, error=f"node {nid} is not connected")
             while open_tasks:
                 m = await q.get()
-                if m.get("t") == "log_end":
-                    open_tasks.discard(m.get("task"))
+                if isinstance(m, LogEnd):
+                    open_tasks.discard(m.task)
                 yield m
         finally:
             del self._log_subs[req]
             for nid in by_node:
-                self.send(nid, {"t": "logs_cancel", "id": req})
+                self.send(nid, LogCancel(id=req))
 
     # -- task status ---------------------------------------------------------
 
-    def _queue_status(self, node_id: str, updates: list[dict[str, Any]]) -> None:
+    def _queue_status(self, node_id: str, updates: tuple[StatusUpdate, ...]) -> None:
         for u in updates:
-            if isinstance(u, dict) and isinstance(u.get("id"), str):
-                self._status_q[u["id"]] = (node_id, u)
+            self._status_q[u.id] = (node_id, u)
         self._status_event.set()
 
     async def _statuses(self) -> None:
@@ -255,20 +369,13 @@ class Dispatcher:
                 ops = []
                 for tid, (nid, u) in pending.items():
                     t = view.get("tasks", tid)
-                    if t is None or t.node_id != nid:
+                    if t is None or t.node_id != nid or u.state <= t.status.state:
                         continue
-                    try:
-                        state = TaskState(int(u.get("state")))
-                    except (TypeError, ValueError):
-                        continue
-                    if state <= t.status.state:
-                        continue
-                    code = u.get("exit_code")
                     ops.append(store_ops.Update("tasks", evolve(t, status=TaskStatus(
-                        state=state, timestamp=float(u.get("timestamp") or time.time()),
-                        message=str(u.get("message") or "")[:1024], err=str(u.get("err") or "")[:4096],
-                        container_id=str(u.get("container_id") or t.status.container_id),
-                        exit_code=code if isinstance(code, int) else t.status.exit_code))))
+                        state=u.state, timestamp=u.timestamp or time.time(),
+                        message=u.message[:1024], err=u.err[:4096],
+                        container_id=u.container_id or t.status.container_id,
+                        exit_code=u.exit_code if u.exit_code is not None else t.status.exit_code))))
                 if not ops:
                     break
                 try:
@@ -285,6 +392,13 @@ class Dispatcher:
                     await asyncio.sleep(0.5)
                     self._status_event.set()
                     break
+            else:
+                # Raced three times in a row: try again shortly. (Agents send a
+                # report once; no full set comes back to make them repeat it.)
+                for k, v in pending.items():
+                    self._status_q.setdefault(k, v)
+                await asyncio.sleep(0.5)
+                self._status_event.set()
 
     # -- sessions ------------------------------------------------------------
 
@@ -296,64 +410,80 @@ class Dispatcher:
         await ws.prepare(request)
         node_id = self.identify(request)
         if node_id is None:
-            await self._send_close(ws, {"t": "error", "message": "a node certificate is required"})
+            await self._send_close(ws, Close(message="a node certificate is required"))
             return ws
         if not self.raft.is_leader:
-            await self._send_close(ws, {"t": "redirect", "leader": self._leader_addr()})
+            await self._send_close(ws, Redirect(leader=self._leader_addr()))
             return ws
         try:
             first = await ws.receive(timeout=30)
         except asyncio.TimeoutError:
             await ws.close()
             return ws
-        msg = self._decode(first)
-        if msg is None or msg.get("t") != "register":
-            await self._send_close(ws, {"t": "error", "message": "expected a register frame first"})
+        try:
+            reg = decode(first.data, AGENT_FRAMES) if first.type == WSMsgType.BINARY else None
+        except FrameError as e:
+            await self._send_close(ws, Close(message=str(e)))
+            return ws
+        if not isinstance(reg, Register):
+            await self._send_close(ws, Close(message="expected a register frame first"))
             return ws
         node = self.store.view().get("nodes", node_id)
         if node is None:
-            await self._send_close(ws, {"t": "error", "message": f"node {node_id} is not part of this cluster"})
+            await self._send_close(ws, Close(message=f"node {node_id} is not part of this cluster"))
             return ws
         peer = request.transport.get_extra_info("peername") if request.transport else None
-        addr = str(msg.get("addr") or (peer[0] if peer else ""))
+        addr = reg.addr or (str(peer[0]) if peer else "")
         try:
-            await self._mark_ready(node, msg.get("description"), addr)
+            await self._mark_ready(node, reg.description, addr)
         except (RaftError, TxFailed) as e:
-            await self._send_close(ws, {"t": "error", "message": f"cannot register now: {e}"})
+            await self._send_close(ws, Close(message=f"cannot register now: {e}"))
+            return ws
+        if not self.raft.is_leader:
+            # Stepped down while registering: lead()'s cleanup has already
+            # closed the sessions and would never see this one.
+            await self._send_close(ws, Redirect(leader=self._leader_addr()))
             return ws
         old = self.sessions.get(node_id)
         if old is not None:
             await old.ws.close(message=b"replaced by a newer session")
-        sess = _Session(node_id, secrets.token_hex(8), ws, addr, self.clock())
+        sess = _Session(node_id, secrets.token_hex(8), ws, addr, self.clock(),
+                        asyncio.Queue(self.settings.outbox_frames))
         self.sessions[node_id] = sess
         self.last_seen[node_id] = sess.last_seen
-        await ws.send_bytes(msgpack.packb({
-            "t": "session", "session_id": sess.session_id, "node_id": node_id,
-            "period": self.settings.period, "managers": self.manager_addrs(),
-        }))
-        self._push(node_id)  # the full set on every new session
+        # The full set once per session, changes after that: queued before any
+        # await, so every change frame is relative to it. The pump starts
+        # after the session frame is out.
+        t0 = time.thread_time()
+        self._send_full(sess)
+        self.stats.assignment_cpu += time.thread_time() - t0
+        await ws.send_bytes(encode(SessionStarted(
+            session_id=sess.session_id, node_id=node_id, period=self.settings.period,
+            managers=tuple(self.manager_addrs()))))
         sender = asyncio.create_task(self._pump(sess))
         try:
-            async for frame in ws:
-                if frame.type != WSMsgType.BINARY:
+            async for msg in ws:
+                if msg.type != WSMsgType.BINARY:
                     break
-                m = self._decode(frame)
+                m = self._decode(msg, node_id)
                 if m is None:
+                    await ws.close(message=b"invalid frame (the manager's log says which)")
                     break
                 sess.last_seen = self.last_seen[node_id] = self.clock()
-                t = m.get("t")
-                if t == "hb":
+                if isinstance(m, Heartbeat):
                     # The ack carries what the cluster wants of the node (its role),
                     # so a promotion or demotion reaches it within a period.
                     cur = self.store.view().get("nodes", node_id)
-                    sess.outbox.put_nowait({"t": "hb", "period": self.settings.period,
-                                            "role": cur.spec.role.value if cur is not None else ""})
-                elif t == "status":
-                    self._queue_status(node_id, list(m.get("updates") or []))
-                elif t in ("log", "log_end"):
-                    q = self._log_subs.get(str(m.get("id")))
+                    self._send(sess, HeartbeatAck(period=self.settings.period,
+                                                  role=cur.spec.role if cur is not None else None))
+                elif isinstance(m, StatusBatch):
+                    self._queue_status(node_id, m.updates)
+                elif isinstance(m, (LogLines, LogEnd)):
+                    q = self._log_subs.get(m.id)
                     if q is not None:
                         q.put_nowait(m)
+                else:
+                    log.warning("node %s sent a %r frame mid-session; ignored", node_id, m.KIND)
         finally:
             sender.cancel()
             if self.sessions.get(node_id) is sess:
@@ -361,35 +491,46 @@ class Dispatcher:
         return ws
 
     async def _pump(self, sess: _Session) -> None:
+        st = self.stats
         while True:
             m = await sess.outbox.get()
-            await sess.ws.send_bytes(msgpack.packb(m, use_bin_type=True))
+            t0 = time.thread_time()
+            data = encode(m)
+            if isinstance(m, (AssignmentsFull, AssignmentChanges)):
+                st.assignment_cpu += time.thread_time() - t0
+            st.frames[m.KIND] = st.frames.get(m.KIND, 0) + 1
+            st.bytes[m.KIND] = st.bytes.get(m.KIND, 0) + len(data)
+            await sess.ws.send_bytes(data)
 
-    def send(self, node_id: str, message: dict[str, Any]) -> bool:
+    def send(self, node_id: str, frame: Frame) -> bool:
+        """Queue a frame for a node's session; False if it has none (or
+        was too slow and is being closed)."""
         sess = self.sessions.get(node_id)
-        if sess is None:
-            return False
+        return self._send(sess, frame) if sess is not None else False
+
+    @staticmethod
+    def _send(sess: _Session, frame: Frame) -> bool:
         try:
-            sess.outbox.put_nowait(message)
+            sess.outbox.put_nowait(frame)
         except asyncio.QueueFull:
             asyncio.ensure_future(sess.ws.close(message=b"agent too slow"))
             return False
         return True
 
     @staticmethod
-    def _decode(frame: Any) -> dict[str, Any] | None:
-        if frame.type != WSMsgType.BINARY:
+    def _decode(msg: Any, node_id: str) -> Frame | None:
+        if msg.type != WSMsgType.BINARY:
             return None
         try:
-            m = msgpack.unpackb(frame.data, raw=False)
-        except Exception:  # hostile bytes: several exception types
+            return decode(msg.data, AGENT_FRAMES)
+        except FrameError as e:
+            log.warning("node %s: %s; closing its session", node_id, e)
             return None
-        return m if isinstance(m, dict) else None
 
     @staticmethod
-    async def _send_close(ws: web.WebSocketResponse, m: dict[str, Any]) -> None:
+    async def _send_close(ws: web.WebSocketResponse, frame: Redirect | Close) -> None:
         try:
-            await ws.send_bytes(msgpack.packb(m))
+            await ws.send_bytes(encode(frame))
         finally:
             await ws.close()
 
@@ -398,13 +539,9 @@ class Dispatcher:
             await s.ws.close(message=why.encode())
         self.sessions.clear()
 
-    async def _mark_ready(self, node: Node, description: Any, addr: str) -> None:
-        desc = node.description
-        if isinstance(description, dict):
-            try:
-                desc = NodeDescription.model_validate(description)
-            except ValueError:
-                pass  # keep what we had; a bad description must not stop a node from registering
+    async def _mark_ready(self, node: Node, description: NodeDescription | None, addr: str) -> None:
+        # No description (the agent could not describe itself): keep the one we have.
+        desc = description if description is not None else node.description
         for _ in range(3):
             new = evolve(node, description=desc, status__state=NodeState.READY, status__message="",
                          status__addr=addr)
@@ -422,12 +559,6 @@ class Dispatcher:
         while True:
             await asyncio.sleep(interval)
             try:
-                if not self.raft.is_leader:
-                    if self.leader_since is not None:
-                        self.leader_since = None
-                        self.last_seen.clear()
-                        await self._close_all("no longer the leader")
-                    continue
                 if self.leader_since is None:
                     self.leader_since = self.clock()
                 await self._check()

@@ -1,0 +1,211 @@
+"""What a node has been told to run, and what to tell it next.
+
+Pure: no I/O, no clock. `NodeAssignments` holds what one session has been
+sent (the tasks, and the secrets and configs those tasks use) and turns a
+read view of the store into frames for it:
+
+- `full(view)`: the node's whole set, once per session (`AssignmentsFull`);
+- `changes(view, tasks=..., deps=...)`: re-examines only the tasks and the
+  secrets/configs named (those a batch of store events touched) and returns
+  an `AssignmentChanges` with what differs from what was sent, or None when
+  nothing does. Work is proportional to what was touched, not to the node's
+  set nor to the cluster;
+- `resync(view)`: the same over everything the node has or should have,
+  after events may have been missed (a new watch).
+
+Rules (as Swarm): a node knows the tasks assigned to it from ASSIGNED on,
+until they are wanted stopped *and* have stopped; a task is re-sent when
+what the node acts on changed (spec, desired state, ...), not when only its
+status did (the node itself reported that). Secrets and configs go only to
+the nodes whose tasks, wanted running, use them; they are re-sent when their
+version changes and removed when no such task is left.
+
+Secrets are stored sealed; `open_secret` turns a stored secret into the
+plaintext one the node gets (None: it cannot be opened now, so it is not
+sent and is tried again the next time it is touched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Protocol
+
+from api.objects import Config, Secret, Task, TaskState
+from api.session import (
+    AssignmentChanges,
+    AssignmentsFull,
+    ConfigRemove,
+    ConfigUpdate,
+    SecretRemove,
+    SecretUpdate,
+    TaskRemove,
+    TaskUpdate,
+)
+
+__all__ = ["DepKey", "NodeAssignments", "OpenSecret", "StoreView", "dependencies", "in_set", "needs_dependencies"]
+
+DepKey = tuple[str, str]
+"""A task's dependency: (store table, object id), e.g. ("secrets", id).
+Network and endpoint tables will be dependencies of the same shape."""
+
+OpenSecret = Callable[[Secret], Secret | None]
+
+_DEP_TABLES = ("secrets", "configs")
+
+
+class StoreView(Protocol):
+    """The part of `manager.store` ReadView used here."""
+
+    def get(self, table: str, id: str) -> Any | None: ...
+
+    def find(self, table: str, index: str, value: Hashable) -> list[Any]: ...
+
+
+def in_set(task: Task) -> bool:
+    """Whether a task belongs to its node's set: scheduled (ASSIGNED or
+    later), and not both wanted stopped and stopped."""
+    if task.status.state < TaskState.ASSIGNED:
+        return False
+    return not (task.desired_state > TaskState.RUNNING and task.status.state.terminal)
+
+
+def needs_dependencies(task: Task) -> bool:
+    """A task wanted stopped needs no secrets or configs any more."""
+    return task.desired_state <= TaskState.RUNNING
+
+
+def dependencies(task: Task) -> set[DepKey]:
+    if not needs_dependencies(task):
+        return set()
+    c = task.spec.container
+    return {("secrets", r.secret_id) for r in c.secrets} | {("configs", r.config_id) for r in c.configs}
+
+
+def _same_for_node(a: Task, b: Task) -> bool:
+    """Equal in everything the node acts on (status and meta excluded)."""
+    return (
+        a.desired_state == b.desired_state
+        and a.spec_version == b.spec_version
+        and a.slot == b.slot
+        and a.service_id == b.service_id
+        and (a.spec is b.spec or a.spec == b.spec)
+    )
+
+
+class NodeAssignments:
+    """What one session of node `node_id` has been sent."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self._tasks: dict[str, Task] = {}  # as last sent
+        self._users: dict[DepKey, set[str]] = {}  # dependency -> ids of the sent tasks needing it
+        self._sent: dict[DepKey, int] = {}  # dependency -> meta.version sent
+
+    @property
+    def task_ids(self) -> frozenset[str]:
+        return frozenset(self._tasks)
+
+    @property
+    def dependencies(self) -> frozenset[DepKey]:
+        """Dependencies sent to the node (and not removed since)."""
+        return frozenset(self._sent)
+
+    def uses(self, dep: DepKey) -> bool:
+        """Whether a change to `dep` may concern this node."""
+        return dep in self._users or dep in self._sent
+
+    def full(self, view: StoreView, open_secret: OpenSecret) -> AssignmentsFull:
+        """The node's whole set; what was sent before is forgotten."""
+        self._tasks.clear()
+        self._users.clear()
+        self._sent.clear()
+        ids = [t.id for t in view.find("tasks", "node_id", self.node_id)]
+        return AssignmentsFull(changes=tuple(self._diff(view, ids, (), open_secret)))  # updates only: nothing was sent
+
+    def changes(
+        self, view: StoreView, open_secret: OpenSecret, *, tasks: Iterable[str] = (), deps: Iterable[DepKey] = ()
+    ) -> AssignmentChanges | None:
+        """Changes for the tasks (ids) and dependencies named, which may or
+        may not concern this node; None when the node needs to hear nothing."""
+        changes = self._diff(view, tasks, deps, open_secret)
+        return AssignmentChanges(changes=tuple(changes)) if changes else None
+
+    def resync(self, view: StoreView, open_secret: OpenSecret) -> AssignmentChanges | None:
+        """Changes over everything this node has or should have."""
+        ids = set(self._tasks)
+        ids.update(t.id for t in view.find("tasks", "node_id", self.node_id))
+        return self.changes(view, open_secret, tasks=sorted(ids), deps=set(self._users) | set(self._sent))
+
+    # -- the one diff ------------------------------------------------------------
+
+    def _diff(
+        self, view: StoreView, task_ids: Iterable[str], deps: Iterable[DepKey], open_secret: OpenSecret
+    ) -> list[Any]:
+        task_updates: list[Any] = []
+        removals: list[Any] = []
+        touched: dict[DepKey, None] = dict.fromkeys(deps)  # ordered, for stable frames
+        for tid in task_ids:
+            t = view.get("tasks", tid)
+            old = self._tasks.get(tid)
+            if t is None or t.node_id != self.node_id or not in_set(t):
+                if old is not None:
+                    del self._tasks[tid]
+                    removals.append(TaskRemove(id=tid))
+                    self._release(tid, dependencies(old), touched)
+                continue
+            if old is not None and _same_for_node(old, t):
+                self._tasks[tid] = t  # newer status; nothing the node needs
+                continue
+            self._tasks[tid] = t
+            svc = view.get("services", t.service_id)
+            task_updates.append(TaskUpdate(task=t, service_name=svc.spec.name if svc is not None else ""))
+            new_deps = dependencies(t)
+            old_deps = dependencies(old) if old is not None else set()
+            self._release(tid, old_deps - new_deps, touched)
+            for d in sorted(new_deps - old_deps):
+                self._users.setdefault(d, set()).add(tid)
+                touched[d] = None
+        dep_updates: list[Any] = []
+        for d in touched:
+            table, oid = d
+            if table not in _DEP_TABLES:
+                continue
+            if self._users.get(d):
+                obj = view.get(table, oid)
+                if obj is None:  # deleted while in use: the node cannot have it either
+                    if self._sent.pop(d, None) is not None:
+                        removals.append(_remove(table, oid))
+                    continue
+                if self._sent.get(d) == obj.meta.version:
+                    continue
+                update = self._update(obj, open_secret)
+                if update is None:
+                    continue
+                self._sent[d] = obj.meta.version
+                dep_updates.append(update)
+            else:
+                self._users.pop(d, None)
+                if self._sent.pop(d, None) is not None:
+                    removals.append(_remove(table, oid))
+        # Dependencies before the tasks that use them; removals last.
+        return dep_updates + task_updates + removals
+
+    def _release(self, tid: str, deps: Iterable[DepKey], touched: dict[DepKey, None]) -> None:
+        for d in deps:
+            users = self._users.get(d)
+            if users is not None:
+                users.discard(tid)
+            touched[d] = None
+
+    @staticmethod
+    def _update(obj: Any, open_secret: OpenSecret) -> Any:
+        if isinstance(obj, Secret):
+            opened = open_secret(obj)
+            return SecretUpdate(secret=opened) if opened is not None else None
+        if isinstance(obj, Config):
+            return ConfigUpdate(config=obj)
+        return None
+
+
+def _remove(table: str, oid: str) -> Any:
+    return SecretRemove(id=oid) if table == "secrets" else ConfigRemove(id=oid)

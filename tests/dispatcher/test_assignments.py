@@ -1,0 +1,317 @@
+"""The dispatcher's pure assignment diff (manager/dispatcher/assignments.py),
+driven on a real store: each test writes transactions, then asks a node's
+`NodeAssignments` what to send, as the dispatcher does after a watch batch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.objects import (
+    Config,
+    ConfigReference,
+    ConfigSpec,
+    ContainerSpec,
+    Secret,
+    SecretReference,
+    SecretSpec,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskSpec,
+    TaskState,
+    TaskStatus,
+    evolve,
+)
+from api.session import (
+    AssignmentChanges,
+    ConfigRemove,
+    ConfigUpdate,
+    SecretRemove,
+    SecretUpdate,
+    TaskRemove,
+    TaskUpdate,
+    decode,
+    encode,
+)
+from manager.dispatcher.assignments import NodeAssignments
+from manager.secretbox import new_key, open_, seal
+from manager.store import Create, Delete, MemoryStore, Update
+from tests.store import Feeder
+
+KEY = new_key()
+
+
+def open_secret(s: Secret) -> Secret | None:
+    return evolve(s, spec__data=open_(KEY, s.id, s.spec.data))
+
+
+def mktask(id: str, node: str = "n1", *, state: TaskState = TaskState.ASSIGNED,
+           desired: TaskState = TaskState.RUNNING, secrets: tuple[str, ...] = (),
+           configs: tuple[str, ...] = (), image: str = "busybox") -> Task:
+    c = ContainerSpec(image=image,
+                      secrets=tuple(SecretReference(secret_id=s, secret_name=s) for s in secrets),
+                      configs=tuple(ConfigReference(config_id=c, config_name=c) for c in configs))
+    return Task(id=id, service_id="svc", slot=1, node_id=node, desired_state=desired,
+                spec=TaskSpec(container=c), spec_version=1, status=TaskStatus(state=state))
+
+
+class World:
+    def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.feed = Feeder(self.store)
+        self.tx(Create("services", Service(id="svc", spec=ServiceSpec(
+            name="web", task=TaskSpec(container=ContainerSpec(image="busybox"))))))
+
+    def tx(self, *ops: Any) -> None:
+        r = self.feed.tx(*ops)
+        assert r.ok, r.error
+
+    def get(self, table: str, id: str) -> Any:
+        return self.store.view().get(table, id)
+
+    def secret(self, id: str, data: bytes) -> None:
+        self.tx(Create("secrets", Secret(id=id, spec=SecretSpec(name=id, data=seal(KEY, id, data)))))
+
+    def config(self, id: str, data: bytes) -> None:
+        self.tx(Create("configs", Config(id=id, spec=ConfigSpec(name=id, data=data))))
+
+    def full(self, a: NodeAssignments) -> list[Any]:
+        return list(a.full(self.store.view(), open_secret).changes)
+
+    def changes(self, a: NodeAssignments, tasks: tuple[str, ...] = (), deps: tuple[tuple[str, str], ...] = ()
+                ) -> AssignmentChanges | None:
+        return a.changes(self.store.view(), open_secret, tasks=tasks, deps=deps)
+
+
+def ops(frame: AssignmentChanges | None) -> list[tuple[str, str]]:
+    """(op, object id) of each change, in order."""
+    out = []
+    for c in frame.changes if frame is not None else ():
+        obj = getattr(c, "task", None) or getattr(c, "secret", None) or getattr(c, "config", None)
+        out.append((c.op, obj.id if obj is not None else c.id))
+    return out
+
+
+def test_full_set_is_what_the_node_must_know() -> None:
+    w = World()
+    w.secret("pw", b"hunter2")
+    w.config("conf", b"a=1")
+    w.tx(Create("tasks", mktask("run", state=TaskState.RUNNING, secrets=("pw",), configs=("conf",))),
+         Create("tasks", mktask("assigned")),
+         Create("tasks", mktask("pending", state=TaskState.PENDING)),  # not scheduled yet
+         Create("tasks", mktask("other", node="n2")),  # another node's
+         Create("tasks", mktask("stopping", state=TaskState.RUNNING, desired=TaskState.SHUTDOWN,
+                                secrets=("pw",))),  # still runs: the node must stop it
+         Create("tasks", mktask("gone", state=TaskState.SHUTDOWN, desired=TaskState.SHUTDOWN)))
+    full = w.full(NodeAssignments("n1"))
+    assert sorted(ops(AssignmentChanges(changes=tuple(full)))) == [
+        ("config_update", "conf"), ("secret_update", "pw"), ("task_update", "assigned"), ("task_update", "run"),
+        ("task_update", "stopping")]
+    # Dependencies come before the tasks that use them.
+    assert sorted(c.op for c in full[:2]) == ["config_update", "secret_update"]
+    sec = next(c for c in full if isinstance(c, SecretUpdate)).secret
+    assert sec.spec.data == b"hunter2"  # opened for the node, sealed in the store
+    t = next(c for c in full if isinstance(c, TaskUpdate))
+    assert t.service_name == "web"
+
+
+def test_a_task_added_is_one_update() -> None:
+    w = World()
+    w.tx(Create("tasks", mktask("a")))
+    a = NodeAssignments("n1")
+    w.full(a)
+    w.tx(Create("tasks", mktask("b")))
+    assert ops(w.changes(a, tasks=("b",))) == [("task_update", "b")]
+    assert a.task_ids == {"a", "b"}
+
+
+def test_a_task_updated_is_sent_again_a_status_change_is_not() -> None:
+    w = World()
+    w.tx(Create("tasks", mktask("a")))
+    a = NodeAssignments("n1")
+    w.full(a)
+    # The node's own report comes back as a store change: nothing to tell it.
+    w.tx(Update("tasks", evolve(w.get("tasks", "a"), status__state=TaskState.RUNNING)))
+    assert w.changes(a, tasks=("a",)) is None
+    # Wanted stopped: the node must hear it.
+    w.tx(Update("tasks", evolve(w.get("tasks", "a"), desired_state=TaskState.SHUTDOWN)))
+    frame = w.changes(a, tasks=("a",))
+    assert ops(frame) == [("task_update", "a")]
+    assert frame is not None and frame.changes[0].task.desired_state == TaskState.SHUTDOWN  # type: ignore[union-attr]
+    # A new spec too.
+    w.tx(Update("tasks", evolve(w.get("tasks", "a"), spec__container__image="busybox:2", spec_version=2)))
+    assert ops(w.changes(a, tasks=("a",))) == [("task_update", "a")]
+
+
+def test_a_task_removed() -> None:
+    w = World()
+    w.tx(Create("tasks", mktask("a", state=TaskState.RUNNING)), Create("tasks", mktask("b")))
+    a = NodeAssignments("n1")
+    w.full(a)
+    # Stopped and wanted stopped: out of the set.
+    w.tx(Update("tasks", evolve(w.get("tasks", "a"), desired_state=TaskState.SHUTDOWN,
+                                status__state=TaskState.SHUTDOWN)))
+    assert ops(w.changes(a, tasks=("a",))) == [("task_remove", "a")]
+    # Deleted from the store (task reaper).
+    w.tx(Delete("tasks", "b"))
+    assert ops(w.changes(a, tasks=("b",))) == [("task_remove", "b")]
+    assert a.task_ids == frozenset()
+    # Removing what was already removed tells nothing.
+    assert w.changes(a, tasks=("a", "b")) is None
+
+
+def test_a_secret_no_longer_needed_is_removed() -> None:
+    w = World()
+    w.secret("pw", b"s3cret")
+    w.config("conf", b"x")
+    w.tx(Create("tasks", mktask("a", state=TaskState.RUNNING, secrets=("pw",), configs=("conf",))),
+         Create("tasks", mktask("b", state=TaskState.RUNNING, secrets=("pw",))))
+    a = NodeAssignments("n1")
+    w.full(a)
+    assert a.dependencies == {("secrets", "pw"), ("configs", "conf")}
+    # "a" wanted stopped: it needs no files now; "b" still uses the secret.
+    w.tx(Update("tasks", evolve(w.get("tasks", "a"), desired_state=TaskState.SHUTDOWN)))
+    assert ops(w.changes(a, tasks=("a",))) == [("task_update", "a"), ("config_remove", "conf")]
+    # The last user goes: so does the secret.
+    w.tx(Delete("tasks", "b"))
+    assert ops(w.changes(a, tasks=("b",))) == [("task_remove", "b"), ("secret_remove", "pw")]
+    assert a.dependencies == frozenset()
+
+
+def test_a_secret_used_by_a_new_task_is_sent_once() -> None:
+    w = World()
+    w.secret("pw", b"s3cret")
+    w.tx(Create("tasks", mktask("a", secrets=("pw",))))
+    a = NodeAssignments("n1")
+    w.full(a)
+    w.tx(Create("tasks", mktask("b", secrets=("pw",))), Create("tasks", mktask("c", node="n2", secrets=("pw",))))
+    assert ops(w.changes(a, tasks=("b", "c"))) == [("task_update", "b")]  # the node has the secret already
+    other = NodeAssignments("n2")
+    assert [c.op for c in w.full(other)] == ["secret_update", "task_update"]
+
+
+def test_a_changed_config_is_sent_again() -> None:
+    w = World()
+    w.config("conf", b"v1")
+    w.tx(Create("tasks", mktask("a", configs=("conf",))))
+    a = NodeAssignments("n1")
+    w.full(a)
+    w.tx(Update("configs", evolve(w.get("configs", "conf"), spec__labels={"x": "y"})))
+    frame = w.changes(a, deps=(("configs", "conf"),))
+    assert ops(frame) == [("config_update", "conf")]
+    assert isinstance(frame.changes[0], ConfigUpdate)  # type: ignore[union-attr]
+    # A dependency this node does not use is not its business.
+    w.config("other", b"z")
+    assert w.changes(a, deps=(("configs", "other"),)) is None
+    assert not a.uses(("configs", "other"))
+
+
+def test_a_secret_that_cannot_be_opened_is_not_sent_and_retried() -> None:
+    w = World()
+    w.tx(Create("secrets", Secret(id="bad", spec=SecretSpec(name="bad", data=b"not sealed"))))
+    w.tx(Create("tasks", mktask("a", secrets=("bad",))))
+    a = NodeAssignments("n1")
+    calls = []
+
+    def failing(s: Secret) -> Secret | None:
+        calls.append(s.id)
+        return None
+
+    full = a.full(w.store.view(), failing)
+    assert [c.op for c in full.changes] == ["task_update"] and calls == ["bad"]
+    assert a.uses(("secrets", "bad"))
+    frame = a.changes(w.store.view(), lambda s: evolve(s, spec__data=b"opened"), deps=(("secrets", "bad"),))
+    assert ops(frame) == [("secret_update", "bad")]
+
+
+def test_no_change_no_frame() -> None:
+    w = World()
+    w.tx(Create("tasks", mktask("a")), Create("tasks", mktask("x", node="n2")))
+    a = NodeAssignments("n1")
+    w.full(a)
+    assert w.changes(a) is None
+    assert w.changes(a, tasks=("a",)) is None  # touched, unchanged
+    assert w.changes(a, tasks=("x", "nonexistent")) is None  # not this node's
+    assert a.resync(w.store.view(), open_secret) is None
+
+
+def test_a_reconnect_gets_the_full_set() -> None:
+    w = World()
+    w.secret("pw", b"s")
+    w.tx(Create("tasks", mktask("a", secrets=("pw",))), Create("tasks", mktask("b")))
+    a = NodeAssignments("n1")
+    first = w.full(a)
+    w.tx(Delete("tasks", "b"))
+    assert ops(w.changes(a, tasks=("b",))) == [("task_remove", "b")]
+    # A new session of the same node starts from nothing: everything again.
+    again = w.full(NodeAssignments("n1"))
+    assert [c.op for c in again] == ["secret_update", "task_update"]
+    # And full() on the same object forgets what it had sent.
+    assert [c.op for c in w.full(a)] == ["secret_update", "task_update"]
+    assert len(first) == 3
+
+
+def test_resync_catches_up_after_missed_events() -> None:
+    w = World()
+    w.secret("pw", b"s")
+    w.tx(Create("tasks", mktask("a", secrets=("pw",))), Create("tasks", mktask("b")))
+    a = NodeAssignments("n1")
+    w.full(a)
+    w.tx(Delete("tasks", "a"), Create("tasks", mktask("c")),
+         Update("tasks", evolve(w.get("tasks", "b"), desired_state=TaskState.SHUTDOWN)))
+    frame = a.resync(w.store.view(), open_secret)
+    assert sorted(ops(frame)) == [("secret_remove", "pw"), ("task_remove", "a"), ("task_update", "b"),
+                                  ("task_update", "c")]
+    assert a.resync(w.store.view(), open_secret) is None
+
+
+def test_a_task_moved_to_another_node_is_removed_here() -> None:
+    w = World()
+    w.tx(Create("tasks", mktask("a")))
+    a = NodeAssignments("n1")
+    w.full(a)
+    w.tx(Update("tasks", evolve(w.get("tasks", "a"), node_id="n2")))
+    assert ops(w.changes(a, tasks=("a",))) == [("task_remove", "a")]
+
+
+class CountingView:
+    """A real store view that counts reads."""
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self.reads = 0
+
+    def get(self, table: str, id: str) -> Any:
+        self.reads += 1
+        return self.view.get(table, id)
+
+    def find(self, table: str, index: str, value: Any) -> list[Any]:
+        rows = self.view.find(table, index, value)
+        self.reads += len(rows)
+        return rows
+
+
+def test_work_is_proportional_to_what_changed_not_to_the_set() -> None:
+    w = World()
+    w.tx(*(Create("tasks", mktask(f"t{i:04d}")) for i in range(1000)))
+    a = NodeAssignments("n1")
+    w.full(a)
+    w.tx(Update("tasks", evolve(w.get("tasks", "t0500"), desired_state=TaskState.SHUTDOWN)))
+    view = CountingView(w.store.view())
+    frame = a.changes(view, open_secret, tasks=("t0500",))
+    assert ops(frame) == [("task_update", "t0500")]
+    assert view.reads <= 3  # the task, its service: not the node's 1,000 tasks
+
+
+def test_change_frames_survive_the_wire() -> None:
+    w = World()
+    w.secret("pw", b"\x00\xffbinary")
+    w.tx(Create("tasks", mktask("a", secrets=("pw",))))
+    a = NodeAssignments("n1")
+    full = a.full(w.store.view(), open_secret)
+    assert decode(encode(full)) == full
+    w.tx(Delete("tasks", "a"))
+    frame = w.changes(a, tasks=("a",))
+    assert frame is not None and decode(encode(frame)) == frame
+    assert [type(c) for c in frame.changes] == [TaskRemove, SecretRemove]
+    assert ConfigRemove(id="x").op == "config_remove"
