@@ -51,7 +51,7 @@ from api.session import (
 from manager import store as store_ops
 from manager.dispatcher import Dispatcher, DispatcherSettings, DispatcherSettingsError
 from manager.raft.driver import RaftNode, RaftSettings
-from manager.secretbox import new_key, seal
+from pki.secretbox import new_key, seal
 from manager.store import MemoryStore
 from manager.tx import commit
 from tests.agent.fake_engine import FakeEngine
