@@ -87,6 +87,7 @@ class ContainerSpec:
     stop_grace: float = 10.0
     labels: dict[str, str] = field(default_factory=dict)
     netns: str | None = None  # path of a network namespace to join; None = a new one
+    address: str | None = None  # the container's IP on its network: /etc/hosts names the hostname by it
     seccomp: str | None = None  # None = the default profile, "unconfined" = none, else a Docker-format JSON file
     devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER[:PERMS]], as docker run --device
 
