@@ -275,6 +275,10 @@ def build_config(
         "resources": resources,
         "cgroupsPath": cgroups_path,
     }
+    if spec.netns:
+        # A network of its own (overlay interfaces): unprivileged users may
+        # ping, as Docker allows in every container network namespace.
+        linux["sysctl"] = {"net.ipv4.ping_group_range": "0 2147483647"}
     if not spec.privileged:
         linux["maskedPaths"] = MASKED_PATHS
         linux["readonlyPaths"] = READONLY_PATHS
