@@ -122,6 +122,30 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
     reg_host = reg.split(":")[0]
     exec_in(o, a, "busybox", "ping", "-c", "1", "-W", "3", reg_host)
 
+    # kill -9 of the daemon on b's host and a restart: traffic between running
+    # containers never stops, and the restarted daemon adopts what it made
+    # (no namespace added or lost).
+    import sys
+
+    from tests.harness.fleet_cluster import REPO
+
+    host_b = where(o, b)
+    before = prefixed(o)
+    pinger = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--socket", str(where(o, a).socket_path), "container", "exec", "-u", "0",
+         a["status"]["container_id"], "busybox", "ping", "-c", "30", "-i", "0.2", "-W", "1", addr(b)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    time.sleep(1)
+    host_b.kill9()
+    o.start(host_b)
+    out, _ = pinger.communicate(timeout=60)
+    assert " 0% packet loss" in out, out
+    o.wait_nodes(m1, {"m1": "ready", "w1": "ready", "w2": "ready"})
+    time.sleep(2)  # the restarted worker's session and its first sync
+    assert prefixed(o) == before
+    out = exec_in(o, a, "busybox", "nc", "-w", "3", addr(b), "7000").stdout
+    assert out.startswith("hi-"), out
+
     # Scale down: the removed tasks' endpoints leave every node.
     o.orch(m1, "service", "scale", "web=2")
     gone = {addr(t) for t in web} - {addr(t) for t in running(o, "web")}
