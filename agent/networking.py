@@ -22,11 +22,15 @@ import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from api.objects import Network, Task, TaskState
 from api.session import Endpoint as TableEntry
-from overlay_net import Endpoint, Network as OverlayNetwork, NetworkDataplane, NodeState, Peer
+from overlay_net.model import Endpoint, NodeState, Peer
+from overlay_net.model import Network as OverlayNetwork
+
+if TYPE_CHECKING:
+    from overlay_net.manager import NetworkDataplane
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +127,8 @@ class TaskNetworks:
             raise NetworkSetupError(f"the node's advertise address {addr!r} is not an IPv4 address: overlay "
                                     "networks need one (orch join/init --advertise-addr IP)") from None
         if self._dp is None:
+            from overlay_net.manager import NetworkDataplane  # pyroute2: only once a task needs it
+
             self._dp = NetworkDataplane(self.prefix, addr)
         return self._dp, addr
 
@@ -171,7 +177,7 @@ class TaskNetworks:
 
     async def teardown(self) -> None:
         """Remove every namespace, device and rule this node's networking made."""
-        from overlay_net import teardown
+        from overlay_net.manager import teardown
 
         async with self._lock:
             for tid in sorted(self._local_netns()):
