@@ -216,6 +216,22 @@ class Worker:
                              return_exceptions=True)
         self._tasks = []
 
+    async def leave(self, timeout: float = 60.0) -> None:
+        """The node left its cluster: nothing is assigned any more. Remove
+        every task container, then everything overlay networking made."""
+        self.assigned.apply(AssignmentsFull())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await self.reconcile()
+            if self._busy:
+                await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
+                continue
+            if not self._containers_by_task():
+                break
+            await asyncio.sleep(0.1)
+        if self.networks is not None:
+            await self.networks.teardown()
+
     # -- input -------------------------------------------------------------------
 
     def on_message(self, m: Frame) -> None:

@@ -442,6 +442,9 @@ class Membership:
                     except Exception as e:  # best effort: --force leaves regardless
                         log.warning("could not remove this manager from raft before leaving: %s", e)
             await self.stop()
+            if self.worker is not None:
+                # As Swarm: the node's tasks go with it, and so do their networks.
+                await self.worker.leave()
             self._wipe()
             self.state = None
             return {"node_id": node_id, "left": True}
