@@ -64,6 +64,8 @@ class RunRequest(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     seccomp: str | None = None  # None: the default profile; "unconfined"; or a Docker-format profile file
     devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
+    netns: str | None = None  # network namespace to join (a task's, with its overlay interfaces); None: a new one
+    address: str | None = None  # the container's own IP, for its /etc/hosts entry
 
 
 class TaskFile(TypedDict):
@@ -186,6 +188,7 @@ class Engine:
                 mounts=self._mounts(req, str(rootfs)) + self._files(cdir, files or []), privileged=req.privileged,
                 cap_add=list(req.cap_add), cap_drop=list(req.cap_drop), read_only=req.read_only,
                 labels=dict(req.labels), seccomp=req.seccomp, devices=list(req.devices),
+                netns=req.netns, address=req.address,
             )
             await mgr.create(spec, str(rootfs), image_config, name=req.name, cid=cid, healthcheck=health)
             return await mgr.start(cid)

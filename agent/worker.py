@@ -34,14 +34,20 @@ from typing import Any, Protocol
 
 from agent.engine import EngineError, RunRequest, TaskFile
 from agent.images import ImageError
+from agent.networking import NetworkSetupError, TaskNetworks
 from agent.runtime.runtime import ContainerRecord, NotFound, RuntimeError_
-from api.objects import Config, Secret, Task, TaskState
+from api.objects import Config, Network, Secret, Task, TaskState
 from api.session import (
     AssignmentChanges,
     AssignmentsFull,
     ConfigRemove,
     ConfigUpdate,
+    Endpoint,
+    EndpointRemove,
+    EndpointUpdate,
     Frame,
+    NetworkRemove,
+    NetworkUpdate,
     LogCancel,
     LogEnd,
     LogLines,
@@ -89,12 +95,16 @@ class AssignmentSet:
     tasks: dict[str, TaskUpdate] = field(default_factory=dict)
     secrets: dict[str, Secret] = field(default_factory=dict)
     configs: dict[str, Config] = field(default_factory=dict)
+    networks: dict[str, Network] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, Endpoint]] = field(default_factory=dict)  # network -> task -> entry
 
     def apply(self, frame: AssignmentsFull | AssignmentChanges) -> None:
         if isinstance(frame, AssignmentsFull):
             self.tasks.clear()
             self.secrets.clear()
             self.configs.clear()
+            self.networks.clear()
+            self.endpoints.clear()
         for c in frame.changes:
             if isinstance(c, TaskUpdate):
                 self.tasks[c.task.id] = c
@@ -108,6 +118,16 @@ class AssignmentSet:
                 self.configs[c.config.id] = c.config
             elif isinstance(c, ConfigRemove):
                 self.configs.pop(c.id, None)
+            elif isinstance(c, NetworkUpdate):
+                self.networks[c.network.id] = c.network
+                self.endpoints.setdefault(c.network.id, {})
+            elif isinstance(c, NetworkRemove):
+                self.networks.pop(c.id, None)
+                self.endpoints.pop(c.id, None)
+            elif isinstance(c, EndpointUpdate):
+                self.endpoints.setdefault(c.endpoint.network_id, {})[c.endpoint.task_id] = c.endpoint
+            elif isinstance(c, EndpointRemove):
+                self.endpoints.get(c.network_id, {}).pop(c.task_id, None)
 
     def files(self, task: Task) -> list[TaskFile]:
         """The secret and config files of a task, at their targets. A
@@ -163,10 +183,19 @@ def run_request(a: TaskUpdate) -> RunRequest:
     )
 
 
+def _own_address(task: Task) -> str | None:
+    """The container's address on its first network (its /etc/hosts entry)."""
+    if task.networks and task.networks[0].addresses:
+        return task.networks[0].addresses[0].split("/")[0]
+    return None
+
+
 class Worker:
-    def __init__(self, engine: TaskEngine, send: Callable[[Frame], Awaitable[bool]]) -> None:
+    def __init__(self, engine: TaskEngine, send: Callable[[Frame], Awaitable[bool]],
+                 networks: TaskNetworks | None = None) -> None:
         self.engine = engine
         self.send = send
+        self.networks = networks  # None: this node runs no overlay networking (tasks on networks are rejected)
         self.assigned = AssignmentSet()
         self.state: dict[str, StatusUpdate] = {}  # task id -> last status we decided
         self._busy: dict[str, asyncio.Task[None]] = {}
@@ -186,6 +215,22 @@ class Worker:
         await asyncio.gather(*self._tasks, *self._busy.values(), *self._log_streams.values(),
                              return_exceptions=True)
         self._tasks = []
+
+    async def leave(self, timeout: float = 60.0) -> None:
+        """The node left its cluster: nothing is assigned any more. Remove
+        every task container, then everything overlay networking made."""
+        self.assigned.apply(AssignmentsFull())
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            await self.reconcile()
+            if self._busy:
+                await asyncio.gather(*list(self._busy.values()), return_exceptions=True)
+                continue
+            if not self._containers_by_task():
+                break
+            await asyncio.sleep(0.1)
+        if self.networks is not None:
+            await self.networks.teardown()
 
     # -- input -------------------------------------------------------------------
 
@@ -363,6 +408,15 @@ class Worker:
                 self._busy[tid] = asyncio.create_task(self._remove(tid, rec))
         for tid in [k for k in self.state if k not in self.assigned.tasks and k not in by_task]:
             del self.state[tid]
+        if self.networks is not None:
+            # Peers and sandboxes follow the endpoint tables; namespaces of tasks
+            # that are neither assigned nor running here any more go.
+            keep = set(self.assigned.tasks) | set(by_task) | set(self._busy)
+            try:
+                await self.networks.sync([a.task for a in self.assigned.tasks.values()], self.assigned.networks,
+                                         self.assigned.endpoints, keep)
+            except Exception as e:  # a bad table or kernel error must not stop task reconciliation
+                log.warning("overlay networks not in sync: %s", e)
 
     async def _start(self, tid: str, a: TaskUpdate) -> None:
         try:
@@ -378,6 +432,19 @@ class Worker:
             except ImageError as e:
                 self._report(tid, TaskState.REJECTED, "rejected", err=str(e))
                 return
+            if a.task.networks:
+                if self.networks is None:
+                    self._report(tid, TaskState.REJECTED, "rejected",
+                                 err="this node runs no overlay networking")
+                    return
+                try:
+                    path = await self.networks.prepare(
+                        a.task, [x.task for x in self.assigned.tasks.values()], self.assigned.networks,
+                        self.assigned.endpoints)
+                except NetworkSetupError as e:
+                    self._report(tid, TaskState.REJECTED, "rejected", err=f"networks: {e}")
+                    return
+                req = req.model_copy(update={"netns": path, "address": _own_address(a.task)})
             self._report(tid, TaskState.STARTING, "starting")
             try:
                 rec = await self.engine.run(req, files=self.assigned.files(a.task))
@@ -402,6 +469,8 @@ class Worker:
     async def _remove(self, tid: str, rec: ContainerRecord) -> None:
         try:
             await self.engine.remove(rec.id, force=True)
+            if self.networks is not None:
+                await self.networks.release(tid)
         except (RuntimeError_, NotFound) as e:
             log.warning("removing the container of task %s: %s", tid, e)
         finally:

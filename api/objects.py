@@ -28,6 +28,7 @@ from pydantic import (
     PlainSerializer,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -62,6 +63,14 @@ __all__ = [
     "MountSpec",
     "MountType",
     "IPAMConfig",
+    "AddressPoolSpec",
+    "Endpoint",
+    "EndpointMode",
+    "EndpointSpec",
+    "NetworkAllocation",
+    "NetworkAttachment",
+    "NetworkAttachmentConfig",
+    "VirtualIP",
     "ManagerStatus",
     "Meta",
     "Model",
@@ -430,6 +439,51 @@ class Placement(Model):
     platforms: tuple[str, ...] = ()  # "linux/amd64"
 
 
+class NetworkAttachment(Model):
+    """A task's place on one network, written by the allocator before the
+    task is scheduled: its address (with prefix length) and DNS aliases."""
+
+    network_id: ObjectId
+    addresses: tuple[str, ...] = ()  # "10.0.1.5/24"
+    aliases: tuple[str, ...] = ()
+
+
+class EndpointMode(enum.StrEnum):
+    VIP = "vip"  # the service name resolves to one virtual IP balanced over its tasks
+    DNSRR = "dnsrr"  # the service name resolves to its tasks' addresses
+
+
+class EndpointSpec(Model):
+    mode: EndpointMode = EndpointMode.VIP
+
+
+class VirtualIP(Model):
+    network_id: ObjectId
+    addr: str  # "10.0.1.2/24"
+
+
+class Endpoint(Model):
+    """What the allocator gave a service: one virtual IP per network (vip mode)."""
+
+    spec: EndpointSpec = EndpointSpec()
+    virtual_ips: tuple[VirtualIP, ...] = ()
+
+
+def _attachment_config(v: Any) -> Any:
+    return {"target": v} if isinstance(v, str) else v
+
+
+class NetworkAttachmentConfig(Model):
+    """A service's wish to be on a network (`--network name=N,alias=A`):
+    the network's id and extra DNS names for its tasks there."""
+
+    target: ObjectId
+    aliases: tuple[Name, ...] = ()
+
+
+NetworkAttachmentConfigField = Annotated[NetworkAttachmentConfig, BeforeValidator(_attachment_config)]
+
+
 class TaskSpec(Model):
     """What a task runs; a service's template, copied into each task."""
 
@@ -437,7 +491,7 @@ class TaskSpec(Model):
     resources: Resources = Resources()
     restart_policy: RestartPolicy = RestartPolicy()
     placement: Placement = Placement()
-    networks: tuple[ObjectId, ...] = ()  # network ids
+    networks: tuple[NetworkAttachmentConfigField, ...] = ()  # network ids or {target, aliases}
     force_update: int = Field(0, ge=0)  # bump to redeploy with an unchanged spec
 
 
@@ -471,6 +525,7 @@ class ServiceSpec(Model):
     total_completions: int = Field(0, ge=0)  # replicated jobs: successful runs wanted (0 = replicas)
     update_config: UpdateConfig = UpdateConfig()
     rollback_config: UpdateConfig = UpdateConfig(failure_action=FailureAction.PAUSE)
+    endpoint_spec: EndpointSpec = EndpointSpec()
 
 
 class UpdateState(enum.StrEnum):
@@ -497,6 +552,7 @@ class Service(Model):
     previous_spec: ServiceSpec | None = None  # what a rollback returns to
     spec_version: int = Field(0, ge=0)  # bumped by every spec change; tasks record the one they run
     update_status: UpdateStatus | None = None
+    endpoint: Endpoint = Endpoint()  # virtual IPs, set by the allocator
 
 
 class TaskStatus(Model):
@@ -528,12 +584,36 @@ class Task(Model):
     status: TaskStatus = TaskStatus()
     created_at: float = 0.0
     not_before: float = 0.0  # restart delay: not scheduled before this time (unix s)
+    networks: tuple[NetworkAttachment, ...] = ()  # addresses, set by the allocator (NEW -> PENDING)
 
 
 # -- Networks and the cluster ------------------------------------------------------
 
 
+VNI_MIN = 4096
+"""Lowest VXLAN network id the allocator hands out (as Swarm: below is left to users)."""
+VNI_MAX = (1 << 24) - 1
+MTU_MIN = 68
+MTU_MAX = 65535
+DEFAULT_MTU = 1450
+"""An overlay's MTU when none is given: a 1500-byte underlay minus VXLAN's 50 bytes."""
+
+
+def _ipv4_network(v: str, what: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.ip_network(v, strict=False)
+    except ValueError:
+        raise PydanticCustomError("cidr", "must be a network in CIDR form, e.g. 10.0.1.0/24") from None
+    if not isinstance(net, ipaddress.IPv4Network):
+        raise PydanticCustomError("cidr", "only IPv4 networks are supported for {what}", {"what": what})
+    return net
+
+
 class IPAMConfig(Model):
+    """One address range of a network. `subnet` is required; the gateway
+    defaults to the subnet's first address; `ip_range` narrows where task
+    addresses come from (it must lie inside the subnet)."""
+
     subnet: str
     gateway: str = ""
     ip_range: str = ""
@@ -543,11 +623,7 @@ class IPAMConfig(Model):
     def _cidr(cls, v: str) -> str:
         if v == "":
             return v
-        try:
-            ipaddress.ip_network(v, strict=False)
-        except ValueError:
-            raise PydanticCustomError("cidr", "must be a network in CIDR form, e.g. 10.0.1.0/24") from None
-        return v
+        return str(_ipv4_network(v, "subnets"))
 
     @field_validator("gateway")
     @classmethod
@@ -555,19 +631,77 @@ class IPAMConfig(Model):
         if v == "":
             return v
         try:
-            ipaddress.ip_address(v)
+            ipaddress.IPv4Address(v)
         except ValueError:
-            raise PydanticCustomError("ip", "must be an IP address, e.g. 10.0.1.1") from None
+            raise PydanticCustomError("ip", "must be an IPv4 address, e.g. 10.0.1.1") from None
         return v
+
+    @model_validator(mode="after")
+    def _inside(self) -> IPAMConfig:
+        if not self.subnet:
+            raise PydanticCustomError("cidr", "subnet is required when an IPAM config is given")
+        net = ipaddress.IPv4Network(self.subnet)
+        if net.prefixlen > 30:
+            raise PydanticCustomError("cidr", "subnet {subnet} is too small: use /30 or larger", {"subnet": self.subnet})
+        if self.gateway and ipaddress.IPv4Address(self.gateway) not in net:
+            raise PydanticCustomError("ip", "gateway {gw} is outside subnet {subnet}",
+                                      {"gw": self.gateway, "subnet": self.subnet})
+        if self.gateway and ipaddress.IPv4Address(self.gateway) in (net.network_address, net.broadcast_address):
+            raise PydanticCustomError("ip", "gateway {gw} is the network or broadcast address of {subnet}",
+                                      {"gw": self.gateway, "subnet": self.subnet})
+        if self.ip_range and not ipaddress.IPv4Network(self.ip_range).subnet_of(net):
+            raise PydanticCustomError("cidr", "ip_range {r} is outside subnet {subnet}",
+                                      {"r": self.ip_range, "subnet": self.subnet})
+        return self
 
 
 class NetworkSpec(Model):
+    """A user's network. Only the `overlay` driver exists: a VXLAN segment
+    spanning every node that runs a task on it."""
+
     name: Name
     labels: LabelsField
     driver: str = "overlay"
-    attachable: bool = False
-    internal: bool = False
-    ipam: tuple[IPAMConfig, ...] = ()
+    attachable: bool = False  # plain containers (`orch container run --network`) may join
+    internal: bool = False  # no egress: containers get no default route out of the cluster
+    ipam: tuple[IPAMConfig, ...] = Field((), max_length=1)  # () = a subnet from the cluster's pool
+    options: LabelsField  # driver options: mtu, vni
+
+    @field_validator("driver")
+    @classmethod
+    def _driver(cls, v: str) -> str:
+        if v != "overlay":
+            raise PydanticCustomError("driver", "unknown network driver '{d}': only 'overlay' is supported", {"d": v})
+        return v
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, v: FrozenDict[str, str]) -> FrozenDict[str, str]:
+        for k, val in v.items():
+            if k == "mtu":
+                if not val.isdigit() or not MTU_MIN <= int(val) <= MTU_MAX:
+                    raise PydanticCustomError("mtu", "mtu must be a number from {lo} to {hi}, not '{v}'",
+                                              {"lo": MTU_MIN, "hi": MTU_MAX, "v": val})
+            elif k == "vni":
+                if not val.isdigit() or not 1 <= int(val) <= VNI_MAX:
+                    raise PydanticCustomError("vni", "vni must be a number from 1 to {hi}, not '{v}'",
+                                              {"hi": VNI_MAX, "v": val})
+            else:
+                raise PydanticCustomError("option", "unknown network option '{k}' (known: mtu, vni)", {"k": k})
+        return v
+
+    @property
+    def mtu(self) -> int:
+        return int(self.options.get("mtu", DEFAULT_MTU))
+
+
+class NetworkAllocation(Model):
+    """What the allocator gave a network: its VXLAN id and its effective
+    subnet and gateway (the user's, or a subnet from the cluster's pool)."""
+
+    vni: int = Field(ge=1, le=VNI_MAX)
+    subnet: str
+    gateway: str
 
 
 class Network(Model):
@@ -575,6 +709,29 @@ class Network(Model):
     id: ObjectId
     meta: Meta = Meta()
     spec: NetworkSpec
+    allocation: NetworkAllocation | None = None  # None until the leader's allocator has run
+
+
+class AddressPoolSpec(Model):
+    """Where networks without a subnet of their own get one: each pool is
+    carved into subnets of `subnet_size` bits (Swarm: 10.0.0.0/8 in /24s).
+    Set once, at `orch init --default-addr-pool ... --default-addr-pool-mask-len N`."""
+
+    pools: tuple[str, ...] = Field(("10.0.0.0/8",), min_length=1)
+    subnet_size: int = Field(24, ge=8, le=29)
+
+    @field_validator("pools")
+    @classmethod
+    def _pools(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(str(_ipv4_network(p, "address pools")) for p in v)
+
+    @model_validator(mode="after")
+    def _fits(self) -> AddressPoolSpec:
+        for p in self.pools:
+            if ipaddress.IPv4Network(p).prefixlen > self.subnet_size:
+                raise PydanticCustomError("pool", "pool {p} is smaller than the subnet size /{n}",
+                                          {"p": p, "n": self.subnet_size})
+        return self
 
 
 class ClusterSpec(Model):
@@ -608,6 +765,7 @@ class Cluster(Model):
     # Nodes removed from the cluster: their certificates are refused until
     # they expire (a removed node must join again with a token).
     removed_nodes: tuple[str, ...] = ()
+    default_addr_pool: AddressPoolSpec = AddressPoolSpec()
 
     def public(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude={"root_ca": {"ca_key", "worker_secret", "manager_secret"}})

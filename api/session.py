@@ -51,7 +51,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic_core import PydanticCustomError
 
 from .errors import ValidationError, show_value
-from .objects import Config, Model, NodeDescription, NodeRole, Secret, Task
+from .objects import Config, Model, Network, NodeDescription, NodeRole, Secret, Task
 from .objects import TaskStateField as _TaskStateField
 
 __all__ = [
@@ -239,9 +239,55 @@ class ConfigRemove(Model):
     id: str
 
 
-Update = Annotated[TaskUpdate | SecretUpdate | ConfigUpdate, Field(discriminator="op")]
+class NetworkUpdate(Model):
+    """A network some assigned task is on (with its allocation: VNI,
+    subnet, gateway). Its endpoint table follows as `EndpointUpdate`s."""
+
+    op: Literal["network_update"] = "network_update"
+    network: Network
+
+
+class NetworkRemove(Model):
+    """No assigned task is on network `id` any more: its sandbox and its
+    endpoint table go."""
+
+    op: Literal["network_remove"] = "network_remove"
+    id: str
+
+
+class Endpoint(Model):
+    """One task's place on a network, as every node on that network learns
+    it: where it runs (`node_id`, `node_addr` = the node's underlay IP) and
+    its address; the names a resolver answers for it come from the service
+    name, slot and aliases."""
+
+    network_id: str
+    task_id: str
+    service_id: str = ""
+    service_name: str = ""
+    slot: int = 0
+    node_id: str
+    node_addr: str
+    address: str  # "10.0.1.5/24"
+    aliases: tuple[str, ...] = ()
+
+
+class EndpointUpdate(Model):
+    op: Literal["endpoint_update"] = "endpoint_update"
+    endpoint: Endpoint
+
+
+class EndpointRemove(Model):
+    op: Literal["endpoint_remove"] = "endpoint_remove"
+    network_id: str
+    task_id: str
+
+
+Update = Annotated[TaskUpdate | SecretUpdate | ConfigUpdate | NetworkUpdate | EndpointUpdate,
+                   Field(discriminator="op")]
 Change = Annotated[
-    TaskUpdate | TaskRemove | SecretUpdate | SecretRemove | ConfigUpdate | ConfigRemove,
+    TaskUpdate | TaskRemove | SecretUpdate | SecretRemove | ConfigUpdate | ConfigRemove
+    | NetworkUpdate | NetworkRemove | EndpointUpdate | EndpointRemove,
     Field(discriminator="op"),
 ]
 

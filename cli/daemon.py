@@ -29,6 +29,8 @@ from .output import fail
 @click.option("--runtime", default="runc", show_default=True, help="OCI runtime binary (runc, crun, youki).")
 @click.option("--cgroup-parent", default="orch", show_default=True, help="cgroup under which containers run.")
 @click.option("--hostname", default=None, help="Name this node reports to the managers (default: the host name).")
+@click.option("--network-prefix", default="orch-", show_default=True,
+              help="Prefix of the network namespaces and nftables table overlay networking makes.")
 @click.option("--heartbeat-period", type=click.FloatRange(min=0.05), default=5.0, show_default=True,
               help="Agent heartbeat period a manager of this node asks for (seconds).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]))
@@ -48,6 +50,7 @@ def daemon(
     runtime: str,
     cgroup_parent: str,
     hostname: str | None,
+    network_prefix: str,
     heartbeat_period: float,
     log_level: str,
 ) -> None:
@@ -65,7 +68,7 @@ def daemon(
             as_manager=as_manager, socket_path=socket_path, tick_ms=tick_ms, election_ticks=election_ticks,
             snapshot_every=snapshot_every, keep_entries=keep_entries, insecure=insecure,
             registry_auth_file=registry_auth_file, runtime=runtime, cgroup_parent=cgroup_parent,
-            hostname=hostname, heartbeat_period=heartbeat_period,
+            hostname=hostname, heartbeat_period=heartbeat_period, network_prefix=network_prefix,
         )
     except OptionsError as e:
         if e.param:

@@ -23,12 +23,13 @@ def cli(ctx: click.Context, host: str | None, socket: str | None, tls_dir: str |
 
 
 def _register() -> None:
-    from . import cluster, config, daemon, service, swarm
+    from . import cluster, config, daemon, network, service, swarm
 
     cli.add_command(daemon.daemon)
     for c in swarm.COMMANDS + service.COMMANDS:
         cli.add_command(c)
     cli.add_command(cluster.cluster)
+    cli.add_command(network.network)
     cli.add_command(config.config)
     cli.add_command(config.secret)
     try:  # node-local engine commands (image, container), when present

@@ -62,6 +62,8 @@ def _spec_options(f: Any) -> Any:
                      help="NAME or source=NAME[,target=PATH][,uid=][,gid=][,mode=0444]; at /run/secrets/NAME"),
         click.option("--config", "configs", multiple=True,
                      help="NAME or source=NAME[,target=PATH][,uid=][,gid=][,mode=0444]; at /NAME"),
+        click.option("--endpoint-mode", type=click.Choice(["vip", "dnsrr"]),
+                     help="vip: the name resolves to one virtual IP; dnsrr: to the tasks' addresses."),
         click.option("-d", "--detach", is_flag=True, help="Return at once; do not wait for convergence."),
         click.option("-q", "--quiet", is_flag=True, help="Print only the service id."),
     ]
@@ -95,12 +97,35 @@ def _file_ref(ep: Endpoint, kind: str, s: str) -> dict[str, Any]:
     return ref
 
 
+def parse_network(s: str, flag: str = "--network") -> dict[str, Any]:
+    """--network NAME or name=NAME[,alias=A]... -> {"target", "aliases"}."""
+    target = ""
+    aliases: list[str] = []
+    for part in s.split(","):
+        k, sep, v = part.partition("=")
+        if not sep:
+            if target:
+                raise click.BadParameter(f"{s!r}: give the network once (name=N)", param_hint=flag)
+            target = k
+        elif k in ("name", "target"):
+            target = v
+        elif k == "alias":
+            aliases.append(v)
+        else:
+            raise click.BadParameter(f"unknown key {k!r} in {s!r} (known: name, alias)", param_hint=flag)
+    if not target:
+        raise click.BadParameter(f"{s!r} names no network", param_hint=flag)
+    return {"target": target, "aliases": aliases}
+
+
 def _apply(spec: dict[str, Any], o: dict[str, Any], ep: Endpoint | None = None) -> None:
     """Fold the flags that were given into a service spec (JSON form)."""
     task = spec.setdefault("task", {})
     c = task.setdefault("container", {})
     if o.get("replicas") is not None:
         spec["replicas"] = o["replicas"]
+    if o.get("endpoint_mode"):
+        spec["endpoint_spec"] = {"mode": o["endpoint_mode"]}
     if o.get("env"):
         env = dict(e.split("=", 1) for e in c.get("env", []) if "=" in e)
         env.update(parse_pairs(o["env"], "--env"))
@@ -250,15 +275,19 @@ def service() -> None:
 @click.option("--mode", type=click.Choice(["replicated", "global", "replicated-job", "global-job"]),
               default="replicated", show_default=True)
 @click.option("--max-concurrent", type=click.IntRange(min=0), help="Jobs: tasks running at once.")
+@click.option("--network", "networks", multiple=True,
+              help="Attach to an overlay network: NAME or name=NAME,alias=ALIAS (repeatable).")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for convergence.")
 @_spec_options
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
-def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, timeout: float, image: str,
-           args: tuple[str, ...], detach: bool, quiet: bool, **o: Any) -> None:
+def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, networks: tuple[str, ...],
+           timeout: float, image: str, args: tuple[str, ...], detach: bool, quiet: bool, **o: Any) -> None:
     """Create a service running IMAGE [ARGS...]."""
     spec: dict[str, Any] = {"name": name, "mode": mode, "task": {"container": {"image": image}}}
+    if networks:
+        spec["task"]["networks"] = [parse_network(n) for n in networks]
     if args:
         spec["task"]["container"]["args"] = list(args)
     if max_concurrent is not None:
@@ -280,15 +309,24 @@ def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, timeo
 @click.option("--force", is_flag=True, help="Redeploy the tasks even if nothing changed.")
 @click.option("--env-rm", multiple=True, help="Remove an environment variable.")
 @click.option("--constraint-rm", multiple=True)
+@click.option("--network-add", multiple=True, help="Attach to a network: NAME or name=NAME,alias=ALIAS.")
+@click.option("--network-rm", multiple=True, help="Detach from a network (name or id).")
 @click.option("--timeout", type=float, default=600, show_default=True)
 @_spec_options
 @click.argument("ref")
 @click.pass_obj
 def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, env_rm: tuple[str, ...],
-           constraint_rm: tuple[str, ...], timeout: float, ref: str, detach: bool, quiet: bool, **o: Any) -> None:
+           constraint_rm: tuple[str, ...], network_add: tuple[str, ...], network_rm: tuple[str, ...],
+           timeout: float, ref: str, detach: bool, quiet: bool, **o: Any) -> None:
     """Change a service; tasks are replaced as its update config says."""
     svc = request(ep, "GET", f"/v1/services/{ref}")
     spec = copy.deepcopy(svc["spec"])
+    if network_rm:
+        drop = {request(ep, "GET", f"/v1/networks/{r}")["id"] for r in network_rm}
+        spec["task"]["networks"] = [a for a in spec["task"].get("networks", []) if a["target"] not in drop]
+    if network_add:
+        spec["task"]["networks"] = spec["task"].get("networks", []) + [parse_network(n, "--network-add")
+                                                                       for n in network_add]
     c = spec["task"]["container"]
     if image:
         c["image"] = image

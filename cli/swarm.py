@@ -17,11 +17,24 @@ from .output import FORMAT_OPTION, fail, print_json, print_table
 @click.option("--listen-addr", default="0.0.0.0:4242", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--force-new-cluster", is_flag=True,
               help="On a manager of a cluster that lost quorum: keep the state, become its only manager.")
+@click.option("--default-addr-pool", "addr_pools", multiple=True,
+              help="CIDR that networks without --subnet get subnets from (repeatable; default 10.0.0.0/8).")
+@click.option("--default-addr-pool-mask-len", "mask_len", type=int,
+              help="Prefix length of those subnets (default 24).")
 @click.pass_obj
-def init(ep: Endpoint, advertise_addr: str | None, listen_addr: str, force_new_cluster: bool) -> None:
+def init(ep: Endpoint, advertise_addr: str | None, listen_addr: str, force_new_cluster: bool,
+         addr_pools: tuple[str, ...], mask_len: int | None) -> None:
     """Make this node the first manager of a new cluster."""
-    res = request(ep, "POST", "/v1/swarm/init", {"advertise_addr": advertise_addr, "listen_addr": listen_addr,
-                                                  "force_new_cluster": force_new_cluster}, timeout=60)
+    body: dict[str, object] = {"advertise_addr": advertise_addr, "listen_addr": listen_addr,
+                               "force_new_cluster": force_new_cluster}
+    if addr_pools or mask_len is not None:
+        pool: dict[str, object] = {}
+        if addr_pools:
+            pool["pools"] = list(addr_pools)
+        if mask_len is not None:
+            pool["subnet_size"] = mask_len
+        body["default_addr_pool"] = pool
+    res = request(ep, "POST", "/v1/swarm/init", body, timeout=60)
     if force_new_cluster:
         click.echo(f"This node ({res['node_id']}) is now the only manager of its cluster; the state was kept. "
                    "Join or promote managers again to restore fault tolerance.")

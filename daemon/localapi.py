@@ -19,6 +19,9 @@ from aiohttp import web
 from yarl import URL
 
 from agent.localapi import _err, _json
+from api import codec
+from api.errors import ValidationError
+from api.objects import AddressPoolSpec
 
 from .membership import ClusterError, Membership
 
@@ -168,7 +171,14 @@ async def swarm_init(request: web.Request) -> web.Response:
     m = request.app[MEMBERSHIP_KEY]
     if b.get("force_new_cluster"):
         return await _membership_call(m.force_new_cluster())
-    return await _membership_call(m.init(str(b.get("listen_addr") or "0.0.0.0:4242"), b.get("advertise_addr")))
+    pool = None
+    if b.get("default_addr_pool") is not None:
+        try:
+            pool = codec.from_json(AddressPoolSpec, b["default_addr_pool"], what="default_addr_pool")
+        except ValidationError as e:
+            return _err(400, "invalid_argument", str(e))
+    return await _membership_call(m.init(str(b.get("listen_addr") or "0.0.0.0:4242"), b.get("advertise_addr"),
+                                         addr_pool=pool))
 
 
 async def swarm_join(request: web.Request) -> web.Response:

@@ -39,6 +39,7 @@ from agent.session import AgentSession
 from api import codec
 from api.session import Frame
 from api.arch import oci_arch
+from api.objects import AddressPoolSpec
 from api.fsutil import write_atomic
 from pki import RootCA, TokenError, make_key_and_csr, parse_token, renewal_delay
 from pki.secretbox import load_key, new_key, save_key
@@ -323,7 +324,8 @@ class Membership:
 
     # -- init ------------------------------------------------------------------
 
-    async def init(self, listen_addr: str, advertise_addr: str | None) -> dict[str, Any]:
+    async def init(self, listen_addr: str, advertise_addr: str | None,
+                   addr_pool: AddressPoolSpec | None = None) -> dict[str, Any]:
         # The manager is imported only by nodes that become one (as in _start_manager).
         from manager.bootstrap import create_cluster
         from manager.clusterinfo import new_raft_id
@@ -347,7 +349,8 @@ class Membership:
                 raft = await self._await_leadership("the new manager")
                 tokens = await create_cluster(raft, self.manager.store, cluster_id=cluster_id, node_id=node_id,
                                               raft_id=raft_id, root=root, advertise_addr=advertise,
-                                              description=describe_host(self.hostname))
+                                              description=describe_host(self.hostname),
+                                              default_addr_pool=addr_pool)
             except BaseException:
                 await self.stop()
                 self.state = None
@@ -439,6 +442,9 @@ class Membership:
                     except Exception as e:  # best effort: --force leaves regardless
                         log.warning("could not remove this manager from raft before leaving: %s", e)
             await self.stop()
+            if self.worker is not None:
+                # As Swarm: the node's tasks go with it, and so do their networks.
+                await self.worker.leave()
             self._wipe()
             self.state = None
             return {"node_id": node_id, "left": True}

@@ -28,6 +28,7 @@ from agent.engine import Engine
 from agent.images import ImageService, RegistryConfig
 from agent.localapi import add_container_routes, add_image_routes
 from agent.runtime.runtime import ContainerManager
+from agent.networking import TaskNetworks
 from agent.runtime.volumes import VolumeStore
 from agent.worker import Worker
 
@@ -70,6 +71,10 @@ class NodeOptions:
     cgroup_parent: str = "orch"
     # The name this node reports to the managers; None: the host's name.
     hostname: str | None = None
+    # Starts the names of everything overlay networking makes in machine-wide
+    # places (network namespaces of sandboxes and tasks, the nftables table):
+    # distinct per daemon when several share one machine (the test fleet).
+    network_prefix: str = "orch-"
     # How a manager made by init, join or promotion runs (Raft timing,
     # snapshots, heartbeat period); None: the manager's defaults.
     manager_settings: ManagerSettings | None = None
@@ -89,6 +94,7 @@ class NodeDaemon:
         self.manager: Any = None
         self.membership: Any = None
         self.worker: Any = None
+        self.networks: TaskNetworks | None = None
         self._local: web.AppRunner | None = None
         self._control: web.Application | None = None
 
@@ -119,7 +125,9 @@ class NodeDaemon:
         self.membership.resolve_image = self.images.resolve
         add_cluster_routes(local, self.membership)
         add_manager_routes(local, self._control_routes)
-        self.worker = Worker(Engine(self.images, self.containers, self.volumes), self.membership.send)
+        self.networks = TaskNetworks(self.opts.network_prefix, self._underlay_addr)
+        self.worker = Worker(Engine(self.images, self.containers, self.volumes), self.membership.send,
+                             networks=self.networks)
         self.membership.worker = self.worker
         self.worker.start()
         if self.opts.manager is not None:
@@ -177,6 +185,13 @@ class NodeDaemon:
         self._control = local
         return local
 
+    def _underlay_addr(self) -> str | None:
+        """This node's address on the underlay: its advertise address."""
+        st = self.membership.state if self.membership is not None else None
+        if st is None or not st.advertise_addr:
+            return None
+        return st.advertise_addr.rpartition(":")[0].strip("[]") or None
+
     def _current_manager(self) -> Any:
         if self.manager is not None:
             return self.manager
@@ -196,6 +211,8 @@ class NodeDaemon:
             await self.membership.stop()
         if self.worker is not None:
             await self.worker.stop()
+        if self.networks is not None:
+            await self.networks.close()
         if self.containers is not None:
             await self.containers.close()
         if self.images is not None:

@@ -25,6 +25,7 @@ FLAGS = {
     "runtime": "--runtime",
     "cgroup_parent": "--cgroup-parent",
     "hostname": "--hostname",
+    "network_prefix": "--network-prefix",
     "tick_interval": "--tick-ms",
     "election_tick": "--election-ticks",
     "snapshot_every": "--snapshot-every",
@@ -73,6 +74,7 @@ def build_options(
     cgroup_parent: str,
     hostname: str | None,
     heartbeat_period: float,
+    network_prefix: str = "orch-",
 ) -> NodeOptions:
     members = parse_initial_cluster(initial_cluster)
     if members and node_id not in members:
@@ -115,6 +117,7 @@ def build_options(
             runtime=runtime,
             cgroup_parent=cgroup_parent,
             hostname=hostname,
+            network_prefix=network_prefix,
             manager_settings=settings,
         )
     except SettingsError as e:

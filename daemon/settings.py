@@ -20,6 +20,8 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from overlay_net.model import StateError, check_prefix
+
 if TYPE_CHECKING:
     from manager.dispatcher import DispatcherSettings
     from manager.raft.driver import RaftSettings
@@ -142,6 +144,10 @@ def check_node_options(opts: NodeOptions) -> None:
             not isinstance(opts.hostname, str) or not 0 < len(opts.hostname) <= 253
             or not opts.hostname.isprintable() or any(c.isspace() for c in opts.hostname)):
         raise bad("hostname", f"must be 1 to 253 printable characters without spaces, got {opts.hostname!r}")
+    try:
+        check_prefix(opts.network_prefix)
+    except StateError as e:
+        raise bad("network_prefix", e.problems[0].message) from None
     if opts.manager_settings is not None and not isinstance(opts.manager_settings, ManagerSettings):
         raise bad("manager_settings", f"must be a ManagerSettings, got {type(opts.manager_settings).__name__}")
     if not isinstance(opts.extra, dict):

@@ -21,7 +21,18 @@ import secrets
 import time
 from typing import Any
 
-from api.objects import Cluster, ManagerStatus, Meta, Node, NodeDescription, NodeRole, NodeSpec, RootCAState, evolve
+from api.objects import (
+    AddressPoolSpec,
+    Cluster,
+    ManagerStatus,
+    Meta,
+    Node,
+    NodeDescription,
+    NodeRole,
+    NodeSpec,
+    RootCAState,
+    evolve,
+)
 from manager import store as store_ops
 from manager.clusterinfo import cluster_of, join_tokens
 from manager.raft.driver import RaftNode
@@ -31,14 +42,16 @@ from pki import RootCA
 
 
 async def create_cluster(raft: RaftNode, store: MemoryStore, *, cluster_id: str, node_id: str, raft_id: int,
-                         root: RootCA, advertise_addr: str, description: dict[str, Any]) -> dict[str, str]:
+                         root: RootCA, advertise_addr: str, description: dict[str, Any],
+                         default_addr_pool: AddressPoolSpec | None = None) -> dict[str, str]:
     """Write a new cluster's Cluster object and its first Node (this
     manager, described by `description` as `describe_host` makes it)."""
     now = time.time()
     cluster = Cluster(id=cluster_id, meta=Meta(created_at=now, updated_at=now),
                       root_ca=RootCAState(ca_cert=root.cert_pem, ca_key=root.key_pem.encode(),
                                           worker_secret=secrets.token_hex(16),
-                                          manager_secret=secrets.token_hex(16)))
+                                          manager_secret=secrets.token_hex(16)),
+                      default_addr_pool=default_addr_pool or AddressPoolSpec())
     node = Node(id=node_id, meta=Meta(created_at=now, updated_at=now),
                 spec=NodeSpec(role=NodeRole.MANAGER), role=NodeRole.MANAGER,
                 description=NodeDescription.model_validate(description),

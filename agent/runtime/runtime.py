@@ -172,7 +172,8 @@ class ContainerManager:
         hosts = os.path.join(d, "hosts")
         hostname = spec.hostname or cid[:12]
         with open(hosts, "w") as f:
-            f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n")
+            own = spec.address or "127.0.1.1"
+            f.write(f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n")
         resolv = os.path.join(d, "resolv.conf")
         with open(resolv, "w") as f:
             f.write("nameserver 127.0.0.11\noptions ndots:0\n")

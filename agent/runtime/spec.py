@@ -87,6 +87,7 @@ class ContainerSpec:
     stop_grace: float = 10.0
     labels: dict[str, str] = field(default_factory=dict)
     netns: str | None = None  # path of a network namespace to join; None = a new one
+    address: str | None = None  # the container's IP on its network: /etc/hosts names the hostname by it
     seccomp: str | None = None  # None = the default profile, "unconfined" = none, else a Docker-format JSON file
     devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER[:PERMS]], as docker run --device
 
@@ -274,6 +275,10 @@ def build_config(
         "resources": resources,
         "cgroupsPath": cgroups_path,
     }
+    if spec.netns:
+        # A network of its own (overlay interfaces): unprivileged users may
+        # ping, as Docker allows in every container network namespace.
+        linux["sysctl"] = {"net.ipv4.ping_group_range": "0 2147483647"}
     if not spec.privileged:
         linux["maskedPaths"] = MASKED_PATHS
         linux["readonlyPaths"] = READONLY_PATHS

@@ -15,12 +15,13 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from . import cluster, configs, join, nodes, openapi, secrets, services
+from . import cluster, configs, join, networks, nodes, openapi, secrets, services
 from .common import MANAGER_OF, MAX_BODY, ManagerOf, Route
 from .errors import error_middleware
 
 CONTROL_ROUTES: tuple[Route, ...] = (
-    cluster.ROUTES + nodes.ROUTES + services.ROUTES + secrets.ROUTES + configs.ROUTES + join.ROUTES + openapi.ROUTES
+    cluster.ROUTES + nodes.ROUTES + services.ROUTES + networks.ROUTES + secrets.ROUTES + configs.ROUTES
+    + join.ROUTES + openapi.ROUTES
 )
 """What the CLI calls, on the TCP port (managers only) and the local socket."""
 

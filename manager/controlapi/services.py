@@ -21,7 +21,7 @@ from manager.store import MemoryStore
 from scheduler.constraints import ConstraintError, parse_constraint
 
 from .common import Route, barrier, commit, json_body, manager, resolve
-from .errors import bad_request, conflict, http_error, json_response
+from .errors import HTTPError, bad_request, conflict, http_error, json_response
 
 
 def parse_spec(body: Any) -> ServiceSpec:
@@ -81,6 +81,27 @@ def _check_refs(store: MemoryStore, spec: ServiceSpec) -> None:
             raise bad_request(f"{where}: no config with id {r.config_id} ({r.config_name})", field=where)
 
 
+def _resolve_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSpec:
+    """The spec with each network given by name or id prefix replaced by
+    its id (the store keeps ids, so a network can be found after renames);
+    an unknown network is an error naming the field."""
+    out = []
+    seen: set[str] = set()
+    for i, att in enumerate(spec.task.networks):
+        where = f"task.networks[{i}]"
+        try:
+            net = resolve(store, "networks", att.target)
+        except HTTPError as e:
+            raise bad_request(f"{where}: {e.message}", field=where) from None
+        if net.id in seen:
+            raise bad_request(f"{where}: network {net.spec.name} is given twice", field=where)
+        seen.add(net.id)
+        out.append(evolve(att, target=net.id))
+    if not out:
+        return spec
+    return evolve(spec, task=evolve(spec.task, networks=tuple(out)))
+
+
 async def _pin_image(request: web.Request, spec: ServiceSpec) -> tuple[ServiceSpec, str]:
     """The spec with its image pinned to the registry's current digest, so
     every node runs the same bits; if the registry cannot be asked, the
@@ -100,6 +121,7 @@ async def create_service(request: web.Request) -> web.Response:
     spec = parse_spec(await json_body(request))
     store = (await barrier(request)).store
     _check_refs(store, spec)
+    spec = _resolve_networks(store, spec)
     spec, warning = await _pin_image(request, spec)
     now = time.time()
     svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
@@ -118,6 +140,7 @@ async def update_service(request: web.Request) -> web.Response:
     store = (await barrier(request)).store
     svc = resolve(store, "services", request.match_info["ref"])
     _check_refs(store, spec)
+    spec = _resolve_networks(store, spec)
     version = body.get("version")
     if version is not None and version != svc.meta.version:
         raise conflict(f"service {svc.spec.name} changed since version {version} (now {svc.meta.version}); "

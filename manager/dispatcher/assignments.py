@@ -30,19 +30,25 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol
 
-from api.objects import Config, Secret, Task, TaskState
+from api.objects import Config, Network, Secret, Task, TaskState
 from api.session import (
     AssignmentChanges,
     AssignmentsFull,
     ConfigRemove,
     ConfigUpdate,
+    Endpoint,
+    EndpointRemove,
+    EndpointUpdate,
+    NetworkRemove,
+    NetworkUpdate,
     SecretRemove,
     SecretUpdate,
     TaskRemove,
     TaskUpdate,
 )
 
-__all__ = ["DepKey", "NodeAssignments", "OpenSecret", "StoreView", "dependencies", "in_set", "needs_dependencies"]
+__all__ = ["DepKey", "NodeAssignments", "OpenSecret", "StoreView", "dependencies", "endpoint_of", "in_set",
+           "needs_dependencies"]
 
 DepKey = tuple[str, str]
 """A task's dependency: (store table, object id), e.g. ("secrets", id).
@@ -50,7 +56,7 @@ Network and endpoint tables will be dependencies of the same shape."""
 
 OpenSecret = Callable[[Secret], Secret | None]
 
-_DEP_TABLES = ("secrets", "configs")
+_DEP_TABLES = ("secrets", "configs", "networks")
 
 
 class StoreView(Protocol):
@@ -78,7 +84,30 @@ def dependencies(task: Task) -> set[DepKey]:
     if not needs_dependencies(task):
         return set()
     c = task.spec.container
-    return {("secrets", r.secret_id) for r in c.secrets} | {("configs", r.config_id) for r in c.configs}
+    return ({("secrets", r.secret_id) for r in c.secrets} | {("configs", r.config_id) for r in c.configs}
+            | {("networks", a.network_id) for a in task.networks})
+
+
+def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None:
+    """The task's entry in the endpoint table of a network: while it is
+    placed and wanted running, from ASSIGNED until it ends, and its node's
+    address is known. Peers learn it before the task starts, so it is
+    reachable the moment it runs."""
+    if task.desired_state > TaskState.RUNNING or not task.node_id:
+        return None
+    if not TaskState.ASSIGNED <= task.status.state <= TaskState.RUNNING:
+        return None
+    att = next((a for a in task.networks if a.network_id == network_id), None)
+    if att is None or not att.addresses:
+        return None
+    node = view.get("nodes", task.node_id)
+    if node is None or not node.status.addr:
+        return None
+    svc = view.get("services", task.service_id)
+    return Endpoint(network_id=network_id, task_id=task.id, service_id=task.service_id,
+                    service_name=svc.spec.name if svc is not None else "", slot=task.slot,
+                    node_id=task.node_id, node_addr=node.status.addr, address=att.addresses[0],
+                    aliases=att.aliases)
 
 
 def _same_for_node(a: Task, b: Task) -> bool:
@@ -100,6 +129,7 @@ class NodeAssignments:
         self._tasks: dict[str, Task] = {}  # as last sent
         self._users: dict[DepKey, set[str]] = {}  # dependency -> ids of the sent tasks needing it
         self._sent: dict[DepKey, int] = {}  # dependency -> meta.version sent
+        self._endpoints: dict[str, dict[str, Endpoint]] = {}  # network id -> task id -> endpoint sent
 
     @property
     def task_ids(self) -> frozenset[str]:
@@ -110,6 +140,15 @@ class NodeAssignments:
         """Dependencies sent to the node (and not removed since)."""
         return frozenset(self._sent)
 
+    @property
+    def networks(self) -> frozenset[str]:
+        """Networks whose endpoint tables this node has been sent."""
+        return frozenset(self._endpoints)
+
+    def on_network(self, network_id: str) -> bool:
+        """Whether this node has been sent the endpoint table of a network."""
+        return network_id in self._endpoints
+
     def uses(self, dep: DepKey) -> bool:
         """Whether a change to `dep` may concern this node."""
         return dep in self._users or dep in self._sent
@@ -119,27 +158,37 @@ class NodeAssignments:
         self._tasks.clear()
         self._users.clear()
         self._sent.clear()
+        self._endpoints.clear()
         ids = [t.id for t in view.find("tasks", "node_id", self.node_id)]
         return AssignmentsFull(changes=tuple(self._diff(view, ids, (), open_secret)))  # updates only: nothing was sent
 
     def changes(
-        self, view: StoreView, open_secret: OpenSecret, *, tasks: Iterable[str] = (), deps: Iterable[DepKey] = ()
+        self, view: StoreView, open_secret: OpenSecret, *, tasks: Iterable[str] = (), deps: Iterable[DepKey] = (),
+        endpoints: Iterable[str] = (),
     ) -> AssignmentChanges | None:
         """Changes for the tasks (ids) and dependencies named, which may or
-        may not concern this node; None when the node needs to hear nothing."""
-        changes = self._diff(view, tasks, deps, open_secret)
+        may not concern this node, and for the endpoints of the tasks named in
+        `endpoints` (tasks on networks this node is on, wherever they run);
+        None when the node needs to hear nothing."""
+        changes = self._diff(view, tasks, deps, open_secret, endpoints)
         return AssignmentChanges(changes=tuple(changes)) if changes else None
 
     def resync(self, view: StoreView, open_secret: OpenSecret) -> AssignmentChanges | None:
         """Changes over everything this node has or should have."""
         ids = set(self._tasks)
         ids.update(t.id for t in view.find("tasks", "node_id", self.node_id))
-        return self.changes(view, open_secret, tasks=sorted(ids), deps=set(self._users) | set(self._sent))
+        eps: set[str] = set()
+        for nid, sent in self._endpoints.items():
+            eps.update(sent)
+            eps.update(t.id for t in view.find("tasks", "network", nid))
+        return self.changes(view, open_secret, tasks=sorted(ids), deps=set(self._users) | set(self._sent),
+                            endpoints=sorted(eps))
 
     # -- the one diff ------------------------------------------------------------
 
     def _diff(
-        self, view: StoreView, task_ids: Iterable[str], deps: Iterable[DepKey], open_secret: OpenSecret
+        self, view: StoreView, task_ids: Iterable[str], deps: Iterable[DepKey], open_secret: OpenSecret,
+        endpoint_tasks: Iterable[str] = (),
     ) -> list[Any]:
         task_updates: list[Any] = []
         removals: list[Any] = []
@@ -166,6 +215,8 @@ class NodeAssignments:
                 self._users.setdefault(d, set()).add(tid)
                 touched[d] = None
         dep_updates: list[Any] = []
+        ep_updates: list[Any] = []
+        ep_removals: list[Any] = []
         for d in touched:
             table, oid = d
             if table not in _DEP_TABLES:
@@ -175,6 +226,7 @@ class NodeAssignments:
                 if obj is None:  # deleted while in use: the node cannot have it either
                     if self._sent.pop(d, None) is not None:
                         removals.append(_remove(table, oid))
+                        self._endpoints.pop(oid, None)
                     continue
                 if self._sent.get(d) == obj.meta.version:
                     continue
@@ -183,12 +235,40 @@ class NodeAssignments:
                     continue
                 self._sent[d] = obj.meta.version
                 dep_updates.append(update)
+                if table == "networks" and oid not in self._endpoints:
+                    # A network new to this node: its whole endpoint table.
+                    sent = self._endpoints[oid] = {}
+                    for t in view.find("tasks", "network", oid):
+                        ep = endpoint_of(view, t, oid)
+                        if ep is not None:
+                            sent[t.id] = ep
+                            ep_updates.append(EndpointUpdate(endpoint=ep))
             else:
                 self._users.pop(d, None)
                 if self._sent.pop(d, None) is not None:
                     removals.append(_remove(table, oid))
-        # Dependencies before the tasks that use them; removals last.
-        return dep_updates + task_updates + removals
+                    self._endpoints.pop(oid, None)  # the node drops the table with the network
+        for tid in dict.fromkeys(endpoint_tasks):
+            t = view.get("tasks", tid)
+            nets = {a.network_id for a in t.networks} if t is not None else set()
+            nets.update(nid for nid, sent in self._endpoints.items() if tid in sent)
+            for nid in sorted(nets):
+                sent = self._endpoints.get(nid)
+                if sent is None:
+                    continue  # not a network of this node
+                ep = endpoint_of(view, t, nid) if t is not None else None
+                old_ep = sent.get(tid)
+                if ep == old_ep:
+                    continue
+                if ep is None:
+                    del sent[tid]
+                    ep_removals.append(EndpointRemove(network_id=nid, task_id=tid))
+                else:
+                    sent[tid] = ep
+                    ep_updates.append(EndpointUpdate(endpoint=ep))
+        # Dependencies (networks with their endpoints) before the tasks that
+        # use them; removals last, endpoints before their networks.
+        return dep_updates + ep_updates + task_updates + ep_removals + removals
 
     def _release(self, tid: str, deps: Iterable[DepKey], touched: dict[DepKey, None]) -> None:
         for d in deps:
@@ -204,8 +284,13 @@ class NodeAssignments:
             return SecretUpdate(secret=opened) if opened is not None else None
         if isinstance(obj, Config):
             return ConfigUpdate(config=obj)
+        if isinstance(obj, Network):
+            # Not before the allocator gave it its VNI and subnet.
+            return NetworkUpdate(network=obj) if obj.allocation is not None else None
         return None
 
 
 def _remove(table: str, oid: str) -> Any:
+    if table == "networks":
+        return NetworkRemove(id=oid)
     return SecretRemove(id=oid) if table == "secrets" else ConfigRemove(id=oid)

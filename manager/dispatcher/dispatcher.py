@@ -263,12 +263,15 @@ class Dispatcher:
 
     def _dispatch_batch(self, batch: list[Event]) -> None:
         tasks_by_node: dict[str, set[str]] = {}
+        tasks_by_net: dict[str, set[str]] = {}  # network -> tasks whose endpoint on it may have changed
         deps: set[DepKey] = set()
         for ev in batch:
             if ev.table == "tasks":
                 for nid in (ev.obj.node_id, ev.old.node_id if ev.old is not None else ""):
                     if nid:
                         tasks_by_node.setdefault(nid, set()).add(ev.obj.id)
+                for att in ev.obj.networks:
+                    tasks_by_net.setdefault(att.network_id, set()).add(ev.obj.id)
             else:
                 deps.add((ev.table, ev.obj.id))
         if self.settings.full_sets:
@@ -277,15 +280,18 @@ class Dispatcher:
                 if sess is not None:
                     self._send_full(sess)
             return
-        targets = [s for nid in tasks_by_node if (s := self.sessions.get(nid)) is not None]
-        if deps:  # rare (secret and config updates): every session may use them
-            targets += [s for s in self.sessions.values()
-                        if s.node_id not in tasks_by_node and any(s.assignments.uses(d) for d in deps)]
         view = self.store.view()
-        for sess in targets:
-            frame = sess.assignments.changes(
-                view, self._open_secret, tasks=tasks_by_node.get(sess.node_id, ()),
-                deps=[d for d in deps if sess.assignments.uses(d)])
+        for sess in list(self.sessions.values()):
+            a = sess.assignments
+            mine = tasks_by_node.get(sess.node_id, ())
+            eps: set[str] = set()
+            for net, tids in tasks_by_net.items():
+                if a.on_network(net):
+                    eps |= tids
+            used = [d for d in deps if a.uses(d)] if deps else []
+            if not mine and not eps and not used:
+                continue
+            frame = a.changes(view, self._open_secret, tasks=mine, deps=used, endpoints=eps)
             if frame is not None:
                 self._send(sess, frame)
 
@@ -306,7 +312,7 @@ class Dispatcher:
     async def _assignments(self) -> None:
         """Assignment changes to nodes whose tasks, secrets or configs changed, coalesced."""
         while True:  # runs under lead(): cancelled on step-down
-            watch = self.store.watch(frozenset({"tasks", "secrets", "configs"}))
+            watch = self.store.watch(frozenset({"tasks", "secrets", "configs", "networks"}))
             try:
                 self._resync_sessions()
                 while True:

@@ -22,11 +22,15 @@ from manager.store import MemoryStore
 from manager.store.errors import WatchError
 from manager.tx import TxFailed, commit
 
+from manager.allocator.stage import TABLES as ALLOCATOR_TABLES
+from manager.allocator.stage import NetworkStage
+
+from .placement import PlacementCache
 from .reconcile import plan
 
 log = logging.getLogger(__name__)
 
-TABLES = frozenset({"services", "tasks", "nodes", "clusters"})
+TABLES = frozenset({"services", "tasks", "nodes", "clusters"}) | ALLOCATOR_TABLES
 
 
 class Orchestrator:
@@ -38,20 +42,28 @@ class Orchestrator:
         self.batch = batch
         self.idle = idle  # a pass at least this often while leading (monitor windows, clocks)
         self.passes = 0
+        # The allocation stage (networks, VIPs, task addresses) and the parsed
+        # placements live for one term: a new term starts from the store.
+        self.allocator = NetworkStage()
+        self.placements = PlacementCache()
 
     async def lead(self) -> None:
+        self.allocator = NetworkStage()
+        self.placements = PlacementCache()
         # Everything committed before we took over must be applied first, or
         # a pass could undo writes of the previous leader it has not seen.
         await self.raft.read_barrier()
         while True:
             await self._follow()  # returns when its watch overflowed: start over with a fresh one
+            self.allocator.reset()  # it missed events (releases): rebuild from the store
 
     async def _follow(self) -> None:
         watch = self.store.watch(TABLES)
         try:
             while True:
                 t0 = time.monotonic()
-                p = plan(self.store.view())
+                self.allocator.observe(watch.poll())  # releases of what the store no longer holds
+                p = plan(self.store.view(), allocator=self.allocator, placements=self.placements)
                 self.passes += 1
                 ok = True
                 for i in range(0, len(p.ops), self.batch):
@@ -64,6 +76,9 @@ class Orchestrator:
                         ok = False
                         log.info("orchestrator write failed: %s", e)
                         break
+                if not ok:
+                    # Memory may hold allocations the store never got.
+                    self.allocator.reset()
                 if p.ops:
                     log.debug("pass %d: %d writes in %.1f ms", self.passes, len(p.ops),
                               (time.monotonic() - t0) * 1000)
@@ -78,8 +93,8 @@ class Orchestrator:
                 # step-down would never end this loop.
                 try:
                     async with asyncio.timeout(timeout):
-                        await watch.next_batch()
-                    watch.poll()  # coalesce whatever else is queued
+                        self.allocator.observe(await watch.next_batch())
+                    self.allocator.observe(watch.poll())  # coalesce whatever else is queued
                 except TimeoutError:
                     pass
         except WatchError:

@@ -527,8 +527,10 @@ def _waiting(by_service: dict[str, list[Task]], writes: _TaskWrites, now: float,
 def _allocate(view: Any, tasks: list[Task], allocator: Allocator, writes: _TaskWrites,
               now: float) -> tuple[dict[str, Task], list[Any]]:
     """NEW -> PENDING for the tasks the allocator served; the others stay NEW
-    with its reason. Returns (task id -> PENDING task, the allocator's other writes)."""
-    if not tasks:
+    with its reason. Returns (task id -> PENDING task, the allocator's other writes).
+    The allocator is asked even with no tasks: it may have networks or
+    services of its own to allocate."""
+    if not tasks and isinstance(allocator, NoAllocation):
         return {}, []
     res = allocator.allocate(view, tasks, now)
     asked = {t.id for t in tasks}

@@ -9,7 +9,8 @@ Indexes of every table:
 - "label": `(key, value)` pairs of `spec.labels`; "label_key": label keys.
 Per table:
 - tasks: "service_id", "node_id", "desired_state", "state" (status.state),
-  "slot" (`(service_id, slot)`).
+  "slot" (`(service_id, slot)`), "network" (ids of the networks it has an
+  address on).
 - nodes: "role" (observed role), "availability".
 - services: "mode".
 """
@@ -67,6 +68,7 @@ TABLES: dict[str, TableDef] = {
             "desired_state": lambda o: (o.desired_state,),
             "state": lambda o: (o.status.state,),
             "slot": lambda o: ((o.service_id, o.slot),),
+            "network": lambda o: tuple(a.network_id for a in o.networks),
         },
     ),
     "networks": TableDef("networks", TABLE_MODELS["networks"], True, dict(_LABELED)),

@@ -234,3 +234,24 @@ async def test_a_task_update_applies_incrementally(setup: Any) -> None:
     w.on_message(full(mktask("b", state=TaskState.RUNNING)))  # a full set replaces
     await until(lambda: ("remove", "a") in engine.calls, "a removed")
     assert evolve(w.assigned.tasks["b"].task, status=TaskStatus()) == evolve(mktask("b").task, status=TaskStatus())
+
+
+async def test_leaving_the_cluster_removes_every_task_container(setup: Any) -> None:
+    w, engine, mgr = setup
+    w.on_message(full(mktask("a"), mktask("b")))
+    await until(lambda: len(engine.records) == 2 and all(r.status == "running" for r in engine.records.values()),
+                "both running")
+    await w.leave(timeout=5)
+    assert engine.records == {} and {("remove", "a"), ("remove", "b")} <= set(engine.calls)
+    assert w.assigned.tasks == {}
+
+
+async def test_a_task_on_a_network_is_rejected_without_networking(setup: Any) -> None:
+    from api.objects import NetworkAttachment, evolve
+
+    w, engine, mgr = setup
+    u = mktask("n")
+    u = evolve(u, task=evolve(u.task, networks=(NetworkAttachment(network_id="net", addresses=("10.0.0.2/24",)),)))
+    w.on_message(full(u))
+    await until(lambda: TaskState.REJECTED in mgr.states("n"), "REJECTED")
+    assert "runs no overlay networking" in mgr.last("n").err and engine.records == {}

@@ -82,6 +82,10 @@ class World:
                 ) -> AssignmentChanges | None:
         return a.changes(self.store.view(), open_secret, tasks=tasks, deps=deps)
 
+    def clist(self, a: NodeAssignments, tasks: Any = (), deps: Any = (), endpoints: Any = ()) -> list[Any]:
+        f = a.changes(self.store.view(), open_secret, tasks=tasks, deps=deps, endpoints=endpoints)
+        return list(f.changes) if f is not None else []
+
 
 def ops(frame: AssignmentChanges | None) -> list[tuple[str, str]]:
     """(op, object id) of each change, in order."""
@@ -315,3 +319,85 @@ def test_change_frames_survive_the_wire() -> None:
     assert frame is not None and decode(encode(frame)) == frame
     assert [type(c) for c in frame.changes] == [TaskRemove, SecretRemove]
     assert ConfigRemove(id="x").op == "config_remove"
+
+
+# -- networks and endpoint tables ------------------------------------------------------
+
+
+def _net(world: World, nid: str, vni: int) -> None:
+    from api.objects import Network, NetworkAllocation, NetworkSpec
+
+    world.tx(Create("networks", Network(id=nid, spec=NetworkSpec(name=nid), allocation=NetworkAllocation(
+        vni=vni, subnet="10.0.9.0/24", gateway="10.0.9.1"))))
+
+
+def _node(world: World, nid: str, addr: str) -> None:
+    from api.objects import Node, NodeStatus
+
+    world.tx(Create("nodes", Node(id=nid, status=NodeStatus(addr=addr))))
+
+
+def _on(t: Task, nid: str, addr: str) -> Task:
+    from api.objects import NetworkAttachment
+
+    return evolve(t, networks=(NetworkAttachment(network_id=nid, addresses=(addr,)),))
+
+
+def test_a_network_goes_with_its_first_task_and_brings_its_endpoint_table() -> None:
+    from api.session import EndpointRemove, EndpointUpdate, NetworkRemove, NetworkUpdate
+
+    w = World()
+    _node(w, "n1", "192.0.2.1")
+    _node(w, "n2", "192.0.2.2")
+    _net(w, "app", 4096)
+    w.tx(Create("tasks", _on(mktask("remote", node="n2", state=TaskState.RUNNING), "app", "10.0.9.3/24")))
+    a1 = NodeAssignments("n1")
+    assert w.full(a1) == []
+    w.tx(Create("tasks", _on(mktask("local", node="n1"), "app", "10.0.9.2/24")))
+    ch = w.clist(a1, tasks=["local"], endpoints=["local"])
+    kinds = [type(c).__name__ for c in ch]
+    assert kinds == ["NetworkUpdate", "EndpointUpdate", "EndpointUpdate", "TaskUpdate"]
+    eps = {c.endpoint.task_id: c.endpoint for c in ch if isinstance(c, EndpointUpdate)}
+    assert eps["remote"].node_addr == "192.0.2.2" and eps["remote"].address == "10.0.9.3/24"
+    assert eps["local"].node_id == "n1" and eps["local"].service_name == "web"
+    assert isinstance(ch[0], NetworkUpdate) and ch[0].network.allocation.vni == 4096
+
+    # A peer appears on another node: one endpoint update, nothing else.
+    w.tx(Create("tasks", _on(mktask("peer", node="n2"), "app", "10.0.9.4/24")))
+    ch = w.clist(a1, tasks=[], endpoints=["peer"])
+    assert [type(c).__name__ for c in ch] == ["EndpointUpdate"] and ch[0].endpoint.task_id == "peer"
+    # Its status moves on: the endpoint is the same, nothing is sent.
+    w.tx(Update("tasks", evolve(w.get("tasks", "peer"), status=TaskStatus(state=TaskState.RUNNING))))
+    assert w.clist(a1, endpoints=["peer"]) == []
+    # It is wanted stopped: peers forget it before it stops.
+    w.tx(Update("tasks", evolve(w.get("tasks", "peer"), desired_state=TaskState.SHUTDOWN)))
+    ch = w.clist(a1, endpoints=["peer"])
+    assert ch == [EndpointRemove(network_id="app", task_id="peer")]
+    # An endpoint on a network this node is not on concerns it not at all.
+    _net(w, "other", 4097)
+    w.tx(Create("tasks", _on(mktask("elsewhere", node="n2"), "other", "10.0.9.9/24")))
+    assert w.clist(a1, endpoints=["elsewhere"]) == []
+    # The last local task on the network goes: the network goes with it.
+    w.tx(Delete("tasks", "local"))
+    ch = w.clist(a1, tasks=["local"], endpoints=["local"])
+    assert [type(c).__name__ for c in ch] == ["TaskRemove", "NetworkRemove"]
+    assert isinstance(ch[-1], NetworkRemove) and ch[-1].id == "app"
+    assert not a1.on_network("app")
+    for c in ch:  # every change survives the wire
+        assert decode(encode(AssignmentChanges(changes=(c,)))) == AssignmentChanges(changes=(c,))
+
+
+def test_an_unallocated_network_is_not_sent_until_allocated() -> None:
+    from api.objects import Network, NetworkAllocation, NetworkSpec
+
+    w = World()
+    _node(w, "n1", "192.0.2.1")
+    w.tx(Create("networks", Network(id="late", spec=NetworkSpec(name="late"))))
+    w.tx(Create("tasks", _on(mktask("t", node="n1"), "late", "10.0.9.2/24")))
+    a = NodeAssignments("n1")
+    assert [type(c).__name__ for c in w.full(a)] == ["TaskUpdate"]
+    n = w.get("networks", "late")
+    w.tx(Update("networks", evolve(n, allocation=NetworkAllocation(vni=5000, subnet="10.0.9.0/24",
+                                                                 gateway="10.0.9.1"))))
+    ch = w.clist(a, deps=[("networks", "late")])
+    assert [type(c).__name__ for c in ch] == ["NetworkUpdate", "EndpointUpdate"]

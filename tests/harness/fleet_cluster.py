@@ -86,6 +86,7 @@ class OrchFleet:
     def argv(self, h: Host) -> list[str]:
         return [sys.executable, "-m", "cli.main", "daemon", "--data-dir", str(h.data_dir),
                 "--socket", str(h.socket_path), "--cgroup-parent", h.cgroup_parent, "--hostname", h.name,
+                "--network-prefix", h.name_prefix,
                 "--listen-addr", self.addr(h), "--heartbeat-period", str(self.heartbeat), *self.extra]
 
     def start(self, h: Host) -> None:

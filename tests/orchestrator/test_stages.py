@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from api.objects import (
+    NetworkAttachment,
     Network,
     NetworkSpec,
     Node,
@@ -33,10 +34,13 @@ from manager.orchestrator.reconcile import Pass, plan
 from manager.store import Create, Update
 from tests.orchestrator.test_reconcile import Cluster, mknode, mkservice
 
+ATT = (NetworkAttachment(network_id="net1", addresses=("10.0.0.2/24",)),)
+
 
 class Recording:
     """An allocator that attaches every task to network `net1`, or makes
-    the tasks it is told to refuse wait; records what it was given."""
+    the tasks it is told to refuse wait; records the tasks it was given
+    (passes with none, where it may allocate networks, are not recorded)."""
 
     def __init__(self) -> None:
         self.seen: list[list[Task]] = []
@@ -44,10 +48,11 @@ class Recording:
         self.ops: list[Any] = []
 
     def allocate(self, view: Any, tasks: Sequence[Task], now: float) -> Allocation:
-        self.seen.append(list(tasks))
+        if tasks:
+            self.seen.append(list(tasks))
         if self.refuse is not None:
             return Allocation(waiting={t.id: self.refuse for t in tasks}, ops=self.ops)
-        return Allocation(allocated=[evolve(t, spec=evolve(t.spec, networks=("net1",))) for t in tasks], ops=self.ops)
+        return Allocation(allocated=[evolve(t, networks=ATT) for t in tasks], ops=self.ops if tasks else [])
 
 
 def step(c: Cluster, allocator: Any = None, placements: PlacementCache | None = None) -> Pass:
@@ -77,7 +82,7 @@ def test_a_new_task_goes_new_pending_assigned_in_one_pass() -> None:
     ts = c.tasks("web")
     assert [t.status.state for t in ts] == [TaskState.ASSIGNED, TaskState.ASSIGNED]
     assert sorted(t.node_id for t in ts) == ["n1", "n2"]
-    assert all(t.spec.networks == ("net1",) for t in ts)
+    assert all(t.networks == ATT for t in ts)
     assert step(c, alloc).ops == [] and len(alloc.seen) == 1  # nothing left to allocate
 
 
@@ -87,7 +92,7 @@ def test_allocated_tasks_that_fit_nowhere_stay_pending_with_the_schedulers_reaso
     alloc = Recording()
     step(c, alloc)
     (t,) = c.tasks("eu")
-    assert t.status.state == TaskState.PENDING and t.spec.networks == ("net1",)
+    assert t.status.state == TaskState.PENDING and t.networks == ATT
     assert t.status.message == "no suitable node: 1 nodes checked, 1 fail constraint node.labels.zone==eu"
     # Already PENDING: the next passes only retry scheduling, without allocating again or rewriting it.
     assert step(c, alloc).ops == [] and len(alloc.seen) == 1
@@ -158,7 +163,7 @@ def test_restart_delay_waits_new_then_allocates_and_schedules_in_one_pass() -> N
     c.now += 5
     step(c, alloc)
     t = c.store.view().get("tasks", new.id)
-    assert (t.status.state, t.node_id, t.spec.networks) == (TaskState.ASSIGNED, "n1", ("net1",))
+    assert (t.status.state, t.node_id, t.networks) == (TaskState.ASSIGNED, "n1", ATT)
     assert [x.id for x in alloc.seen[1]] == [new.id]
 
 

@@ -1,0 +1,214 @@
+"""This node's overlay networking for its tasks: from the assignment set
+(networks, endpoint tables, local tasks) to the dataplane's desired state.
+
+A task on networks gets a named network namespace of its own
+(`/run/netns/<prefix>task-<id>`), made before its container and given to the
+runtime, so the container starts with its interfaces already in place and
+keeps them across daemon restarts (the namespace outlives both). Its
+interfaces are programmed by `overlay_net` (one sandbox per network with a
+bridge and a VXLAN device, static peers from the endpoint tables) and the
+namespace is removed with its container.
+
+`desired()` is pure: the assignment set and the set of local namespaces in,
+an `overlay_net.NodeState` out. `sync()` applies it whole (idempotent: a
+converged node does nothing), `prepare()` programs one new task's namespace
+before its container starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from api.objects import Network, Task, TaskState
+from api.session import Endpoint as TableEntry
+from overlay_net.model import Endpoint, NodeState, Peer
+from overlay_net.model import Network as OverlayNetwork
+
+if TYPE_CHECKING:
+    from overlay_net.manager import NetworkDataplane
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = "/run/netns"
+
+
+class NetworkSetupError(Exception):
+    """A task's networks could not be set up; the message says why."""
+
+
+def task_netns_name(prefix: str, task_id: str) -> str:
+    return f"{prefix}task-{task_id}"
+
+
+def wants_network(task: Task) -> bool:
+    return bool(task.networks) and task.desired_state <= TaskState.RUNNING
+
+
+def desired(prefix: str, underlay: str, tasks: Iterable[Task], networks: Mapping[str, Network],
+            tables: Mapping[str, Mapping[str, TableEntry]], ready: set[str]) -> NodeState:
+    """The node's desired overlay state. `tasks`: the local tasks; `ready`:
+    ids of those whose namespace exists; `networks` and `tables`: what the
+    managers sent (network id -> network; network id -> task id -> entry).
+    A network is present when a local task on it has a namespace; its peers
+    are the table's entries on other nodes."""
+    eps: list[Endpoint] = []
+    used: set[str] = set()
+    for t in tasks:
+        if t.id not in ready or not wants_network(t):
+            continue
+        for i, att in enumerate(t.networks):
+            n = networks.get(att.network_id)
+            if n is None or n.allocation is None or not att.addresses:
+                continue
+            used.add(n.id)
+            eps.append(Endpoint(id=f"{t.id}.{i}", network_id=n.id,
+                                netns=os.path.join(NETNS_DIR, task_netns_name(prefix, t.id)),
+                                ifname=f"eth{i}", address=ipaddress.IPv4Interface(att.addresses[0])))
+    nets = []
+    for nid in sorted(used):
+        n = networks[nid]
+        al = n.allocation
+        assert al is not None
+        nets.append(OverlayNetwork(id=nid, vni=al.vni, subnet=ipaddress.IPv4Network(al.subnet),
+                                   gateway=ipaddress.IPv4Address(al.gateway), mtu=n.spec.mtu,
+                                   internal=n.spec.internal))
+    peers: list[Peer] = []
+    me = ipaddress.IPv4Address(underlay)
+    for nid in sorted(used):
+        for e in tables.get(nid, {}).values():
+            try:
+                node = ipaddress.IPv4Address(e.node_addr)
+                ip = ipaddress.IPv4Interface(e.address).ip
+            except ValueError:
+                log.warning("endpoint %s on network %s: unusable addresses %r / %r", e.task_id, nid,
+                            e.node_addr, e.address)
+                continue
+            if node != me:
+                peers.append(Peer(network_id=nid, ip=ip, node=node))
+    return NodeState(prefix=prefix, underlay_addr=me, networks=tuple(nets), endpoints=tuple(eps),
+                     peers=tuple(peers))
+
+
+class TaskNetworks:
+    """The agent's side of overlay networking (one per daemon).
+
+    `underlay` returns this node's underlay IPv4 address (its advertise
+    address), None before the node joined a cluster."""
+
+    def __init__(self, prefix: str, underlay: Callable[[], str | None]) -> None:
+        self.prefix = prefix
+        self.underlay = underlay
+        self._dp: NetworkDataplane | None = None
+        self._lock = asyncio.Lock()
+
+    def netns_path(self, task_id: str) -> str:
+        return os.path.join(NETNS_DIR, task_netns_name(self.prefix, task_id))
+
+    def _local_netns(self) -> set[str]:
+        """Ids of tasks whose namespace exists on this node."""
+        head = f"{self.prefix}task-"
+        try:
+            return {n[len(head):] for n in os.listdir(NETNS_DIR) if n.startswith(head)}
+        except FileNotFoundError:
+            return set()
+
+    def _dataplane(self) -> tuple[NetworkDataplane, str]:
+        addr = self.underlay()
+        if not addr:
+            raise NetworkSetupError("this node has no underlay address yet (not part of a cluster)")
+        try:
+            ipaddress.IPv4Address(addr)
+        except ValueError:
+            raise NetworkSetupError(f"the node's advertise address {addr!r} is not an IPv4 address: overlay "
+                                    "networks need one (orch join/init --advertise-addr IP)") from None
+        if self._dp is None:
+            from overlay_net.manager import NetworkDataplane  # pyroute2: only once a task needs it
+
+            self._dp = NetworkDataplane(self.prefix, addr)
+        return self._dp, addr
+
+    async def prepare(self, task: Task, tasks: Iterable[Task], networks: Mapping[str, Network],
+                      tables: Mapping[str, Mapping[str, TableEntry]]) -> str:
+        """Make `task`'s namespace and program its interfaces; its path."""
+        async with self._lock:
+            dp, addr = self._dataplane()
+            for att in task.networks:
+                n = networks.get(att.network_id)
+                if n is None or n.allocation is None:
+                    raise NetworkSetupError(f"network {att.network_id} is not known to this node yet")
+            path = self.netns_path(task.id)
+            await asyncio.to_thread(_create_netns, task_netns_name(self.prefix, task.id))
+            state = desired(self.prefix, addr, tasks, networks, tables, self._local_netns())
+            try:
+                await dp.apply_container(path, state)
+            except Exception as e:
+                raise NetworkSetupError(f"attaching to its networks failed: {e}") from e
+            return path
+
+    async def sync(self, tasks: Iterable[Task], networks: Mapping[str, Network],
+                   tables: Mapping[str, Mapping[str, TableEntry]], keep: set[str]) -> None:
+        """Apply the whole desired state; namespaces of tasks not in `keep`
+        (no longer assigned here, containers gone) are removed first."""
+        async with self._lock:
+            local = self._local_netns()
+            stale = local - keep
+            for tid in sorted(stale):
+                await asyncio.to_thread(_remove_netns, task_netns_name(self.prefix, tid))
+            if self._dp is None and not (local - stale):
+                return  # nothing networked on this node yet
+            try:
+                dp, addr = self._dataplane()
+            except NetworkSetupError as e:
+                log.warning("overlay networks: %s", e)
+                return
+            state = desired(self.prefix, addr, tasks, networks, tables, local - stale)
+            done = await dp.apply(state)
+            if done:
+                log.debug("overlay networks: %d changes", len(done))
+
+    async def release(self, task_id: str) -> None:
+        async with self._lock:
+            await asyncio.to_thread(_remove_netns, task_netns_name(self.prefix, task_id))
+
+    async def teardown(self) -> None:
+        """Remove every namespace, device and rule this node's networking made."""
+        from overlay_net.manager import teardown
+
+        async with self._lock:
+            for tid in sorted(self._local_netns()):
+                await asyncio.to_thread(_remove_netns, task_netns_name(self.prefix, tid))
+            if self._dp is not None:
+                await self._dp.teardown()
+            else:
+                await teardown(self.prefix)
+
+    async def close(self) -> None:
+        if self._dp is not None:
+            await self._dp.close()
+            self._dp = None
+
+
+def _create_netns(name: str) -> None:
+    from pyroute2 import netns
+
+    if not os.path.exists(os.path.join(NETNS_DIR, name)):
+        netns.create(name)
+
+
+def _remove_netns(name: str) -> None:
+    from pyroute2 import netns
+
+    if os.path.exists(os.path.join(NETNS_DIR, name)):
+        try:
+            netns.remove(name)
+        except OSError as e:
+            log.warning("removing network namespace %s: %s", name, e)
+
+
+def network_state(assigned: Any) -> tuple[dict[str, Network], dict[str, dict[str, TableEntry]]]:
+    return assigned.networks, assigned.endpoints

@@ -1,0 +1,180 @@
+"""Overlay networks end to end from the CLI on the multi-host fleet: a
+network, a service on it across three hosts, every task reaching every other
+by ICMP and TCP over VXLAN, isolation between networks, egress, and nothing
+left behind when it is all removed."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.fixtures.registry import RegistryEnv, SeededRegistry
+from tests.harness.fleet import Fleet, fleet_fixture
+from tests.harness.fleet_cluster import OrchFleet, start_registry
+
+pytestmark = [pytest.mark.root, pytest.mark.multihost]
+
+fleet = fleet_fixture(("m1", "w1", "w2", "reg"), scope="module")
+
+# Each task answers TCP on 7000 with its hostname.
+SERVE = ("echo '#!/bin/sh' > /tmp/who; echo 'echo hi-$(busybox hostname)' >> /tmp/who; "
+         "busybox chmod 755 /tmp/who; exec busybox nc -ll -p 7000 -e /tmp/who")
+
+
+@pytest.fixture(scope="module")
+def of(fleet: Fleet, registry_env: RegistryEnv, open_registry: SeededRegistry,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrchFleet, str]]:
+    reg = start_registry(fleet["reg"], registry_env.storage, tmp_path_factory.mktemp("fleet-reg"))
+    o = OrchFleet(fleet, heartbeat=1.0, extra=["--insecure-registry", reg])
+    try:
+        for h in ("m1", "w1", "w2"):
+            o.start(fleet[h])
+        o.init_and_join([fleet["m1"]], [fleet["w1"], fleet["w2"]])
+        o.wait_nodes(fleet["m1"], {"m1": "ready", "w1": "ready", "w2": "ready"})
+        yield o, reg
+    finally:
+        o.stop_all()
+
+
+def running(o: OrchFleet, svc: str) -> list[dict[str, Any]]:
+    m1 = o.fleet["m1"]
+    return [t for t in o.json(m1, "service", "ps", svc)
+            if t["desired_state"] == "running" and t["status"]["state"] == "running"]
+
+
+def where(o: OrchFleet, t: dict[str, Any]) -> Any:
+    nodes = {n["id"]: n["description"]["hostname"] for n in o.json(o.fleet["m1"], "node", "ls")}
+    return o.fleet[nodes[t["node_id"]]]
+
+
+def exec_in(o: OrchFleet, t: dict[str, Any], *cmd: str, check: bool = True) -> Any:
+    # As root: the image's user cannot open the raw socket busybox's ping needs.
+    return o.orch(where(o, t), "container", "exec", "-u", "0", t["status"]["container_id"], *cmd, check=check,
+                  timeout=30)
+
+
+def addr(t: dict[str, Any], i: int = 0) -> str:
+    return t["networks"][i]["addresses"][0].split("/")[0]
+
+
+def prefixed(o: OrchFleet) -> set[str]:
+    """Network namespaces and links the fleet's daemons made."""
+    names = {n for n in os.listdir("/run/netns") if any(n.startswith(h.name_prefix) for h in o.fleet)}
+    return names
+
+
+def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, str]) -> None:
+    o, reg = of
+    m1 = o.fleet["m1"]
+    img = f"{reg}/library/busybox-multi:latest"
+    o.orch(m1, "network", "create", "--subnet", "10.77.0.0/24", "app")
+    o.orch(m1, "network", "create", "--subnet", "10.77.0.0/24", "--internal", "other")  # same subnet: isolated
+    # A subnet over the fleet's underlay is refused, naming the route.
+    r = o.orch(m1, "network", "create", "--subnet", "10.213.0.0/16", "bad", check=False)
+    assert r.returncode != 0 and "overlaps the host's route 10.213.0.0/24" in r.stderr
+    nets = {n["spec"]["name"]: n for n in o.json(m1, "network", "ls")}
+    assert set(nets) == {"app", "other"}
+
+    o.orch(m1, "service", "create", "--name", "web", "--replicas", "6", "--network", "app",
+           "--stop-signal", "KILL", img, "sh", "-c", SERVE)
+    o.orch(m1, "service", "create", "--name", "lone", "--replicas", "1", "--network", "other",
+           "--stop-signal", "KILL", img, "sh", "-c", SERVE)
+    web = running(o, "web")
+    assert len(web) == 6 and len({t["node_id"] for t in web}) == 3
+    ips = [addr(t) for t in web]
+    assert len(set(ips)) == 6 and all(ipaddress.IPv4Address(i) in ipaddress.IPv4Network("10.77.0.0/24") for i in ips)
+    import json
+
+    svc = json.loads(o.orch(m1, "service", "inspect", "web").stdout)
+    vips = svc[0]["endpoint"]["virtual_ips"] if isinstance(svc, list) else svc["endpoint"]["virtual_ips"]
+    assert len(vips) == 1 and vips[0]["addr"].split("/")[0] not in ips
+
+    # Every task reaches every other one, across hosts: ICMP, a 1,400-byte
+    # unfragmented ping (MTU 1450), and a TCP exchange answered by the peer.
+    # One exec per task, looping over the others' addresses.
+    for src in web:
+        others = [addr(t) for t in web if t is not src]
+        script = ("for ip in " + " ".join(others) + "; do busybox ping -c 1 -W 3 $ip >/dev/null || "
+                  "{ echo NOPING $ip; continue; }; echo \"$ip $(busybox nc -w 3 $ip 7000)\"; done")
+        out = exec_in(o, src, "sh", "-c", script).stdout
+        got = dict(line.split(" ", 1) for line in out.strip().splitlines())
+        assert set(got) == set(others) and all(v.startswith("hi-") for v in got.values()), out
+    # Large packets cross unfragmented (1400-byte IP packets at MTU 1450).
+    a, b = web[0], next(t for t in web if t["node_id"] != web[0]["node_id"])
+    exec_in(o, a, "busybox", "ping", "-c", "1", "-W", "3", "-s", "1372", addr(b))
+
+    # The task on the other network (same subnet, maybe the same address) is
+    # not reachable from "app", and has no route out.
+    (lone,) = running(o, "lone")
+    lone_ip = addr(lone)
+    if lone_ip not in ips:
+        r = exec_in(o, a, "busybox", "nc", "-w", "2", lone_ip, "7000", check=False)
+        assert "hi-" not in r.stdout
+    r = exec_in(o, lone, "busybox", "ip", "route", check=False)
+    assert "default" not in r.stdout
+    # A non-internal network has egress: a task reaches the fleet's underlay (the registry host).
+    reg_host = reg.split(":")[0]
+    exec_in(o, a, "busybox", "ping", "-c", "1", "-W", "3", reg_host)
+
+    # kill -9 of the daemon on b's host and a restart: traffic between running
+    # containers never stops, and the restarted daemon adopts what it made
+    # (no namespace added or lost).
+    import sys
+
+    from tests.harness.fleet_cluster import REPO
+
+    host_b = where(o, b)
+    before = prefixed(o)
+    pinger = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--socket", str(where(o, a).socket_path), "container", "exec", "-u", "0",
+         a["status"]["container_id"], "busybox", "ping", "-c", "30", "-i", "0.2", "-W", "1", addr(b)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO)
+    time.sleep(1)
+    host_b.kill9()
+    o.start(host_b)
+    out, _ = pinger.communicate(timeout=60)
+    assert " 0% packet loss" in out, out
+    o.wait_nodes(m1, {"m1": "ready", "w1": "ready", "w2": "ready"})
+    time.sleep(2)  # the restarted worker's session and its first sync
+    assert prefixed(o) == before
+    out = exec_in(o, a, "busybox", "nc", "-w", "3", addr(b), "7000").stdout
+    assert out.startswith("hi-"), out
+
+    # Scale down: the removed tasks' endpoints leave every node.
+    o.orch(m1, "service", "scale", "web=2")
+    gone = {addr(t) for t in web} - {addr(t) for t in running(o, "web")}
+    assert len(gone) == 4
+    left = running(o, "web")
+    deadline = time.monotonic() + 10
+    while True:
+        r = exec_in(o, left[0], "busybox", "ping", "-c", "1", "-W", "1", sorted(gone)[0], check=False)
+        if r.returncode != 0 or time.monotonic() > deadline:
+            break
+    assert r.returncode != 0
+
+    # Removing a network in use is refused, naming the service.
+    r = o.orch(m1, "network", "rm", "app", check=False)
+    assert r.returncode != 0 and "in use by service(s) web" in r.stderr
+    o.orch(m1, "service", "rm", "web")
+    o.orch(m1, "service", "rm", "lone")
+    deadline = time.monotonic() + 30
+    while True:
+        r1 = o.orch(m1, "network", "rm", "app", check=False)
+        if r1.returncode == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert r1.returncode == 0, r1.stderr
+    deadline = time.monotonic() + 30
+    while o.orch(m1, "network", "rm", "other", check=False).returncode != 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    # Nothing networked is left on any host: task namespaces and sandboxes go.
+    deadline = time.monotonic() + 30
+    while prefixed(o) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert prefixed(o) == set()
