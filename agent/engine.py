@@ -64,6 +64,7 @@ class RunRequest(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     seccomp: str | None = None  # None: the default profile; "unconfined"; or a Docker-format profile file
     devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
+    networks: tuple[str, ...] = ()  # attachable overlay networks (names or ids) for a plain container
     netns: str | None = None  # network namespace to join (a task's, with its overlay interfaces); None: a new one
     address: str | None = None  # the container's own IP, for its /etc/hosts entry
 

@@ -144,6 +144,7 @@ async def gc_images(request: web.Request) -> web.Response:
 # -- containers ------------------------------------------------------------
 
 CONTAINERS_KEY = web.AppKey("containers", ContainerManager)
+WORKER_KEY = web.AppKey("worker", object)  # agent.worker.Worker: plain containers on overlay networks
 VOLUMES_KEY = web.AppKey("volumes", VolumeStore)
 
 
@@ -179,12 +180,54 @@ async def run_container(request: web.Request) -> web.Response:
         req = from_json(RunRequest, body, what="container")
     except ValidationError as e:
         return _err(400, "invalid_argument", str(e))
+    if req.networks:
+        return await _run_attached(request, engine, req)
     try:
         rec = await engine.run(req)
     except ImageError as e:
         return image_error_response(e)
     except EngineError as e:
         return _err(e.status, e.code, str(e))
+    return _json(_rec(rec), 201)
+
+
+async def _run_attached(request: web.Request, engine: Engine, req: RunRequest) -> web.Response:
+    """`container run --network`: the managers allocate the container's
+    addresses as a network attachment; it starts in a namespace already on
+    its networks and keeps them until it is removed."""
+    from .worker import ATTACHMENT_LABEL, AttachError
+
+    worker: Any = request.app.get(WORKER_KEY)
+    if worker is None:
+        return _err(503, "unavailable", "this daemon runs no worker: plain containers cannot join networks here")
+    mgr = request.app[CONTAINERS_KEY]
+    if req.name is not None and any(r.name == req.name for r in mgr.records.values()):
+        return _err(409, "conflict", f"a container named {req.name!r} already exists")
+    name = req.name or f"attached-{uuid.uuid4().hex[:12]}"
+    try:
+        await engine.ensure_image(req.image)  # a bad image fails before anything is allocated
+        task = await worker.attach(name, list(req.networks))
+    except ImageError as e:
+        return image_error_response(e)
+    except AttachError as e:
+        return _err(400, "invalid_argument", f"networks: {e}")
+    try:
+        try:
+            path = await worker.prepare_attachment(task)
+        except AttachError as e:
+            return _err(500, "network", f"networks: {e}")
+        addr = task.networks[0].addresses[0].split("/")[0] if task.networks[0].addresses else None
+        labels = {**req.labels, ATTACHMENT_LABEL: task.id}
+        run = req.model_copy(update={"name": name, "netns": path, "address": addr, "labels": labels,
+                                     "networks": ()})
+        try:
+            rec = await engine.run(run)
+        except ImageError as e:
+            return image_error_response(e)
+        except EngineError as e:
+            return _err(e.status, e.code, str(e))
+    finally:
+        worker.attachment_done(task.id)
     return _json(_rec(rec), 201)
 
 

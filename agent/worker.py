@@ -52,6 +52,8 @@ from api.session import (
     LogEnd,
     LogLines,
     LogRequest,
+    AttachRequest,
+    AttachResult,
     SecretRemove,
     SecretUpdate,
     StatusBatch,
@@ -63,6 +65,11 @@ from api.session import (
 log = logging.getLogger(__name__)
 
 TASK_LABEL = "orch.task.id"
+ATTACHMENT_LABEL = "orch.attachment.id"  # a plain container on networks: its attachment task
+
+
+class AttachError(Exception):
+    """A plain container could not be put on its networks; the message says why."""
 LOG_BATCH = 500  # lines per log frame at most
 
 
@@ -204,6 +211,8 @@ class Worker:
         self._kick = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._log_streams: dict[str, asyncio.Task[None]] = {}
+        self._attach_waits: dict[str, asyncio.Future[AttachResult]] = {}
+        self._attaching: set[str] = set()  # attachment tasks whose container is being started
 
     def start(self) -> None:
         self.engine.subscribe(self.container_changed)
@@ -235,6 +244,11 @@ class Worker:
     # -- input -------------------------------------------------------------------
 
     def on_message(self, m: Frame) -> None:
+        if isinstance(m, AttachResult):
+            fut = self._attach_waits.pop(m.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(m)
+            return
         if isinstance(m, LogRequest):
             self._log_streams[m.id] = asyncio.create_task(self._stream_logs(m))
         elif isinstance(m, LogCancel):
@@ -261,6 +275,66 @@ class Worker:
             if tid:
                 out[tid] = r
         return out
+
+    def _containers_by_attachment(self) -> dict[str, ContainerRecord]:
+        out = {}
+        for r in self.engine.list_containers():
+            aid = (r.spec.get("labels") or {}).get(ATTACHMENT_LABEL)
+            if aid:
+                out[aid] = r
+        return out
+
+    def _follow_attachment(self, tid: str, rec: ContainerRecord | None) -> None:
+        """An attachment lives as long as its container: RUNNING while it
+        runs, COMPLETE once it exited or is gone (the manager then removes it
+        and, with it, the container's addresses)."""
+        if rec is not None and rec.status == "running":
+            self._report(tid, TaskState.RUNNING, "attached", container_id=rec.id)
+        elif rec is not None and rec.status == "exited":
+            self._report(tid, TaskState.COMPLETE, "container exited", container_id=rec.id)
+        elif rec is None and tid not in self._attaching:
+            self._report(tid, TaskState.COMPLETE, "container removed")
+
+    async def attach(self, container: str, networks: list[str], timeout: float = 30.0) -> Task:
+        """A network attachment task for a plain container of this node, once
+        the managers allocated its addresses and sent it here. Raises
+        AttachError. The caller starts the container (see `prepare_attachment`)."""
+        rid = f"{container}-{time.monotonic_ns()}"
+        fut: asyncio.Future[AttachResult] = asyncio.get_running_loop().create_future()
+        self._attach_waits[rid] = fut
+        try:
+            if not await self.send(AttachRequest(id=rid, container=container, networks=tuple(networks))):
+                raise AttachError("this node is not connected to a manager (is it part of a cluster?)")
+            async with asyncio.timeout(timeout):
+                res = await fut
+                if res.error:
+                    raise AttachError(res.error)
+                self._attaching.add(res.task_id)
+                while True:
+                    a = self.assigned.tasks.get(res.task_id)
+                    if a is not None and a.task.networks:
+                        return a.task
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AttachError(f"no network attachment within {timeout:g} s (are the managers up?)") from None
+        finally:
+            self._attach_waits.pop(rid, None)
+
+    async def prepare_attachment(self, task: Task) -> str:
+        """The attachment's network namespace, programmed; its path."""
+        if self.networks is None:
+            raise AttachError("this node runs no overlay networking")
+        try:
+            return await self.networks.prepare(task, [x.task for x in self.assigned.tasks.values()],
+                                               self.assigned.networks, self.assigned.endpoints)
+        except NetworkSetupError as e:
+            raise AttachError(str(e)) from e
+
+    def attachment_done(self, task_id: str) -> None:
+        """The container of an attachment was started, or failed to: from now
+        on the attachment follows the container."""
+        self._attaching.discard(task_id)
+        self._kick.set()
 
     # -- reporting -------------------------------------------------------------------
 
@@ -296,7 +370,11 @@ class Worker:
     # -- convergence -------------------------------------------------------------------
 
     def container_changed(self, rec: ContainerRecord) -> None:
-        tid = (rec.spec.get("labels") or {}).get(TASK_LABEL)
+        labels = rec.spec.get("labels") or {}
+        if labels.get(ATTACHMENT_LABEL):
+            self._kick.set()  # its attachment follows it (RUNNING, then COMPLETE)
+            return
+        tid = labels.get(TASK_LABEL)
         if not tid:
             return
         self._observe(tid, rec)
@@ -387,7 +465,11 @@ class Worker:
 
     async def reconcile(self) -> None:
         by_task = self._containers_by_task()
+        attached = self._containers_by_attachment()
         for tid, a in self.assigned.tasks.items():
+            if a.task.attachment:
+                self._follow_attachment(tid, attached.get(tid))
+                continue
             if tid in self._busy:
                 continue
             rec = by_task.get(tid)
@@ -411,7 +493,7 @@ class Worker:
         if self.networks is not None:
             # Peers and sandboxes follow the endpoint tables; namespaces of tasks
             # that are neither assigned nor running here any more go.
-            keep = set(self.assigned.tasks) | set(by_task) | set(self._busy)
+            keep = set(self.assigned.tasks) | set(by_task) | set(self._busy) | set(attached) | self._attaching
             try:
                 await self.networks.sync([a.task for a in self.assigned.tasks.values()], self.assigned.networks,
                                          self.assigned.endpoints, keep)

@@ -585,6 +585,10 @@ class Task(Model):
     created_at: float = 0.0
     not_before: float = 0.0  # restart delay: not scheduled before this time (unix s)
     networks: tuple[NetworkAttachment, ...] = ()  # addresses, set by the allocator (NEW -> PENDING)
+    # Not "" for a network attachment: a plain container's place on attachable
+    # networks (`orch container run --network`), named here. It has no service
+    # and no container of its own; it ends when that container does.
+    attachment: str = ""
 
 
 # -- Networks and the cluster ------------------------------------------------------

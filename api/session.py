@@ -83,6 +83,13 @@ __all__ = [
     "AssignmentChanges",
     "LogRequest",
     "LogCancel",
+    "AttachRequest",
+    "AttachResult",
+    "NetworkUpdate",
+    "NetworkRemove",
+    "Endpoint",
+    "EndpointUpdate",
+    "EndpointRemove",
     "AGENT_FRAMES",
     "MANAGER_FRAMES",
     "FRAMES",
@@ -315,6 +322,28 @@ class AssignmentChanges(Frame):
         return v
 
 
+class AttachRequest(Frame):
+    """Agent -> manager: put a plain container of this node (`container`,
+    its name) on attachable `networks` (names or ids). Answered by an
+    `AttachResult` with the same `id`."""
+
+    KIND: ClassVar[str] = "attach"
+    id: str = Field(min_length=1, max_length=64)
+    container: str = Field(min_length=1, max_length=255)
+    networks: tuple[str, ...] = Field(min_length=1)
+
+
+class AttachResult(Frame):
+    """Manager -> agent: the network attachment task made for an
+    `AttachRequest` (it reaches the node as a task like any other, with its
+    addresses), or why none was made."""
+
+    KIND: ClassVar[str] = "attach_result"
+    id: str
+    task_id: str = ""
+    error: str = ""
+
+
 class LogRequest(Frame):
     """Stream the logs of `tasks` under request `id`: the last `tail` lines
     (None = all), then new lines while `follow`."""
@@ -331,14 +360,16 @@ class LogCancel(Frame):
     id: str
 
 
-AgentFrame = Register | Heartbeat | StatusBatch | LogLines | LogEnd
+AgentFrame = Register | Heartbeat | StatusBatch | LogLines | LogEnd | AttachRequest
 ManagerFrame = (
     SessionStarted | Redirect | Close | HeartbeatAck | AssignmentsFull | AssignmentChanges | LogRequest | LogCancel
+    | AttachResult
 )
 
-AGENT_FRAMES: tuple[type[Frame], ...] = (Register, Heartbeat, StatusBatch, LogLines, LogEnd)
+AGENT_FRAMES: tuple[type[Frame], ...] = (Register, Heartbeat, StatusBatch, LogLines, LogEnd, AttachRequest)
 MANAGER_FRAMES: tuple[type[Frame], ...] = (
     SessionStarted, Redirect, Close, HeartbeatAck, AssignmentsFull, AssignmentChanges, LogRequest, LogCancel,
+    AttachResult,
 )
 FRAMES: dict[str, type[Frame]] = {cls.KIND: cls for cls in AGENT_FRAMES + MANAGER_FRAMES}
 """Frame kind ("t") -> frame class."""

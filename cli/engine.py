@@ -199,6 +199,8 @@ async def _print_logs(ep: Endpoint, ref: str, follow: bool, tail: int | None) ->
 @click.option("--device", "devices", multiple=True, help="HOST[:CONTAINER[:PERMS]] device to expose")
 @click.option("--stop-signal")
 @click.option("--stop-timeout", type=float, default=None, help="Seconds between the stop signal and SIGKILL.")
+@click.option("--network", "networks", multiple=True,
+              help="Attach to an attachable overlay network of the cluster (repeatable).")
 @health_options
 @click.argument("image_ref")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
@@ -209,14 +211,15 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
                   mounts: tuple[str, ...], tmpfs: tuple[str, ...], privileged: bool, cap_add: tuple[str, ...],
                   cap_drop: tuple[str, ...], read_only: bool, security_opts: tuple[str, ...],
                   devices: tuple[str, ...], stop_signal: str | None,
-                  stop_timeout: float | None, image_ref: str, cmd: tuple[str, ...], **health: Any) -> None:
+                  stop_timeout: float | None, networks: tuple[str, ...], image_ref: str, cmd: tuple[str, ...],
+                  **health: Any) -> None:
     """Run IMAGE_REF [CMD...] (pulled first if needed)."""
     body: dict[str, Any] = {
         "image": image_ref, "env": parse_pairs(env, "--env"), "labels": parse_pairs(labels, "--label"),
         "memory": parse_size(memory, "--memory") if memory else 0, "pids_limit": pids_limit, "cpus": cpus,
         "mounts": [*map(parse_volume, volumes), *map(parse_mount, mounts), *map(parse_tmpfs, tmpfs)],
         "privileged": privileged, "cap_add": list(cap_add), "cap_drop": list(cap_drop), "read_only": read_only,
-        "devices": list(devices),
+        "devices": list(devices), "networks": list(networks),
     }
     for opt in security_opts:
         k, sep, v = opt.partition("=")

@@ -26,7 +26,7 @@ from aiohttp import web
 
 from agent.engine import Engine
 from agent.images import ImageService, RegistryConfig
-from agent.localapi import add_container_routes, add_image_routes
+from agent.localapi import WORKER_KEY, add_container_routes, add_image_routes
 from agent.runtime.runtime import ContainerManager
 from agent.networking import TaskNetworks
 from agent.runtime.volumes import VolumeStore
@@ -129,6 +129,7 @@ class NodeDaemon:
         self.worker = Worker(Engine(self.images, self.containers, self.volumes), self.membership.send,
                              networks=self.networks)
         self.membership.worker = self.worker
+        local[WORKER_KEY] = self.worker
         self.worker.start()
         if self.opts.manager is not None:
             from manager.process import ManagerProcess  # a static manager (see _control_routes)

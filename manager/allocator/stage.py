@@ -10,8 +10,9 @@ the object that holds it.
 State: an `Allocator` restored from the store view the first time the stage
 is used in a term (and again after `reset()`, which the loop calls when a
 batch of the pass fails: memory would otherwise hold values the store does
-not). Releases follow the store's own deletions, fed in by the loop with
-`observe(events)`; events no newer than the view the allocator was restored
+not). Releases follow the store's own writes, fed in by the loop with
+`observe(events)`: a deleted task, service or network, and an ended task
+whose addresses the stage cleared; events no newer than the view the allocator was restored
 from are already reflected in it and are ignored, so nothing is released
 twice (a stale release could free an address another holder has since got).
 """
@@ -43,6 +44,7 @@ class NetworkStage:
         self._restored_at = 0  # store version the allocator was restored from
         self._dirty_networks: set[str] = set()
         self._dirty_services: set[str] = set()
+        self._dead: set[str] = set()  # ended tasks still holding addresses
         self.errors: dict[str, str] = {}  # network id -> why it cannot be allocated (for logs / inspect)
 
     # -- lifetime ---------------------------------------------------------------
@@ -62,6 +64,7 @@ class NetworkStage:
             # created while no allocator ran (or before a failed batch).
             self._dirty_networks = {n.id for n in view.list("networks") if n.allocation is None}
             self._dirty_services = {s.id for s in view.list("services")}
+            self._dead = {t.id for t in view.list("tasks") if _ended(t) and t.networks}
         return self._alloc
 
     def counts(self) -> dict[str, int] | None:
@@ -83,8 +86,17 @@ class NetworkStage:
                     self._release(ev, lambda a, s=ev.obj: a.release_service(s))
                 else:
                     self._dirty_services.add(ev.obj.id)
-            elif ev.table == "tasks" and ev.action == "delete" and ev.obj.networks:
-                self._release(ev, lambda a, t=ev.obj: a.release_task(t))
+            elif ev.table == "tasks":
+                if ev.action == "delete":
+                    self._dead.discard(ev.obj.id)
+                    if ev.obj.networks:
+                        self._release(ev, lambda a, t=ev.obj: a.release_task(t))
+                elif ev.old is not None and ev.old.networks and not ev.obj.networks:
+                    # An ended task gave its addresses back (our own write).
+                    self._dead.discard(ev.obj.id)
+                    self._release(ev, lambda a, t=ev.old: a.release_task(t))
+                elif ev.obj.networks and _ended(ev.obj):
+                    self._dead.add(ev.obj.id)
 
     def _release(self, ev: Any, fn: Any) -> None:
         if self._alloc is not None and ev.version > self._restored_at:
@@ -123,6 +135,18 @@ class NetworkStage:
             elif got is not s:
                 res.ops.append(store_ops.Update("services", got))
         self._dirty_services = still
+        # Ended tasks give their addresses back (as Swarm does): the task stays
+        # in the history without them. The addresses are released when that
+        # write is applied (observe), never before: a batch that fails must
+        # not leave them handed out twice.
+        # They yield to the pass's own writes of the task (its shutdown, its
+        # removal) and stay on the list until the clearing write is seen.
+        for tid in sorted(self._dead):
+            dead = view.get("tasks", tid)
+            if dead is None or not dead.networks:
+                self._dead.discard(tid)
+            elif _ended(dead):
+                res.after.append(store_ops.Update("tasks", dead.model_copy(update={"networks": ()})))
         for t in tasks:
             got_t = a.allocate_task(t, networks)
             if isinstance(got_t, Pending):
@@ -130,3 +154,8 @@ class NetworkStage:
             else:
                 res.allocated.append(got_t)
         return res
+
+
+def _ended(t: Task) -> bool:
+    """A task whose container can never run again (a new task replaces it)."""
+    return t.status.state.terminal

@@ -31,14 +31,20 @@ from .common import Route, barrier, commit, json_body, resolve
 from .errors import bad_request, conflict, http_error, json_response
 
 
-def network_users(store: MemoryStore, network_id: str) -> tuple[list[str], list[str]]:
-    """(names of services whose tasks go on the network, ids of tasks that
-    still hold an address on it)."""
+def network_users(store: MemoryStore, network_id: str) -> tuple[list[str], list[str], list[str]]:
+    """(names of services whose tasks go on the network, plain containers on
+    it as "NAME on NODE", ids of service tasks that still hold an address on it)."""
     view = store.view()
     services = sorted(s.spec.name for s in view.list("services")
                       if any(a.target == network_id for a in s.spec.task.networks))
-    tasks = sorted(t.id for t in view.list("tasks") if any(a.network_id == network_id for a in t.networks))
-    return services, tasks
+    containers, tasks = [], []
+    for t in view.find("tasks", "network", network_id):
+        if t.attachment:
+            node = view.get("nodes", t.node_id)
+            containers.append(f"{t.attachment} on {node.description.hostname if node else t.node_id}")
+        else:
+            tasks.append(t.id)
+    return services, sorted(containers), sorted(tasks)
 
 
 def endpoints(store: MemoryStore, net: Network) -> list[dict[str, Any]]:
@@ -50,11 +56,12 @@ def endpoints(store: MemoryStore, net: Network) -> list[dict[str, Any]]:
         for v in s.endpoint.virtual_ips:
             if v.network_id == net.id:
                 out.append({"kind": "vip", "service": s.spec.name, "address": v.addr})
-    for t in view.list("tasks"):
+    for t in view.find("tasks", "network", net.id):
         for a in t.networks:
             if a.network_id == net.id and t.desired_state <= TaskState.RUNNING:
                 node = view.get("nodes", t.node_id) if t.node_id else None
-                out.append({"kind": "task", "task": t.id, "service": names.get(t.service_id, t.service_id),
+                out.append({"kind": "container" if t.attachment else "task", "task": t.id,
+                            **({"container": t.attachment} if t.attachment else {}), "service": names.get(t.service_id, t.service_id),
                             "slot": t.slot, "node": node.description.hostname if node else t.node_id,
                             "address": a.addresses[0] if a.addresses else "", "aliases": list(a.aliases),
                             "state": t.status.state.name.lower()})
@@ -121,10 +128,13 @@ async def create_network(request: web.Request) -> web.Response:
 async def delete_network(request: web.Request) -> web.Response:
     store = (await barrier(request)).store
     net = resolve(store, "networks", request.match_info["ref"])
-    services, tasks = network_users(store, net.id)
+    services, containers, tasks = network_users(store, net.id)
     if services:
         raise conflict(f"network {net.spec.name} is in use by service(s) {', '.join(services)}: "
                        "remove them or `orch service update --network-rm` first")
+    if containers:
+        raise conflict(f"network {net.spec.name} is in use by container(s) {', '.join(containers)}: "
+                       "remove them first")
     if tasks:
         raise conflict(f"network {net.spec.name} is still held by {len(tasks)} task(s) that are shutting down "
                        f"({', '.join(tasks[:3])}{'...' if len(tasks) > 3 else ''}); retry in a moment")

@@ -35,13 +35,28 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from api.objects import Node, NodeDescription, NodeState, Secret, TaskStatus, evolve
+from api import codec
+from api.objects import (
+    ContainerSpec,
+    NetworkAttachmentConfig,
+    Node,
+    NodeDescription,
+    NodeState,
+    Secret,
+    Task,
+    TaskSpec,
+    TaskState,
+    TaskStatus,
+    evolve,
+)
 from api.session import (
     AGENT_FRAMES,
     MAX_FRAME,
     SESSION_PATH,
     AssignmentChanges,
     AssignmentsFull,
+    AttachRequest,
+    AttachResult,
     Close,
     Frame,
     FrameError,
@@ -194,6 +209,7 @@ class Dispatcher:
         self.leader_since: float | None = None
         self._status_q: dict[str, tuple[str, StatusUpdate]] = {}
         self._status_event = asyncio.Event()
+        self._attaching: set[asyncio.Task[None]] = set()
         self._log_subs: dict[str, asyncio.Queue[LogLines | LogEnd]] = {}
         self.stats = DispatcherStats()
 
@@ -326,6 +342,32 @@ class Dispatcher:
                 pass
             finally:
                 watch.close()
+
+    # -- network attachments of plain containers ---------------------------------
+
+    async def _attach(self, sess: _Session, req: AttachRequest) -> None:
+        """A network attachment task for a node's plain container: the
+        allocator gives it its addresses and it reaches the node like any
+        task; the node starts the container in its namespace."""
+        try:
+            view = self.store.view()
+            targets = []
+            for ref in req.networks:
+                net = view.get("networks", ref) or view.get_by_name("networks", ref)
+                if net is None:
+                    raise ValueError(f"network {ref!r} does not exist")
+                if not net.spec.attachable:
+                    raise ValueError(f"network {net.spec.name} is not attachable: create it with --attachable "
+                                     "to run plain containers on it")
+                targets.append(NetworkAttachmentConfig(target=net.id))
+            now = time.time()
+            task = Task(id=codec.new_id(), node_id=sess.node_id, attachment=req.container, created_at=now,
+                        spec=TaskSpec(container=ContainerSpec(image="none"), networks=tuple(targets)),
+                        status=TaskStatus(state=TaskState.NEW, timestamp=now, message="network attachment"))
+            await commit(self.raft, self.store, [store_ops.Create("tasks", task)])
+            self._send(sess, AttachResult(id=req.id, task_id=task.id))
+        except (ValueError, RaftError, TxFailed) as e:
+            self._send(sess, AttachResult(id=req.id, error=str(e)))
 
     # -- logs ------------------------------------------------------------------
 
@@ -488,6 +530,11 @@ class Dispatcher:
                     q = self._log_subs.get(m.id)
                     if q is not None:
                         q.put_nowait(m)
+                elif isinstance(m, AttachRequest):
+                    # Answered from its own task: a commit must not hold up heartbeats.
+                    t = asyncio.create_task(self._attach(sess, m))
+                    self._attaching.add(t)
+                    t.add_done_callback(self._attaching.discard)
                 else:
                     log.warning("node %s sent a %r frame mid-session; ignored", node_id, m.KIND)
         finally:

@@ -39,6 +39,9 @@ class Allocation:
     allocated: list[Task] = field(default_factory=list)
     waiting: dict[str, str] = field(default_factory=dict)
     ops: list[Any] = field(default_factory=list)
+    # Writes that yield to the pass's own: placed after its writes, and dropped
+    # when the pass writes the same object (offered again next pass).
+    after: list[Any] = field(default_factory=list)
 
 
 class Allocator(Protocol):

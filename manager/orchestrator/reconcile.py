@@ -201,7 +201,9 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     # Stage 1, create: the reconcilers write new tasks NEW (and stop, restart,
     # replace and reap the others).
     for sid, tasks in by_service.items():
-        if sid not in services:
+        if sid == "":
+            _attachments(tasks, nodes, out)
+        elif sid not in services:
             _orphaned_service_tasks(tasks, out)
     for svc in services.values():
         tasks = by_service.get(svc.id, [])
@@ -218,14 +220,14 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     waiting = _waiting(by_service, writes, now, out)
     # Stage 2, allocate: NEW -> PENDING, or NEW with the allocator's reason.
     to_allocate = [t for t in waiting if t.status.state == TaskState.NEW]
-    allocated, alloc_ops = _allocate(view, to_allocate, allocator or NoAllocation(), writes, now)
+    allocated, alloc_ops, alloc_after = _allocate(view, to_allocate, allocator or NoAllocation(), writes, now)
     # Stage 3, schedule: PENDING -> ASSIGNED, or PENDING with the scheduler's reason.
     pending = [allocated.get(t.id, t) for t in waiting
                if t.status.state == TaskState.PENDING or t.id in allocated]
     _schedule(pending, ctx, services, by_service, writes, now)
 
     out.ops.extend(retire_replaced(view))
-    out.ops = _dedupe(alloc_ops + out.ops)
+    out.ops = _dedupe(alloc_ops + out.ops + alloc_after)
     return out
 
 
@@ -241,6 +243,17 @@ def _dedupe(ops: list[Any]) -> list[Any]:
         seen.add(key)
         out.append(op)
     return out
+
+
+def _attachments(tasks: list[Task], nodes: dict[str, Node], out: Pass) -> None:
+    """Network attachments of plain containers: allocated and assigned to
+    their node like other tasks (stages 2 and 3), removed once their container
+    ended (the node reports it) or their node is gone."""
+    for t in tasks:
+        if not t.attachment:
+            continue  # not ours to judge: no service and no attachment
+        if t.status.state > TaskState.RUNNING or t.desired_state > TaskState.RUNNING or t.node_id not in nodes:
+            out.ops.append(store_ops.Delete("tasks", t.id))
 
 
 def _orphaned_service_tasks(tasks: list[Task], out: Pass) -> None:
@@ -525,13 +538,13 @@ def _waiting(by_service: dict[str, list[Task]], writes: _TaskWrites, now: float,
 
 
 def _allocate(view: Any, tasks: list[Task], allocator: Allocator, writes: _TaskWrites,
-              now: float) -> tuple[dict[str, Task], list[Any]]:
+              now: float) -> tuple[dict[str, Task], list[Any], list[Any]]:
     """NEW -> PENDING for the tasks the allocator served; the others stay NEW
     with its reason. Returns (task id -> PENDING task, the allocator's other writes).
     The allocator is asked even with no tasks: it may have networks or
     services of its own to allocate."""
     if not tasks and isinstance(allocator, NoAllocation):
-        return {}, []
+        return {}, [], []
     res = allocator.allocate(view, tasks, now)
     asked = {t.id for t in tasks}
     allocated: dict[str, Task] = {}
@@ -547,7 +560,7 @@ def _allocate(view: Any, tasks: list[Task], allocator: Allocator, writes: _TaskW
         reason = res.waiting.get(t.id) or "waiting for allocation"
         if t.status.message != reason:
             writes.put(evolve(t, status=TaskStatus(state=TaskState.NEW, timestamp=now, message=reason)))
-    return allocated, list(res.ops)
+    return allocated, list(res.ops), list(res.after)
 
 
 def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],

@@ -105,3 +105,29 @@ def test_full_network_keeps_tasks_new_and_a_failed_batch_resets() -> None:
     c.stage.reset()
     plan(c.store.view(), c.now, allocator=c.stage)
     assert c.stage.counts() == before
+
+
+def test_an_ended_task_gives_its_address_back_and_stays_in_the_history() -> None:
+    from api.objects import TaskStatus, evolve
+    from manager.store import Update
+
+    c = Leader()
+    c.tx(Create("networks", Network(id="n", spec=NetworkSpec(name="n", ipam=[{"subnet": "10.5.0.0/29"}]))))
+    from api.objects import RestartPolicy
+
+    c.tx(Create("services", mkservice("s", 1, networks=("n",), restart_policy=RestartPolicy(delay=0))))
+    c.settle()
+    (t,) = c.tasks("s")
+    held = t.networks[0].addresses[0]
+    before = c.stage.counts()
+    c.tx(Update("tasks", evolve(t, status=TaskStatus(state=TaskState.FAILED, message="boom"))))
+    c.settle()
+    old = c.store.view().get("tasks", t.id)
+    assert old is not None and old.networks == (), "the failed task keeps its place in the history, not its address"
+    new = [x for x in c.tasks("s") if x.id != t.id]
+    assert len(new) == 1, [(x.status.state, x.desired_state, x.status.message) for x in c.tasks("s")] and new[0].networks and new[0].status.state == TaskState.ASSIGNED
+    assert c.stage.counts() == before, "one address in use, as before"
+    fresh = NetworkStage()
+    plan(c.store.view(), c.now, allocator=fresh)
+    assert fresh.counts() == c.stage.counts()
+    assert held  # (the replacement may or may not get the same one: next fit)

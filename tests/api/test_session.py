@@ -19,6 +19,8 @@ from api.objects import (
     TaskState,
 )
 from api.session import (
+    AttachRequest,
+    AttachResult,
     AGENT_FRAMES,
     FRAMES,
     MANAGER_FRAMES,
@@ -73,6 +75,8 @@ EXAMPLES: list[Frame] = [
                                ConfigRemove(id="cfg"))),
     LogRequest(id="r", tasks=("t1",), follow=True, tail=10),
     LogCancel(id="r"),
+    AttachRequest(id="a1", container="probe", networks=("shared",)),
+    AttachResult(id="a1", task_id="t1"),
 ]
 
 

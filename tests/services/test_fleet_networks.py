@@ -59,6 +59,10 @@ def exec_in(o: OrchFleet, t: dict[str, Any], *cmd: str, check: bool = True) -> A
                   timeout=30)
 
 
+def nets_id(o: OrchFleet, name: str) -> str:
+    return next(n["id"] for n in o.json(o.fleet["m1"], "network", "ls") if n["spec"]["name"] == name)
+
+
 def addr(t: dict[str, Any], i: int = 0) -> str:
     return t["networks"][i]["addresses"][0].split("/")[0]
 
@@ -145,6 +149,33 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
     assert prefixed(o) == before
     out = exec_in(o, a, "busybox", "nc", "-w", "3", addr(b), "7000").stdout
     assert out.startswith("hi-"), out
+
+    # A plain container on an attachable network (orch container run --network):
+    # it gets an address from the managers and talks to tasks on other hosts.
+    r = o.orch(where(o, a), "container", "run", "-d", "--network", "app", img, "sleep", "600", check=False)
+    assert r.returncode != 0 and "not attachable" in r.stderr
+    o.orch(m1, "network", "create", "--attachable", "--subnet", "10.78.0.0/24", "shared")
+    o.orch(m1, "service", "update", "--network-add", "shared", "--update-parallelism", "0", "web")
+    web = running(o, "web")
+    on_shared = [t for t in web if len(t["networks"]) == 2]
+    assert len(on_shared) == 6
+    w1 = o.fleet["w1"]
+    cid = o.orch(w1, "container", "run", "-d", "--name", "probe", "--network", "shared", img,
+                 "sleep", "600").stdout.strip()
+    far = next(t for t in on_shared if where(o, t).name != "w1")
+    shared_ip = next(n["addresses"][0] for n in far["networks"] if n["network_id"] == nets_id(o, "shared"))
+    out = o.orch(w1, "container", "exec", "-u", "0", cid, "busybox", "nc", "-w", "3",
+                 shared_ip.split("/")[0], "7000").stdout
+    assert out.startswith("hi-"), out
+    o.orch(m1, "service", "update", "--network-rm", "shared", "--update-parallelism", "0", "web")
+    r = o.orch(m1, "network", "rm", "shared", check=False)
+    assert r.returncode != 0 and "container(s) probe on w1" in r.stderr, r.stderr
+    o.orch(w1, "container", "rm", "-f", cid)
+    deadline = time.monotonic() + 30
+    while o.orch(m1, "network", "rm", "shared", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the attachment was not released"
+        time.sleep(0.5)
+    web = running(o, "web")
 
     # Scale down: the removed tasks' endpoints leave every node.
     o.orch(m1, "service", "scale", "web=2")
