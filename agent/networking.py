@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NETNS_DIR = "/run/netns"
+REPAIR_EVERY = 30.0
+"""Seconds after which an unchanged desired state is applied again anyway
+(repairs drift: a device someone removed by hand)."""
 
 
 class NetworkSetupError(Exception):
@@ -46,7 +49,10 @@ def task_netns_name(prefix: str, task_id: str) -> str:
 
 
 def wants_network(task: Task) -> bool:
-    return bool(task.networks) and task.desired_state <= TaskState.RUNNING
+    """A task keeps its interfaces while its container may run: also when
+    wanted stopped, through its stop grace period (its namespace goes with
+    its container)."""
+    return bool(task.networks) and not task.status.state.terminal
 
 
 def desired(prefix: str, underlay: str, tasks: Iterable[Task], networks: Mapping[str, Network],
@@ -105,6 +111,8 @@ class TaskNetworks:
         self.underlay = underlay
         self._dp: NetworkDataplane | None = None
         self._lock = asyncio.Lock()
+        self._applied: NodeState | None = None  # the state the last sync applied, and when
+        self._applied_at = 0.0
 
     def netns_path(self, task_id: str) -> str:
         return os.path.join(NETNS_DIR, task_netns_name(self.prefix, task_id))
@@ -142,12 +150,17 @@ class TaskNetworks:
                 if n is None or n.allocation is None:
                     raise NetworkSetupError(f"network {att.network_id} is not known to this node yet")
             path = self.netns_path(task.id)
-            await asyncio.to_thread(_create_netns, task_netns_name(self.prefix, task.id))
-            state = desired(self.prefix, addr, tasks, networks, tables, self._local_netns())
+            name = task_netns_name(self.prefix, task.id)
             try:
+                await asyncio.to_thread(_create_netns, name)
+                state = desired(self.prefix, addr, tasks, networks, tables, self._local_netns())
                 await dp.apply_container(path, state)
             except Exception as e:
+                # Nothing half-made stays: a namespace left here would count as
+                # ready and take this task's broken state into every later sync.
+                await asyncio.to_thread(_remove_netns, name)
                 raise NetworkSetupError(f"attaching to its networks failed: {e}") from e
+            self._applied = None  # the node's state changed: the next sync applies
             return path
 
     async def sync(self, tasks: Iterable[Task], networks: Mapping[str, Network],
@@ -167,7 +180,11 @@ class TaskNetworks:
                 log.warning("overlay networks: %s", e)
                 return
             state = desired(self.prefix, addr, tasks, networks, tables, local - stale)
+            now = asyncio.get_running_loop().time()
+            if not stale and self._applied == state and now - self._applied_at < REPAIR_EVERY:
+                return  # converged to this very state moments ago
             done = await dp.apply(state)
+            self._applied, self._applied_at = state, now
             if done:
                 log.debug("overlay networks: %d changes", len(done))
 

@@ -213,6 +213,10 @@ class Worker:
         self._log_streams: dict[str, asyncio.Task[None]] = {}
         self._attach_waits: dict[str, asyncio.Future[AttachResult]] = {}
         self._attaching: set[str] = set()  # attachment tasks whose container is being started
+        # Until the first full set of this process arrives, what is assigned is
+        # unknown: nothing may be removed (a restarted daemon would otherwise
+        # remove every container it recovered on its first container event).
+        self._synced = False
 
     def start(self) -> None:
         self.engine.subscribe(self.container_changed)
@@ -229,6 +233,7 @@ class Worker:
         """The node left its cluster: nothing is assigned any more. Remove
         every task container, then everything overlay networking made."""
         self.assigned.apply(AssignmentsFull())
+        self._synced = True
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await self.reconcile()
@@ -258,6 +263,7 @@ class Worker:
         elif isinstance(m, (AssignmentsFull, AssignmentChanges)):
             self.assigned.apply(m)
             if isinstance(m, AssignmentsFull):
+                self._synced = True
                 # A new session: the manager may lack reports sent before it. Send ours again.
                 for tid, a in self.assigned.tasks.items():
                     st = self.state.get(tid)
@@ -464,6 +470,8 @@ class Worker:
                 self._kick.set()
 
     async def reconcile(self) -> None:
+        if not self._synced:
+            return
         by_task = self._containers_by_task()
         attached = self._containers_by_attachment()
         for tid, a in self.assigned.tasks.items():

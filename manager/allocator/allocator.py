@@ -80,16 +80,22 @@ class Allocator:
         return a
 
     def _adopt_network(self, n: Network) -> None:
+        """Hold what the store says the network has. Conflicts (only a bug
+        could store them) are logged and the network is adopted anyway: its
+        tasks' addresses must be counted, and its VNI never handed out again."""
         al = n.allocation
         assert al is not None
         subnet = IPv4Network(al.subnet)
         user_subnet = bool(n.spec.ipam)
-        self.vnis.reserve(al.vni)
+        try:
+            self.vnis.reserve(al.vni)
+        except AllocationError as e:
+            log.error("network %s: stored VNI: %s", n.id, e)
         try:
             self.subnets.reserve(subnet, from_pool=not user_subnet)
-        except AllocationError:
-            self.vnis.release(al.vni)
-            raise
+        except AllocationError as e:
+            log.error("network %s: stored subnet: %s", n.id, e)
+            self.subnets.reserve(subnet, from_pool=False)
         ip_range = IPv4Network(n.spec.ipam[0].ip_range) if user_subnet and n.spec.ipam[0].ip_range else None
         self.pools[n.id] = AddressPool(subnet, IPv4Address(al.gateway), ip_range)
         self._nets[n.id] = al
@@ -147,7 +153,8 @@ class Allocator:
         al = self._nets.pop(nid, None)
         self.pools.pop(nid, None)
         if al is not None:
-            self.vnis.release(al.vni)
+            if not any(o.vni == al.vni for o in self._nets.values()):  # a stored duplicate keeps it
+                self.vnis.release(al.vni)
             self.subnets.release(IPv4Network(al.subnet))
 
     # -- services -------------------------------------------------------------------

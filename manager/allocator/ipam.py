@@ -202,10 +202,12 @@ class SubnetPool:
 
     def reserve(self, subnet: IPv4Network, *, from_pool: bool) -> None:
         """Count a subnet as used. `from_pool`: it came from this pool (restoring
-        a network the allocator gave it), so it must not be in use already."""
+        a network the allocator gave it), so no other pool subnet may overlap
+        it; a user's subnet may (networks are isolated), whatever order they
+        are restored in."""
         if from_pool:
-            if not self._free(subnet):
-                raise AllocationError("ipam.subnet", f"{subnet} overlaps a subnet already in use")
+            if any(subnet.overlaps(p) for p in self._from_pool):
+                raise AllocationError("ipam.subnet", f"{subnet} overlaps another subnet of the pool")
             self._from_pool.add(subnet)
         self._in_use[subnet] += 1
 

@@ -68,10 +68,17 @@ def endpoints(store: MemoryStore, net: Network) -> list[dict[str, Any]]:
     return out
 
 
+EGRESS_SUBNET = ipaddress.IPv4Network("172.18.0.0/16")
+"""The nodes' egress bridges' range (overlay_net's default): containers route out through it."""
+
+
 def _check_subnet(store: MemoryStore, spec: NetworkSpec) -> None:
     if not spec.ipam:
         return
     subnet = ipaddress.IPv4Network(spec.ipam[0].subnet)
+    if subnet.overlaps(EGRESS_SUBNET):
+        raise bad_request(f"ipam[0].subnet: {subnet} overlaps {EGRESS_SUBNET}, the nodes' egress range; "
+                          "choose another subnet", field="ipam.0.subnet")
     r = overlapping_route(subnet, host_routes())
     if r is not None:
         raise bad_request(f"ipam[0].subnet: {subnet} overlaps the host's route {r}: containers on the network "

@@ -81,6 +81,18 @@ def _check_refs(store: MemoryStore, spec: ServiceSpec) -> None:
             raise bad_request(f"{where}: no config with id {r.config_id} ({r.config_name})", field=where)
 
 
+def _subnets_overlap(a: Any, b: Any) -> bool:
+    import ipaddress
+
+    def subnet(n: Any) -> Any:
+        if n.allocation is not None:
+            return ipaddress.IPv4Network(n.allocation.subnet)
+        return ipaddress.IPv4Network(n.spec.ipam[0].subnet) if n.spec.ipam else None
+
+    sa, sb = subnet(a), subnet(b)
+    return sa is not None and sb is not None and sa.overlaps(sb)
+
+
 def _resolve_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSpec:
     """The spec with each network given by name or id prefix replaced by
     its id (the store keeps ids, so a network can be found after renames);
@@ -95,6 +107,11 @@ def _resolve_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSpec:
             raise bad_request(f"{where}: {e.message}", field=where) from None
         if net.id in seen:
             raise bad_request(f"{where}: network {net.spec.name} is given twice", field=where)
+        for other in seen:
+            o = store.view().get("networks", other)
+            if o is not None and _subnets_overlap(o, net):
+                raise bad_request(f"{where}: network {net.spec.name} and network {o.spec.name} have overlapping "
+                                  "subnets: a task on both could not route to either", field=where)
         seen.add(net.id)
         out.append(evolve(att, target=net.id))
     if not out:

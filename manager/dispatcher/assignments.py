@@ -81,11 +81,16 @@ def needs_dependencies(task: Task) -> bool:
 
 
 def dependencies(task: Task) -> set[DepKey]:
+    """What a task needs sent with it: its secrets and configs while it is
+    wanted running; its networks while its container may still run (a task
+    wanted stopped keeps its interfaces through its stop grace period)."""
+    deps: set[DepKey] = set()
+    if not task.status.state.terminal:
+        deps |= {("networks", a.network_id) for a in task.networks}
     if not needs_dependencies(task):
-        return set()
+        return deps
     c = task.spec.container
-    return ({("secrets", r.secret_id) for r in c.secrets} | {("configs", r.config_id) for r in c.configs}
-            | {("networks", a.network_id) for a in task.networks})
+    return deps | {("secrets", r.secret_id) for r in c.secrets} | {("configs", r.config_id) for r in c.configs}
 
 
 def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None:

@@ -66,6 +66,7 @@ class Orchestrator:
                 p = plan(self.store.view(), allocator=self.allocator, placements=self.placements)
                 self.passes += 1
                 ok = True
+                uncertain = False
                 for i in range(0, len(p.ops), self.batch):
                     try:
                         await commit(self.raft, self.store, p.ops[i:i + self.batch])
@@ -74,8 +75,21 @@ class Orchestrator:
                         log.debug("orchestrator batch lost a race: %s", e)
                     except RaftError as e:
                         ok = False
+                        uncertain = True
                         log.info("orchestrator write failed: %s", e)
+                    if not ok:
+                        # The rest of the pass was decided together with this
+                        # batch (a network's allocation, then its tasks'
+                        # addresses): decide it again from the store.
                         break
+                if uncertain:
+                    # It may still commit: read everything that did before
+                    # deciding (and allocating) again.
+                    try:
+                        await self.raft.read_barrier()
+                    except RaftError as e:
+                        log.info("orchestrator read barrier failed: %s", e)
+                        await asyncio.sleep(0.1)
                 if not ok:
                     # Memory may hold allocations the store never got.
                     self.allocator.reset()

@@ -255,3 +255,21 @@ async def test_a_task_on_a_network_is_rejected_without_networking(setup: Any) ->
     w.on_message(full(u))
     await until(lambda: TaskState.REJECTED in mgr.states("n"), "REJECTED")
     assert "runs no overlay networking" in mgr.last("n").err and engine.records == {}
+
+
+async def test_nothing_is_removed_before_the_first_full_set() -> None:
+    engine, mgr = FakeEngine(), Manager()
+    engine.add("t1")
+    dead = engine.add("t2", status="exited", exit_code=0)
+    w = Worker(engine, mgr.send)
+    w.start()
+    try:
+        w.container_changed(dead)  # a container event while the managers are unreachable
+        await w.reconcile()
+        await asyncio.sleep(0.1)
+        assert not any(c[0] == "remove" for c in engine.calls) and len(engine.records) == 2
+        w.on_message(full(mktask("t1", state=TaskState.RUNNING)))
+        await until(lambda: ("remove", "t2") in engine.calls, "t2 removed once the set is known")
+        assert ("remove", "t1") not in engine.calls
+    finally:
+        await w.stop()

@@ -217,3 +217,18 @@ def test_no_address_twice_and_no_leak(seq: list[tuple[str, int, int]]) -> None:
     for n in list(w.networks.values()):
         a.release_network(n)
     assert a.counts() == initial
+
+
+def test_restore_in_any_order_keeps_pool_networks_that_a_user_subnet_overlaps() -> None:
+    a = Allocator()
+    pool_net = a.allocate_network(net("zz-pool"))
+    user_net = a.allocate_network(net("aa-user", ipam=[{"subnet": "10.0.0.0/16"}]))
+    assert pool_net.allocation and pool_net.allocation.subnet == "10.0.0.0/24"
+    t = a.allocate_task(task("t1", svc("s", ("zz-pool",))), {"zz-pool": pool_net})
+    assert isinstance(t, Task)
+    for order in ([pool_net, user_net], [user_net, pool_net]):
+        b = Allocator.restore(None, order, [], [t])
+        assert b.counts() == a.counts(), order
+        fresh = b.allocate_network(net("dd-new"))
+        assert fresh.allocation and fresh.allocation.vni not in (pool_net.allocation.vni, user_net.allocation.vni)
+        assert isinstance(b.allocate_task(task("t2", svc("s", ("zz-pool",))), {"zz-pool": pool_net}), Task)
