@@ -99,6 +99,10 @@ def _check_allocatable(store: MemoryStore, net: Network) -> None:
     c = cluster_of(store)
     trial = Allocator.restore(c.default_addr_pool if c else None, view.list("networks"), (), ())
     try:
+        for pending in view.list("networks"):  # created, not yet allocated: their fixed VNIs are taken
+            fixed = pending.spec.options.get("vni")
+            if pending.allocation is None and fixed:
+                trial.vnis.reserve(int(fixed))
         trial.allocate_network(net)
     except AllocationError as e:
         raise bad_request(str(e), field=e.field or None) from None
