@@ -80,6 +80,7 @@ class AgentSession:
         self.on_role = on_role
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self._last_heard = 0.0  # monotonic time of the manager's last frame in this session
         self.rng = rng or random.Random()
         self._task: asyncio.Task[None] | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
@@ -120,7 +121,12 @@ class AgentSession:
     async def _run(self) -> None:
         delay = self.backoff_min
         scheme = "https" if self.ssl_context is not None else "http"
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context or False)) as http:
+        # A manager that does not answer a connect within a few seconds is
+        # tried again later (or another one): the kernel's SYN retries would
+        # otherwise hold the session for minutes after a partition heals.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.ssl_context or False),
+                                         timeout=timeout) as http:
             while True:
                 progressed = False
                 for addr in self._candidates():
@@ -170,11 +176,13 @@ class AgentSession:
                 st.managers = list(msg.managers)
                 if self.on_managers is not None:
                     self.on_managers(st.managers)
+            self._last_heard = time.monotonic()
             beat = asyncio.create_task(self._heartbeat(ws))
             try:
                 async for frame in ws:
                     if frame.type != aiohttp.WSMsgType.BINARY:
                         break
+                    self._last_heard = time.monotonic()
                     m = decode(frame.data, MANAGER_FRAMES)
                     if isinstance(m, HeartbeatAck):
                         st.heartbeats += 1
@@ -194,5 +202,12 @@ class AgentSession:
         while not ws.closed:
             # Jitter below the period: never late because of it.
             await asyncio.sleep(self.state.period * self.rng.uniform(0.7, 0.95))
+            if time.monotonic() - self._last_heard > max(3 * self.state.period, 2.0):
+                # Three periods without a word (acks come every period): the
+                # connection is dead (a partition, a hung manager) even if TCP
+                # has not noticed. End it and find the leader again.
+                log.info("no answer from the manager for %.1f s: reconnecting", time.monotonic() - self._last_heard)
+                await ws.close()
+                return
             self._hb_sent = time.monotonic()
             await ws.send_bytes(encode(Heartbeat()))
