@@ -43,7 +43,7 @@ Everything the run makes (fleet namespaces, daemons, containers, mounts,
 cgroups, dockerd state, temp dirs) is removed at the end, also on Ctrl-C or
 SIGTERM; a final check lists anything left.
 
-    python3 bench/overlay.py                        # 3 rounds x 4 s, 50 tasks, with Swarm
+    python3 bench/overlay.py                        # 5 rounds x 3 s, 50 tasks, with Swarm
     python3 bench/overlay.py --rounds 5 --seconds 5 --json
     python3 bench/overlay.py --skip-swarm --skip-latency
 """
@@ -292,7 +292,7 @@ def build_images(work: Path) -> tuple[Any, Path, list[str]]:
         _add_host_path(tb, f, added)
     # busybox next to iperf3 (in /usr/bin on a merged-/usr host), applets as symlinks to it.
     bb_real = os.path.realpath(str(BUSYBOX))
-    _add_host_path(tb, bb_real, added)
+    _add_host_path(tb, str(BUSYBOX), added)  # also /bin -> usr/bin where /usr is merged: scripts say #!/bin/sh
     bb_dir = os.path.dirname(bb_real)[1:]
     for applet in APPLETS:
         rel = f"{bb_dir}/{applet}"
@@ -381,6 +381,21 @@ class OrchSide:
         self.cli_cid = cli["status"]["container_id"]
         self.notes.append(f"orch: manager+worker on host a ({a.addr}), worker on host b ({b.addr}); network "
                           f"{NET} {ORCH_SUBNET}; iperf3 server task on b at {self.srv_ip}, client task on a")
+        self.check_task_netns()
+
+    def check_task_netns(self) -> None:
+        """What differs from a Docker container's network namespace, noted beside the figures."""
+        out = self.api(self.a, "POST", f"/v1/containers/{self.cli_cid}/exec",
+                       {"cmd": ["sh", "-c", "cat /sys/class/net/eth0/mtu; ip -o link show lo"]})["output"]
+        mtu, _, lo = out.partition("\n")
+        self.notes.append(f"orch: task eth0 MTU {mtu.strip()}")
+        if ",UP" not in lo and "<UP" not in lo:
+            self.notes.append("orch PROBLEM: loopback is down in the task's network namespace (127.0.0.1 and the "
+                              "127.0.0.11 resolver in its resolv.conf are unreachable); Docker brings it up")
+        if "nat" in self.a.run(["nft", "list", "tables"]).stdout + self.a.run(["nft", "list", "ruleset"]).stdout:
+            self.notes.append("orch: hosts a and b carry orch's egress nftables nat table (masquerade), so "
+                              "conntrack tracks every VXLAN and underlay packet there; the Swarm hosts have no "
+                              "firewall rules (dockerd --iptables=false)")
 
     def service(self, name: str, host: str, cmd: list[str], replicas: int = 1) -> None:
         self.services.append(name)
@@ -420,7 +435,7 @@ class OrchSide:
 
     # -- 4: from RUNNING on a to the first exchange from b --
 
-    def reachability(self) -> tuple[list[Reach], list[str]]:
+    def reachability(self) -> tuple[list[Reach], list[str], list[float]]:
         args = self.args
         notes: list[str] = []
         self.service("probe", "b", ["sleep", "3600"])
@@ -462,11 +477,13 @@ class OrchSide:
                      f"{PROBE_RETRY * 1000:.0f} ms between attempts")
         reach: dict[str, Reach] = {}
         by_ip: dict[str, Reach] = {}
+        scaled_at: list[float] = []
         target = 0
         step = 0
         while target < args.tasks:
             step += 1
             target = min(args.tasks, target + args.step)
+            scaled_at.append(time.time())
             self.o.orch(self.a, "service", "scale", f"lat={target}", "-d")
             t_end = time.monotonic() + STEP_TIMEOUT
             while time.monotonic() < t_end:
@@ -497,7 +514,7 @@ class OrchSide:
         if late:
             notes.append(f"{len(late)} task addresses reached the probe only after the task ran (bench polling): "
                          "their figure includes that delay")
-        return sorted(reach.values(), key=lambda r: (r.step, r.running_ts)), notes
+        return sorted(reach.values(), key=lambda r: (r.step, r.running_ts)), notes, scaled_at
 
 
 # -- Docker Swarm --------------------------------------------------------------------------------
@@ -577,6 +594,10 @@ class SwarmSide:
         version = self.docker("sa", "version", "--format", "{{.Server.Version}}").stdout.strip()
         driver = self.docker("sa", "info", "--format", "{{.Driver}}").stdout.strip()
         mtu = self.docker("sa", "exec", "ipcli", "cat", "/sys/class/net/eth0/mtu", check=False).stdout.strip()
+        if "net.ipv4.vs." in self.sa.log_tail(400):
+            self.notes.append("swarm: this kernel has no IPVS (dockerd logs net.ipv4.vs.* errors): Swarm service "
+                              "VIPs would not work, so the containers are `docker run --network` on an attachable "
+                              "overlay, which needs no VIP")
         self.notes.append(f"swarm: dockerd {version} ({driver}) in hosts sa ({sa.addr}, manager) and sb ({sb.addr}, "
                           f"worker); attachable overlay {NET} {SWARM_SUBNET} (MTU {mtu or '?'}); `docker run "
                           f"--network` server on sb at {self.srv_ip}, client on sa")
@@ -651,8 +672,18 @@ LABELS = {"orch": "orch overlay  (task a -> task b)",
           "swarm": "Swarm overlay (container sa -> sb)"}
 
 
-def report(args: argparse.Namespace, samples: list[Sample], reach: list[Reach] | None, notes: list[str],
-           swarm_note: str, elapsed: float, problems: list[str]) -> dict[str, Any]:
+def step_spread(reach: list[Reach], scaled_at: list[float]) -> list[dict[str, float]]:
+    """Per scale step: seconds from the scale command to its first and last task RUNNING."""
+    out = []
+    for i, t0 in enumerate(scaled_at):
+        ts = [r.running_ts for r in reach if r.step == i + 1 and r.running_ts == r.running_ts]
+        out.append({"first_running_s": min(ts) - t0 if ts else float("nan"),
+                    "last_running_s": max(ts) - t0 if ts else float("nan")})
+    return out
+
+
+def report(args: argparse.Namespace, samples: list[Sample], reach: list[Reach] | None, scaled_at: list[float],
+           notes: list[str], swarm_note: str, elapsed: float, problems: list[str]) -> dict[str, Any]:
     med = medians(samples)
     gs = goals(med, reach, args.tasks)
     lat = [r.latency_s for r in (reach or []) if r.latency_s == r.latency_s]
@@ -668,7 +699,8 @@ def report(args: argparse.Namespace, samples: list[Sample], reach: list[Reach] |
         out["reachability"] = {
             "tasks": args.tasks, "step": args.step, "answered": len(lat), "p50_s": pct(lat, 50),
             "p90_s": pct(lat, 90), "p99_s": pct(lat, 99), "min_s": min(lat, default=float("nan")),
-            "max_s": max(lat, default=float("nan")),
+            "max_s": max(lat, default=float("nan")), "negative": sum(1 for x in lat if x < 0),
+            "steps": step_spread(reach, scaled_at),
             "samples": [{**asdict(r), "latency_s": r.latency_s} for r in reach]}
     return out
 
@@ -697,6 +729,11 @@ def print_report(args: argparse.Namespace, res: dict[str, Any]) -> None:
               f"host b; {r['tasks']} tasks, scaled up {r['step']} at a time")
         print(f"  answered {r['answered']}/{r['tasks']}; p50 {fmt(r['p50_s'], '.3f')} s, p90 {fmt(r['p90_s'], '.3f')}"
               f" s, p99 {fmt(r['p99_s'], '.3f')} s, min {fmt(r['min_s'], '.3f')} s, max {fmt(r['max_s'], '.3f')} s")
+        if r["negative"]:
+            print(f"  {r['negative']} tasks answered before their RUNNING timestamp (negative figures): host b knows a "
+                  "task's endpoint from ASSIGNED on, and its server listens before host a's agent reports RUNNING")
+        print("  scale command -> first / last task of the step RUNNING: " + ", ".join(
+            f"{fmt(x['first_running_s'], '.1f')}/{fmt(x['last_running_s'], '.1f')} s" for x in r["steps"]))
     for n in res["notes"]:
         print(f"  note: {n}")
     print("\ngoals:")
@@ -733,8 +770,8 @@ def leftovers(run_id: str, base_dir: str, pids: list[int], outside_before: dict[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=3, help="iperf3 runs per path (default 3)")
-    ap.add_argument("--seconds", type=int, default=4, help="seconds per iperf3 run (default 4)")
+    ap.add_argument("--rounds", type=int, default=5, help="iperf3 runs per path (default 5)")
+    ap.add_argument("--seconds", type=int, default=3, help="seconds per iperf3 run (default 3)")
     ap.add_argument("--tasks", type=int, default=50, help="tasks for the reachability figure (default 50)")
     ap.add_argument("--step", type=int, default=10, help="tasks added per scale-up step (default 10)")
     ap.add_argument("--skip-swarm", action="store_true", help="no Docker Swarm side")
@@ -787,6 +824,7 @@ def main() -> int:
     td = Teardown()
     samples: list[Sample] = []
     reach: list[Reach] | None = None
+    scaled_at: list[float] = []
     notes: list[str] = []
     pids: list[int] = []
     rc = 0
@@ -834,7 +872,7 @@ def main() -> int:
                 log(f"round {rnd + 1}: {p}: {fmt(s.gbps)} Gbit/s" + (f" ({s.error[:200]})" if s.error else ""))
         if not args.skip_latency:
             log(f"orch: reachability of {args.tasks} new tasks")
-            reach, more = orch.reachability()
+            reach, more, scaled_at = orch.reachability()
             notes += more
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
@@ -870,7 +908,7 @@ def main() -> int:
         problems.append(f"{work} still exists")
     if problems:
         rc = rc or 1
-    res = report(args, samples, reach, notes, swarm_note, time.monotonic() - t_start, problems)
+    res = report(args, samples, reach, scaled_at, notes, swarm_note, time.monotonic() - t_start, problems)
     if args.json:
         from container_start import _clean_json
 
