@@ -813,7 +813,10 @@ def main() -> int:
             os._exit(128 + signum)
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and a
+    # forked helper must not run the cleanup.
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     t_start = time.monotonic()
     cleanup_stale()
     outside_before = {p: os.path.exists(p) for p in ("/run/docker/plugins", "/run/docker")}
