@@ -67,9 +67,14 @@ import sys
 import tarfile
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from container_start import PrivateDockerd, Teardown
+    from tests.fixtures.oci_build import BuiltImage, TarBuilder
+    from tests.harness.fleet import Fleet, Host
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
@@ -234,7 +239,7 @@ def goals(med: dict[str, float], reach: list[Reach] | None, n_tasks: int) -> lis
 # -- the image -------------------------------------------------------------------------------------
 
 
-def _add_host_path(tb: Any, path: str, added: set[str]) -> None:
+def _add_host_path(tb: TarBuilder, path: str, added: set[str]) -> None:
     """Put a host file into the layer at the same path, with every symlink on
     the way (Debian's merged /usr: /lib -> usr/lib and so on)."""
     parts = Path(path).parts[1:]
@@ -277,7 +282,7 @@ def iperf_files() -> list[str]:
     return files
 
 
-def build_images(work: Path) -> tuple[Any, Path, list[str]]:
+def build_images(work: Path) -> tuple[BuiltImage, Path, list[str]]:
     """The bench image (busybox + iperf3 and its libraries): for the registry
     (Docker schema 2) and as a `docker load` tarball; returns (image, tarball, files)."""
     from tests.fixtures.oci_build import BUSYBOX, TarBuilder, build_image, make_layer
@@ -339,7 +344,7 @@ def iperf_json(text: str) -> dict[str, Any]:
 class OrchSide:
     """Two orch daemons on hosts a and b, the network and the iperf3 tasks."""
 
-    def __init__(self, fleet: Any, reg: str, td: Any, args: argparse.Namespace) -> None:
+    def __init__(self, fleet: Fleet, reg: str, td: Teardown, args: argparse.Namespace) -> None:
         from tests.harness.fleet_cluster import OrchFleet
 
         self.fleet, self.td, self.args = fleet, td, args
@@ -351,7 +356,7 @@ class OrchSide:
         self.cli_cid = ""
         self.notes: list[str] = []
 
-    def api(self, host: Any, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+    def api(self, host: Host, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         from cli.client import Endpoint, request
 
         return request(Endpoint(socket=str(host.socket_path)), method, path, body, timeout=timeout)
@@ -445,7 +450,7 @@ class OrchSide:
         if not os.path.exists(ns):
             raise RuntimeError(f"the probe task's network namespace {ns} is not there")
         proc = subprocess.Popen(["nsenter", f"--net={ns}", "--", sys.executable, str(Path(__file__).resolve()),
-                                 "--probe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 "--probe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 start_new_session=True, cwd=ROOT)
 
         def stop_probe() -> None:
@@ -455,17 +460,19 @@ class OrchSide:
 
         self.td.push("stop the probe", stop_probe)
         assert proc.stdin is not None and proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        buf = ""
+        stdin, out_fd = proc.stdin, proc.stdout.fileno()
+        buf = b""
+
+        def send(line: str) -> None:
+            stdin.write(line.encode() + b"\n")
+            stdin.flush()
 
         def lines(wait: float) -> list[dict[str, Any]]:
+            """What the probe printed, waiting up to `wait` seconds for it."""
             nonlocal buf
-            r, _, _ = select.select([proc.stdout], [], [], wait)
-            if r:
-                chunk = proc.stdout.read()  # type: ignore[union-attr]
-                if chunk:
-                    buf += chunk
-            *full, buf = buf.split("\n")
+            if select.select([out_fd], [], [], wait)[0]:
+                buf += os.read(out_fd, 1 << 16)
+            *full, buf = buf.split(b"\n")
             return [json.loads(x) for x in full if x.strip()]
 
         deadline = time.monotonic() + 30
@@ -495,8 +502,7 @@ class OrchSide:
                             continue
                         ip = addrs[0].split("/")[0]
                         r = reach[t["id"]] = by_ip[ip] = Reach(t["id"], ip, step, time.time())
-                        proc.stdin.write(ip + "\n")
-                        proc.stdin.flush()
+                        send(ip)
                     if r.running_ts != r.running_ts and t["status"]["state"] == "running":
                         r.running_ts = t["status"]["timestamp"]
                 for m in lines(0.1):
@@ -508,8 +514,7 @@ class OrchSide:
                     break
             log(f"orch: lat scaled to {target}: {sum(1 for r in reach.values() if r.exchange_ts == r.exchange_ts)}"
                 f" answered")
-        proc.stdin.write("quit\n")
-        proc.stdin.flush()
+        send("quit")
         late = [r for r in reach.values() if r.fed_ts > r.running_ts]
         if late:
             notes.append(f"{len(late)} task addresses reached the probe only after the task ran (bench polling): "
@@ -523,14 +528,14 @@ class OrchSide:
 class SwarmSide:
     """A private dockerd in each of fleet hosts sa and sb, one swarm, an attachable overlay."""
 
-    def __init__(self, fleet: Any, reg: str, tarball: Path, td: Any) -> None:
+    def __init__(self, fleet: Fleet, reg: str, tarball: Path, td: Teardown) -> None:
         self.fleet, self.reg, self.tarball, self.td = fleet, reg, tarball, td
         self.sa, self.sb = fleet["sa"], fleet["sb"]
-        self.d: dict[str, Any] = {}
+        self.d: dict[str, PrivateDockerd] = {}
         self.srv_ip = ""
         self.notes: list[str] = []
 
-    def dockerd(self, host: Any) -> Any:
+    def dockerd(self, host: Host) -> PrivateDockerd:
         """Start a dockerd in the host's namespace: state under the host's dir, its cgroup parent."""
         from container_start import DOCKERD, PrivateDockerd
 
@@ -541,7 +546,10 @@ class SwarmSide:
         cfg = d.root / "daemon.json"
         cfg.write_text(json.dumps({"deprecated-key-path": str(d.root / "key.json")}))
         self.td.push(f"clean up after dockerd on {host.name}", d.force_cleanup)
-        self.td.push(f"stop dockerd on {host.name}", lambda: host.stop(timeout=30))
+        def stop() -> None:
+            host.stop(timeout=30)  # SIGTERM: dockerd stops its containerd and shims with it
+
+        self.td.push(f"stop dockerd on {host.name}", stop)
         d.proc = host.start([
             DOCKERD, "--data-root", str(d.root / "data"), "--exec-root", str(d.exec_root),
             "--pidfile", str(d.root / "dockerd.pid"), "-H", f"unix://{d.sock}", "--config-file", str(cfg),
@@ -579,8 +587,8 @@ class SwarmSide:
             if time.monotonic() > deadline:
                 raise RuntimeError("swarm nodes not Ready 30 s after join")
             time.sleep(0.3)
-        for h in ("sa", "sb"):
-            self.docker(h, "load", "-i", str(self.tarball))
+        for name in ("sa", "sb"):
+            self.docker(name, "load", "-i", str(self.tarball))
         self.td.push("remove the swarm containers and network", self.remove_all)
         self.docker("sa", "network", "create", "-d", "overlay", "--attachable", "--subnet", SWARM_SUBNET, NET)
         self.docker("sb", "run", "-d", "--name", "ipsrv", "--network", NET, f"{IMAGE_REPO}:{IMAGE_TAG}",
@@ -633,7 +641,7 @@ class SwarmSide:
 class Underlay:
     """iperf3 (the same binary) between the two orch hosts' own addresses."""
 
-    def __init__(self, fleet: Any, td: Any) -> None:
+    def __init__(self, fleet: Fleet, td: Teardown) -> None:
         self.a, self.b = fleet["a"], fleet["b"]
         self.td = td
         self.server: subprocess.Popen[bytes] | None = None
@@ -710,14 +718,15 @@ def print_report(args: argparse.Namespace, res: dict[str, Any]) -> None:
     print(f"\noverlay throughput: iperf3, one TCP stream, {args.seconds} s per run, {args.rounds} rounds "
           "(order rotated each round); Gbit/s received")
     print(f"  {'path':36} " + " ".join(f"{'r' + str(i + 1):>6}" for i in range(args.rounds)) + f"  {'median':>7}"
-          "  retr/mss (last)")
+          "  retransmits (median), MSS")
     for p in ("orch", "underlay", "swarm"):
         ss = sorted((s for s in samples if s.path == p), key=lambda s: s.round)
         if not ss:
             continue
-        last = ss[-1]
+        retr = median([float(s.retransmits) for s in ss if s.retransmits is not None])
+        mss = next((s.mss for s in ss if s.mss), None)
         print(f"  {LABELS[p]:36} " + " ".join(f"{fmt(s.gbps):>6}" for s in ss) +
-              f"  {fmt(res['medians_gbps'][p]):>7}  {last.retransmits}/{last.mss}")
+              f"  {fmt(res['medians_gbps'][p]):>7}  {fmt(retr, '.0f'):>5}, {mss}")
         for s in ss:
             if s.error:
                 print(f"      round {s.round + 1}: {s.error}")
@@ -868,7 +877,8 @@ def main() -> int:
             for pos, p in enumerate(path_order(order, rnd)):
                 s = Sample(p, rnd, pos)
                 try:
-                    s.__dict__.update(paths[p].iperf(args.seconds))
+                    got = paths[p].iperf(args.seconds)
+                    s.gbps, s.retransmits, s.mss = got["gbps"], got["retransmits"], got["mss"]
                 except (RuntimeError, subprocess.TimeoutExpired) as e:
                     s.error = str(e)[:500]
                 samples.append(s)
