@@ -31,10 +31,12 @@ networks"): orch >= 0.85 x the underlay and >= 1.1 x Swarm.
    made for that task) is started before a service pinned to host a is
    scaled up in steps to --tasks tasks (busybox answering TCP on 7000). The
    bench feeds the probe each new task's address as soon as the allocator
-   gives it (before the task runs); the probe keeps trying (50 ms connect
-   timeout, 10 ms between attempts) until the task answers. Per task: the
-   time of that first answered exchange minus the RUNNING timestamp in the
-   task's status (taken by host a's agent; same clock). The probe's
+   gives it (the API polled every 0.1 s; before the task runs); the probe
+   keeps trying (50 ms connect timeout, 10 ms between attempts) until the
+   task answers. Per task: the time of that first answered exchange minus
+   the RUNNING timestamp in the task's status (taken by host a's agent; same
+   clock); negative when the task answered before its agent reported it
+   RUNNING (peers learn an endpoint from ASSIGNED on). The probe's
    namespace has its ARP retransmit time set to 50 ms so an attempt made
    before host b learns the address delays the figure by <= 50 ms instead of
    up to 1 s. Goal: p99 <= 1 s.
