@@ -3,7 +3,7 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service cluster-up cluster-down
+.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay cluster-up cluster-down
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -38,3 +38,6 @@ bench-container-start:  ## 100 concurrent container starts through the engine vs
 
 bench-service:      ## service create/scale/update of 100 tasks: orch vs Docker Swarm (private dockerd)
 	$(PY) bench/service_converge.py
+
+bench-overlay:      ## overlay networks on the netns fleet: iperf3 orch vs underlay vs Docker Swarm, new-task reachability
+	$(PY) bench/overlay.py
