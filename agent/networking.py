@@ -211,10 +211,21 @@ class TaskNetworks:
 
 
 def _create_netns(name: str) -> None:
-    from pyroute2 import netns
+    """A named network namespace with its loopback up (runc brings up `lo`
+    only in namespaces it creates itself, not in one it joins)."""
+    # Not pyroute2's NetNS: it forks the daemon, and the child's exit runs the
+    # daemon's shutdown (it removed the socket). setns on this thread instead.
+    from pyroute2 import IPRoute, netns
 
-    if not os.path.exists(os.path.join(NETNS_DIR, name)):
+    from overlay_net.netlink import entered
+
+    path = os.path.join(NETNS_DIR, name)
+    if not os.path.exists(path):
         netns.create(name)
+    with entered(path), IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname="lo")
+        if idx:
+            ipr.link("set", index=idx[0], state="up")
 
 
 def _remove_netns(name: str) -> None:

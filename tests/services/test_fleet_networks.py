@@ -109,6 +109,8 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
         out = exec_in(o, src, "sh", "-c", script).stdout
         got = dict(line.split(" ", 1) for line in out.strip().splitlines())
         assert set(got) == set(others) and all(v.startswith("hi-") for v in got.values()), out
+    # Loopback works in a task's namespace (it is not runc's to bring up there).
+    exec_in(o, web[0], "busybox", "ping", "-c", "1", "-W", "2", "127.0.0.1")
     # Large packets cross unfragmented (1400-byte IP packets at MTU 1450).
     a, b = web[0], next(t for t in web if t["node_id"] != web[0]["node_id"])
     exec_in(o, a, "busybox", "ping", "-c", "1", "-W", "3", "-s", "1372", addr(b))
