@@ -12,12 +12,15 @@ as an `HTTPError` made by the one error table (errors.py).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from pydantic import ValidationError as PydanticValidationError
 
 from api.errors import ValidationError
 from api.objects import Cluster
@@ -125,6 +128,27 @@ def resolve(store: MemoryStore, table: str, ref: str) -> Any:
     if len(matches) > 1:
         raise bad_request(f"{kind} reference {ref!r} is ambiguous: {len(matches)} ids start with it")
     raise not_found(f"no {kind} with id or name {ref!r}")
+
+
+def named_blob(body: dict[str, Any], spec_type: Any, *, required: bool) -> tuple[Any, bytes]:
+    """A config's or secret's create body ({name, labels, data: base64}) as
+    its validated spec and the decoded data; errors name the field."""
+    unknown = set(body) - {"name", "labels", "data"}
+    if unknown:
+        raise bad_request(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
+    data = body.get("data") if required else body.get("data", "")
+    if not isinstance(data, str):
+        raise bad_request("data: required, a base64 string" if required else "data: must be a base64 string",
+                          field="data")
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request("data: not valid base64", field="data") from None
+    try:
+        spec = spec_type(name=body.get("name"), labels=body.get("labels") or {}, data=raw)
+    except PydanticValidationError as e:
+        raise http_error(e) from None
+    return spec, raw
 
 
 def cluster_state(store: MemoryStore) -> Cluster:

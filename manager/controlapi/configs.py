@@ -3,19 +3,16 @@ that mount them)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 
 from aiohttp import web
-from pydantic import ValidationError as PydanticValidationError
 
 from api import codec
 from api.objects import Config, ConfigSpec, Meta
 from manager import store as store_ops
 
-from .common import Route, barrier, commit, json_body, resolve, users_of
-from .errors import bad_request, conflict, http_error, json_response
+from .common import Route, barrier, commit, json_body, named_blob, resolve, users_of
+from .errors import conflict, json_response
 
 
 async def list_configs(request: web.Request) -> web.Response:
@@ -29,21 +26,7 @@ async def get_config(request: web.Request) -> web.Response:
 
 
 async def create_config(request: web.Request) -> web.Response:
-    body = await json_body(request)
-    unknown = set(body) - {"name", "labels", "data"}
-    if unknown:
-        raise bad_request(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
-    data = body.get("data", "")
-    if not isinstance(data, str):
-        raise bad_request("data: must be a base64 string", field="data")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request("data: not valid base64", field="data") from None
-    try:
-        spec = ConfigSpec(name=body.get("name"), labels=body.get("labels") or {}, data=raw)
-    except PydanticValidationError as e:
-        raise http_error(e) from None
+    spec, _ = named_blob(await json_body(request), ConfigSpec, required=False)
     now = time.time()
     obj = Config(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec)
     result = await commit(request, [store_ops.Create("configs", obj)])

@@ -3,20 +3,17 @@ and never leave it through the API (responses carry metadata only)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import time
 
 from aiohttp import web
-from pydantic import ValidationError as PydanticValidationError
 
 from api import codec
 from api.objects import Meta, Secret, SecretSpec
 from manager import store as store_ops
 from pki.secretbox import seal
 
-from .common import Route, barrier, commit, json_body, manager, resolve, users_of
-from .errors import HTTPError, bad_request, conflict, http_error, json_response
+from .common import Route, barrier, commit, json_body, manager, named_blob, resolve, users_of
+from .errors import HTTPError, conflict, json_response
 
 
 async def list_secrets(request: web.Request) -> web.Response:
@@ -33,25 +30,11 @@ async def create_secret(request: web.Request) -> web.Response:
     key = manager(request).secrets_key()
     if key is None:
         raise HTTPError(409, "no_key", "secrets need a cluster made with `orch init` (no cluster secrets key here)")
-    body = await json_body(request)
-    unknown = set(body) - {"name", "labels", "data"}
-    if unknown:
-        raise bad_request(f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0])
-    data = body.get("data")
-    if not isinstance(data, str):
-        raise bad_request("data: required, a base64 string", field="data")
-    try:
-        raw = base64.b64decode(data, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_request("data: not valid base64", field="data") from None
-    try:
-        SecretSpec(name=body.get("name"), labels=body.get("labels") or {}, data=raw)  # validate the plaintext
-    except PydanticValidationError as e:
-        raise http_error(e) from None
+    spec, raw = named_blob(await json_body(request), SecretSpec, required=True)  # validates the plaintext
     sid = codec.new_id()
     now = time.time()
     obj = Secret(id=sid, meta=Meta(created_at=now, updated_at=now),
-                 spec=SecretSpec(name=body["name"], labels=body.get("labels") or {}, data=seal(key, sid, raw)))
+                 spec=spec.model_copy(update={"data": seal(key, sid, raw)}))
     result = await commit(request, [store_ops.Create("secrets", obj)])
     return json_response(codec.to_json(result.events[0].obj), 201)
 
