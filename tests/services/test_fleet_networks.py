@@ -179,6 +179,34 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
         time.sleep(0.5)
     web = running(o, "web")
 
+    # Drain a worker: its tasks move; the new ones answer from the other hosts
+    # within 1 s of RUNNING, and no node keeps a neighbour entry for the old ones.
+    drained = o.fleet["w2"]
+    old = {addr(t) for t in web if where(o, t).name == "w2"}
+    o.orch(m1, "node", "update", "--availability", "drain", "w2")
+    deadline = time.monotonic() + 60
+    while True:
+        web = running(o, "web")
+        if len(web) == 6 and all(where(o, t).name != "w2" for t in web):
+            break
+        assert time.monotonic() < deadline, "tasks did not leave the drained node"
+        time.sleep(0.3)
+    probe = next(t for t in web if where(o, t).name == "m1")
+    for t in web:
+        if t is probe:
+            continue
+        t0 = time.monotonic()
+        r = exec_in(o, probe, "busybox", "nc", "-w", "1", addr(t), "7000", check=False)
+        assert r.stdout.startswith("hi-") and time.monotonic() - t0 < 2, (addr(t), r.stdout)
+    gone_from_w2 = old - {addr(t) for t in web}
+    for h in (o.fleet["m1"], o.fleet["w1"]):
+        for n in os.listdir("/run/netns"):
+            if n.startswith(f"{h.name_prefix}ov-"):
+                neigh = subprocess.run(["nsenter", f"--net=/run/netns/{n}", "ip", "neigh", "show"],
+                                       capture_output=True, text=True).stdout
+                assert not any(ip + " " in neigh for ip in gone_from_w2), (h.name, neigh)
+    o.orch(m1, "node", "update", "--availability", "active", "w2")
+
     # Scale down: the removed tasks' endpoints leave every node.
     o.orch(m1, "service", "scale", "web=2")
     gone = {addr(t) for t in web} - {addr(t) for t in running(o, "web")}
