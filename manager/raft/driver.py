@@ -399,7 +399,16 @@ class RaftNode:
         for it on this node."""
         self._check_running()
         if self.lead == 0:
-            raise NoLeader("no leader elected yet; retry shortly")
+            # An election is under way (or this node just lost touch with the
+            # leader): wait for one, as long as an election takes, rather than
+            # fail a write that would succeed a moment later.
+            s = self.settings
+            deadline = time.monotonic() + 2 * s.election_tick * s.tick_interval
+            while self.lead == 0:
+                if time.monotonic() >= deadline:
+                    raise NoLeader("no leader elected yet; retry shortly")
+                await asyncio.sleep(s.tick_interval)
+                self._check_running()
         seq = next(self._seq)
         data = msgpack.packb([self.id, seq, payload], use_bin_type=True)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
