@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import random
 import re
 import socket
 import struct
@@ -31,7 +32,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
-from dnslib import A, DNSError, DNSHeader, DNSQuestion, DNSRecord, PTR, QTYPE, RCODE, RR  # type: ignore[import-untyped]
+from dnslib import A, DNSHeader, DNSQuestion, DNSRecord, PTR, QTYPE, RCODE, RR  # type: ignore[import-untyped]
 
 log = logging.getLogger(__name__)
 
@@ -364,7 +365,10 @@ def answer_locally(table: NameTable, networks: Sequence[str], q: DNSRecord) -> D
         reply.header.rcode = RCODE.NXDOMAIN
         return reply
     assert isinstance(result, Answer)
-    for ip in result.addrs:
+    addrs = list(result.addrs)
+    # Clients take the first address: spread them over tasks (as dnsrr does).
+    random.shuffle(addrs)
+    for ip in addrs:
         reply.add_answer(RR(qname, QTYPE.A, rdata=A(str(ip)), ttl=TTL))
     for n in result.names:
         reply.add_answer(RR(qname, QTYPE.PTR, rdata=PTR(n + "."), ttl=TTL))
@@ -417,10 +421,13 @@ def _open_sockets(netns_path: str, address: str, port: int) -> tuple[socket.sock
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((address, port))
             tcp.listen(64)
-        except BaseException:
+        except BaseException as e:
             udp.close()
             if tcp is not None:
                 tcp.close()
+            if isinstance(e, OSError):
+                # e.g. EADDRNOTAVAIL when the namespace's loopback is down.
+                raise OSError(e.errno, f"binding {address}:{port} in {netns_path}: {e.strerror}") from e
             raise
     udp.setblocking(False)
     tcp.setblocking(False)
@@ -562,7 +569,7 @@ class Resolver:
         if s is None:
             coro.close()  # type: ignore[attr-defined]
             return
-        t = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        t: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         s.tasks.add(t)
         t.add_done_callback(s.tasks.discard)
 
@@ -575,7 +582,7 @@ class Resolver:
             return None
         try:
             q = DNSRecord.parse(data)
-        except (DNSError, ValueError, IndexError, struct.error, UnicodeError):
+        except Exception:  # dnslib raises several kinds on malformed input
             return _formerr(data)
         if q.header.qr:
             return None  # a response sent to us: drop, never answer
@@ -596,7 +603,10 @@ class Resolver:
             for host, port in self.upstreams:
                 try:
                     raw = await asyncio.wait_for(self._ask_udp(data, q.header.id, host, port), per)
-                except (TimeoutError, OSError):
+                    if not udp and len(raw) > 2 and raw[2] & 0x02:
+                        # Truncated for UDP; the client came over TCP for all of it.
+                        raw = await asyncio.wait_for(self._ask_tcp(data, host, port), per)
+                except (TimeoutError, OSError, asyncio.IncompleteReadError):
                     continue
                 if not udp:
                     return raw
@@ -615,6 +625,17 @@ class Resolver:
                 raw = await loop.sock_recv(s, 65535)
                 if len(raw) >= 2 and struct.unpack("!H", raw[:2])[0] == qid:
                     return raw
+
+    @staticmethod
+    async def _ask_tcp(data: bytes, host: str, port: int) -> bytes:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(struct.pack("!H", len(data)) + data)
+            await writer.drain()
+            (size,) = struct.unpack("!H", await reader.readexactly(2))
+            return await reader.readexactly(size)
+        finally:
+            writer.close()
 
     async def _tcp(self, key: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         s = self._served.get(key)

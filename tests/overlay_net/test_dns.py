@@ -246,10 +246,12 @@ def a_records(r: DNSRecord | None) -> set[str]:
 
 class _Upstream(asyncio.DatagramProtocol):
     """A tiny authoritative server: example.test -> 192.0.2.7, big.test ->
-    60 addresses, slow.test never answered, the rest NXDOMAIN."""
+    60 addresses (truncated over UDP, whole over TCP), slow.test never
+    answered, the rest NXDOMAIN."""
 
     def __init__(self) -> None:
         self.seen: list[str] = []
+        self.tcp_seen: list[str] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -258,8 +260,26 @@ class _Upstream(asyncio.DatagramProtocol):
         q = DNSRecord.parse(data)
         name = str(q.q.qname).rstrip(".")
         self.seen.append(name)
+        r = self.reply(q, name)
+        if r is not None:
+            out = r.pack()
+            self.transport.sendto(out if len(out) <= 512 else r.truncate().pack(), addr)  # type: ignore[attr-defined]
+
+    async def tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        (size,) = struct.unpack("!H", await reader.readexactly(2))
+        q = DNSRecord.parse(await reader.readexactly(size))
+        self.tcp_seen.append(str(q.q.qname).rstrip("."))
+        r = self.reply(q, str(q.q.qname).rstrip("."))
+        if r is not None:
+            out = r.pack()
+            writer.write(struct.pack("!H", len(out)) + out)
+            await writer.drain()
+        writer.close()
+
+    @staticmethod
+    def reply(q: DNSRecord, name: str) -> DNSRecord | None:
         if name == "slow.test":
-            return
+            return None
         r = q.reply()
         if name == "example.test":
             r.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("192.0.2.7"), ttl=30))
@@ -268,15 +288,18 @@ class _Upstream(asyncio.DatagramProtocol):
                 r.add_answer(RR(q.q.qname, QTYPE.A, rdata=A(f"192.0.2.{i + 1}"), ttl=30))
         else:
             r.header.rcode = RCODE.NXDOMAIN
-        self.transport.sendto(r.pack(), addr)  # type: ignore[attr-defined]
+        return r
 
 
 @pytest.fixture
 async def upstream() -> AsyncIterator[_Upstream]:
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(_Upstream, local_addr=UPSTREAM)
+    server = await asyncio.start_server(proto.tcp, *UPSTREAM)
     yield proto
     transport.close()
+    server.close()
+    await server.wait_closed()
 
 
 @pytest.fixture
@@ -364,7 +387,8 @@ async def test_tcp(resolver: Resolver, namespaces: list[str]) -> None:
 
 
 @root
-async def test_big_answer_truncated_over_udp_whole_over_tcp(resolver: Resolver, namespaces: list[str]) -> None:
+async def test_big_answer_truncated_over_udp_whole_over_tcp(resolver: Resolver, upstream: _Upstream,
+                                                             namespaces: list[str]) -> None:
     for i in range(60):
         resolver.table.add_endpoint(NameEndpoint(N1, f"m{i}", f"10.0.1.{100 + i}", "many", i + 1))
     ns = await new_ns(namespaces)
@@ -374,7 +398,9 @@ async def test_big_answer_truncated_over_udp_whole_over_tcp(resolver: Resolver, 
     assert len(a_records(await query(ns, "tasks.many", tcp=True))) == 60
     r = await query(ns, "big.test")
     assert r is not None and r.header.tc
+    # Over TCP the resolver asks upstream over TCP too once UDP came back truncated.
     assert len(a_records(await query(ns, "big.test", tcp=True))) == 60
+    assert upstream.tcp_seen == ["big.test"]
 
 
 @root
@@ -437,6 +463,49 @@ async def test_bad_packets_never_stop_it(resolver: Resolver, namespaces: list[st
     assert a_records(await query(ns, "web", tcp=True)) == {"10.0.1.2"}
 
 
+@root
+async def test_random_packets(resolver: Resolver, namespaces: list[str], caplog: pytest.LogCaptureFixture) -> None:
+    """Mutated queries and random bytes: whatever comes back is a parseable
+    DNS message, and the resolver keeps answering."""
+    import random
+
+    rnd = random.Random(7)
+    ns = await new_ns(namespaces)
+    await resolver.serve("c1", ns, [N1])
+    base = [DNSRecord.question(n, t).pack() for n, t in (("web", "A"), ("tasks.web", "AAAA"), ("x.test", "MX"))]
+
+    def blast() -> int:
+        from overlay_net.netlink import entered
+
+        with entered(ns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        answered = 0
+        with s:
+            s.settimeout(0.02)
+            s.connect(("127.0.0.11", 53))
+            for i in range(200):
+                if i % 3 == 0:
+                    data = bytes(rnd.randrange(256) for _ in range(rnd.randrange(40)))
+                else:
+                    b = bytearray(rnd.choice(base))
+                    for _ in range(rnd.randrange(1, 4)):
+                        b[rnd.randrange(len(b))] = rnd.randrange(256)
+                    data = bytes(b[: rnd.randrange(len(b) + 1)] if i % 5 == 0 else b)
+                s.send(data)
+                try:
+                    DNSRecord.parse(s.recv(65535))
+                    answered += 1
+                except (TimeoutError, ConnectionRefusedError):
+                    pass
+        return answered
+
+    assert await asyncio.to_thread(blast) > 50
+    # Nothing reached the resolver's last-resort exception handlers.
+    assert [r.getMessage() for r in caplog.records if r.name == "overlay_net.dns"] == []
+    assert a_records(await query(ns, "web")) == {"10.0.1.2"}
+    assert resolver.serving() == ["c1"]
+
+
 def _raw(ns: str, data: bytes) -> bytes | None:
     from overlay_net.netlink import entered
 
@@ -492,3 +561,22 @@ async def test_serve_a_missing_namespace_fails_clearly(resolver: Resolver) -> No
     with pytest.raises(NetnsGone, match="does not exist"):
         await resolver.serve("gone", "/run/netns/orchdns-never-made", [N1])
     assert resolver.serving() == []
+
+
+
+@root
+async def test_port_taken_fails_clearly(resolver: Resolver, namespaces: list[str]) -> None:
+    from overlay_net.netlink import entered
+
+    ns = await new_ns(namespaces)
+
+    def squat() -> socket.socket:
+        with entered(ns):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.11", 53))
+        return s
+
+    with await asyncio.to_thread(squat):
+        with pytest.raises(OSError, match=f"binding 127.0.0.11:53 in {ns}"):
+            await resolver.serve("c1", ns, [N1])
+        assert resolver.serving() == []
