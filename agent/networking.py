@@ -113,6 +113,7 @@ class TaskNetworks:
         self._lock = asyncio.Lock()
         self._applied: NodeState | None = None  # the state the last sync applied, and when
         self._applied_at = 0.0
+        self._resolver: Any = None  # overlay_net.dns.Resolver, made with the first networked task
 
     def netns_path(self, task_id: str) -> str:
         return os.path.join(NETNS_DIR, task_netns_name(self.prefix, task_id))
@@ -161,6 +162,7 @@ class TaskNetworks:
                 await asyncio.to_thread(_remove_netns, name)
                 raise NetworkSetupError(f"attaching to its networks failed: {e}") from e
             self._applied = None  # the node's state changed: the next sync applies
+            await self._serve_dns(task, networks, tables)
             return path
 
     async def sync(self, tasks: Iterable[Task], networks: Mapping[str, Network],
@@ -171,9 +173,16 @@ class TaskNetworks:
             local = self._local_netns()
             stale = local - keep
             for tid in sorted(stale):
+                await self._stop_dns(tid)
                 await asyncio.to_thread(_remove_netns, task_netns_name(self.prefix, tid))
             if self._dp is None and not (local - stale):
                 return  # nothing networked on this node yet
+            tasks = list(tasks)
+            self._update_dns(networks, tables)
+            for t in tasks:  # a restarted daemon serves its tasks' namespaces again
+                if t.id in local - stale and t.networks and self._resolver is not None \
+                        and t.id not in self._resolver.serving():
+                    await self._serve_dns(t, networks, tables)
             try:
                 dp, addr = self._dataplane()
             except NetworkSetupError as e:
@@ -190,7 +199,34 @@ class TaskNetworks:
 
     async def release(self, task_id: str) -> None:
         async with self._lock:
+            await self._stop_dns(task_id)
             await asyncio.to_thread(_remove_netns, task_netns_name(self.prefix, task_id))
+
+    # -- embedded DNS (127.0.0.11 in each task's namespace) ---------------------------
+
+    def _update_dns(self, networks: Mapping[str, Network],
+                    tables: Mapping[str, Mapping[str, TableEntry]]) -> None:
+        if self._resolver is None:
+            return
+        self._resolver.update(name_table(networks, tables))
+
+    async def _serve_dns(self, task: Task, networks: Mapping[str, Network],
+                         tables: Mapping[str, Mapping[str, TableEntry]]) -> None:
+        """Answer names at 127.0.0.11 inside the task's namespace. A resolver
+        that cannot start leaves the task running without names (logged)."""
+        from overlay_net.dns import Resolver  # dnslib: only on nodes with networked tasks
+
+        try:
+            if self._resolver is None:
+                self._resolver = Resolver()
+            self._update_dns(networks, tables)
+            await self._resolver.serve(task.id, self.netns_path(task.id), [a.network_id for a in task.networks])
+        except Exception as e:
+            log.warning("task %s: no embedded DNS: %s", task.id, e)
+
+    async def _stop_dns(self, task_id: str) -> None:
+        if self._resolver is not None:
+            await self._resolver.stop_serving(task_id)  # before the namespace goes: sockets keep it alive
 
     async def teardown(self) -> None:
         """Remove every namespace, device and rule this node's networking made."""
@@ -198,6 +234,7 @@ class TaskNetworks:
 
         async with self._lock:
             for tid in sorted(self._local_netns()):
+                await self._stop_dns(tid)
                 await asyncio.to_thread(_remove_netns, task_netns_name(self.prefix, tid))
             if self._dp is not None:
                 await self._dp.teardown()
@@ -205,9 +242,31 @@ class TaskNetworks:
                 await teardown(self.prefix)
 
     async def close(self) -> None:
+        if self._resolver is not None:
+            await self._resolver.close()
+            self._resolver = None
         if self._dp is not None:
             await self._dp.close()
             self._dp = None
+
+
+def name_table(networks: Mapping[str, Network], tables: Mapping[str, Mapping[str, TableEntry]]) -> Any:
+    """The resolver's names from the endpoint tables: per network, each task
+    by its name and aliases, `tasks.SERVICE`, and the service name. Until
+    virtual IPs are routed, a service name answers its tasks' addresses
+    (as `--endpoint-mode dnsrr`)."""
+    from overlay_net.dns import NameEndpoint, NameTable
+
+    table = NameTable()
+    for nid, n in networks.items():
+        table.set_network_name(nid, n.spec.name)
+        for e in tables.get(nid, {}).values():
+            try:
+                table.add_endpoint(NameEndpoint(network_id=nid, task_id=e.task_id, address=e.address,
+                                                service_name=e.service_name, slot=e.slot, aliases=e.aliases))
+            except ValueError as err:
+                log.warning("endpoint %s on network %s has no usable name: %s", e.task_id, nid, err)
+    return table
 
 
 def _create_netns(name: str) -> None:

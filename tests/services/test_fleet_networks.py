@@ -109,6 +109,14 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
         out = exec_in(o, src, "sh", "-c", script).stdout
         got = dict(line.split(" ", 1) for line in out.strip().splitlines())
         assert set(got) == set(others) and all(v.startswith("hi-") for v in got.values()), out
+    # Names at 127.0.0.11: the service's tasks, tasks.NAME, and a TCP exchange
+    # by name; an unknown cluster name is NXDOMAIN.
+    out = exec_in(o, web[0], "busybox", "nslookup", "tasks.web", "127.0.0.11").stdout
+    assert set(ips) <= set(out.split()), out
+    out = exec_in(o, web[0], "sh", "-c", "busybox nc -w 3 web 7000").stdout
+    assert out.startswith("hi-"), out
+    r = exec_in(o, web[0], "busybox", "nslookup", "tasks.nosuch", "127.0.0.11", check=False)
+    assert r.returncode != 0 and "NXDOMAIN" in (r.stdout + r.stderr).upper(), r.stdout + r.stderr
     # Loopback works in a task's namespace (it is not runc's to bring up there).
     exec_in(o, web[0], "busybox", "ping", "-c", "1", "-W", "2", "127.0.0.1")
     # Large packets cross unfragmented (1400-byte IP packets at MTU 1450).
