@@ -288,6 +288,13 @@ class Dispatcher:
                         tasks_by_node.setdefault(nid, set()).add(ev.obj.id)
                 for att in ev.obj.networks:
                     tasks_by_net.setdefault(att.network_id, set()).add(ev.obj.id)
+            elif ev.table == "nodes":
+                # A node's address is in its tasks' endpoint entries: when it
+                # changes, every peer on their networks must hear it.
+                if ev.old is not None and ev.old.status.addr != ev.obj.status.addr:
+                    for t in self.store.view().find("tasks", "node_id", ev.obj.id):
+                        for att in t.networks:
+                            tasks_by_net.setdefault(att.network_id, set()).add(t.id)
             else:
                 deps.add((ev.table, ev.obj.id))
         if self.settings.full_sets:
@@ -328,7 +335,7 @@ class Dispatcher:
     async def _assignments(self) -> None:
         """Assignment changes to nodes whose tasks, secrets or configs changed, coalesced."""
         while True:  # runs under lead(): cancelled on step-down
-            watch = self.store.watch(frozenset({"tasks", "secrets", "configs", "networks"}))
+            watch = self.store.watch(frozenset({"tasks", "secrets", "configs", "networks", "nodes"}))
             try:
                 self._resync_sessions()
                 while True:

@@ -401,3 +401,22 @@ def test_an_unallocated_network_is_not_sent_until_allocated() -> None:
                                                                  gateway="10.0.9.1"))))
     ch = w.clist(a, deps=[("networks", "late")])
     assert [type(c).__name__ for c in ch] == ["NetworkUpdate", "EndpointUpdate"]
+
+
+def test_a_peer_whose_node_moves_to_a_new_address_is_sent_again() -> None:
+    from api.objects import NodeStatus
+    from api.session import EndpointUpdate
+
+    w = World()
+    _node(w, "n1", "192.0.2.1")
+    _node(w, "n2", "192.0.2.2")
+    _net(w, "app", 4096)
+    w.tx(Create("tasks", _on(mktask("local", node="n1"), "app", "10.0.9.2/24")))
+    w.tx(Create("tasks", _on(mktask("remote", node="n2", state=TaskState.RUNNING), "app", "10.0.9.3/24")))
+    a = NodeAssignments("n1")
+    w.full(a)
+    assert w.clist(a, endpoints=["remote"]) == []
+    n2 = w.get("nodes", "n2")
+    w.tx(Update("nodes", evolve(n2, status=NodeStatus(addr="192.0.2.22"))))
+    ch = w.clist(a, endpoints=["remote"])
+    assert len(ch) == 1 and isinstance(ch[0], EndpointUpdate) and ch[0].endpoint.node_addr == "192.0.2.22"
