@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from api.objects import Network, Task, TaskState
+from api.objects import Network, Task
 from api.session import Endpoint as TableEntry
 from overlay_net.model import Endpoint, NodeState, Peer
 from overlay_net.model import Network as OverlayNetwork
@@ -295,7 +295,3 @@ def _remove_netns(name: str) -> None:
             netns.remove(name)
         except OSError as e:
             log.warning("removing network namespace %s: %s", name, e)
-
-
-def network_state(assigned: Any) -> tuple[dict[str, Network], dict[str, dict[str, TableEntry]]]:
-    return assigned.networks, assigned.endpoints

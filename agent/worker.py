@@ -274,21 +274,19 @@ class Worker:
         else:
             log.warning("unexpected %r frame from the manager; ignored", m.KIND)
 
-    def _containers_by_task(self) -> dict[str, ContainerRecord]:
-        out = {}
+    def _containers_by(self, *labels: str) -> list[dict[str, ContainerRecord]]:
+        """For each label, its value (a task id) -> the container carrying it;
+        one listing of the engine's containers for all of them."""
+        out: list[dict[str, ContainerRecord]] = [{} for _ in labels]
         for r in self.engine.list_containers():
-            tid = (r.spec.get("labels") or {}).get(TASK_LABEL)
-            if tid:
-                out[tid] = r
+            have = r.spec.get("labels") or {}
+            for i, label in enumerate(labels):
+                if have.get(label):
+                    out[i][have[label]] = r
         return out
 
-    def _containers_by_attachment(self) -> dict[str, ContainerRecord]:
-        out = {}
-        for r in self.engine.list_containers():
-            aid = (r.spec.get("labels") or {}).get(ATTACHMENT_LABEL)
-            if aid:
-                out[aid] = r
-        return out
+    def _containers_by_task(self) -> dict[str, ContainerRecord]:
+        return self._containers_by(TASK_LABEL)[0]
 
     def _follow_attachment(self, tid: str, rec: ContainerRecord | None) -> None:
         """An attachment lives as long as its container: RUNNING while it
@@ -472,8 +470,7 @@ class Worker:
     async def reconcile(self) -> None:
         if not self._synced:
             return
-        by_task = self._containers_by_task()
-        attached = self._containers_by_attachment()
+        by_task, attached = self._containers_by(TASK_LABEL, ATTACHMENT_LABEL)
         for tid, a in self.assigned.tasks.items():
             if a.task.attachment:
                 self._follow_attachment(tid, attached.get(tid))
