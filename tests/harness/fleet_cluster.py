@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +145,23 @@ class OrchFleet:
     def stop_all(self) -> None:
         for h in self.fleet:
             h.stop(timeout=10)
+
+
+@contextmanager
+def services_cluster(fleet: Fleet, storage: Path, workdir: Path) -> Iterator[tuple[OrchFleet, str]]:
+    """The fleet of the services tests: a read-only registry serving `storage`
+    on host "reg", m1 as manager, w1 and w2 as workers, all READY; yields the
+    cluster and the registry's address, stops every daemon after."""
+    reg = start_registry(fleet["reg"], storage, workdir)
+    o = OrchFleet(fleet, heartbeat=1.0, extra=["--insecure-registry", reg])
+    try:
+        for h in ("m1", "w1", "w2"):
+            o.start(fleet[h])
+        o.init_and_join([fleet["m1"]], [fleet["w1"], fleet["w2"]])
+        o.wait_nodes(fleet["m1"], {"m1": "ready", "w1": "ready", "w2": "ready"})
+        yield o, reg
+    finally:
+        o.stop_all()
 
 
 def _up(managers: int, workers: int) -> None:

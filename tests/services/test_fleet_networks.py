@@ -16,7 +16,7 @@ import pytest
 
 from tests.fixtures.registry import RegistryEnv, SeededRegistry
 from tests.harness.fleet import Fleet, fleet_fixture
-from tests.harness.fleet_cluster import OrchFleet, start_registry
+from tests.harness.fleet_cluster import OrchFleet, services_cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.multihost]
 
@@ -30,16 +30,9 @@ SERVE = ("echo '#!/bin/sh' > /tmp/who; echo 'echo hi-$(busybox hostname)' >> /tm
 @pytest.fixture(scope="module")
 def of(fleet: Fleet, registry_env: RegistryEnv, open_registry: SeededRegistry,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrchFleet, str]]:
-    reg = start_registry(fleet["reg"], registry_env.storage, tmp_path_factory.mktemp("fleet-reg"))
-    o = OrchFleet(fleet, heartbeat=1.0, extra=["--insecure-registry", reg])
-    try:
-        for h in ("m1", "w1", "w2"):
-            o.start(fleet[h])
-        o.init_and_join([fleet["m1"]], [fleet["w1"], fleet["w2"]])
-        o.wait_nodes(fleet["m1"], {"m1": "ready", "w1": "ready", "w2": "ready"})
-        yield o, reg
-    finally:
-        o.stop_all()
+    # open_registry seeded the shared storage; a read-only registry in the fleet serves it.
+    with services_cluster(fleet, registry_env.storage, tmp_path_factory.mktemp("fleet-reg")) as cluster:
+        yield cluster
 
 
 def running(o: OrchFleet, svc: str) -> list[dict[str, Any]]:
@@ -189,7 +182,6 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
 
     # Drain a worker: its tasks move; the new ones answer from the other hosts
     # within 1 s of RUNNING, and no node keeps a neighbour entry for the old ones.
-    drained = o.fleet["w2"]
     old = {addr(t) for t in web if where(o, t).name == "w2"}
     o.orch(m1, "node", "update", "--availability", "drain", "w2")
     deadline = time.monotonic() + 60

@@ -14,7 +14,7 @@ import pytest
 
 from tests.fixtures.registry import RegistryEnv, SeededRegistry
 from tests.harness.fleet import Fleet, fleet_fixture
-from tests.harness.fleet_cluster import REPO, OrchFleet, start_registry
+from tests.harness.fleet_cluster import REPO, OrchFleet, services_cluster
 
 pytestmark = [pytest.mark.root, pytest.mark.multihost]
 
@@ -25,16 +25,8 @@ fleet = fleet_fixture(("m1", "w1", "w2", "reg"), scope="module")
 def of(fleet: Fleet, registry_env: RegistryEnv, open_registry: SeededRegistry,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrchFleet, str]]:
     # open_registry seeded the shared storage; a read-only registry in the fleet serves it.
-    reg = start_registry(fleet["reg"], registry_env.storage, tmp_path_factory.mktemp("fleet-reg"))
-    o = OrchFleet(fleet, heartbeat=1.0, extra=["--insecure-registry", reg])
-    try:
-        for h in ("m1", "w1", "w2"):
-            o.start(fleet[h])
-        o.init_and_join([fleet["m1"]], [fleet["w1"], fleet["w2"]])
-        o.wait_nodes(fleet["m1"], {"m1": "ready", "w1": "ready", "w2": "ready"})
-        yield o, reg
-    finally:
-        o.stop_all()
+    with services_cluster(fleet, registry_env.storage, tmp_path_factory.mktemp("fleet-reg")) as cluster:
+        yield cluster
 
 
 def test_service_workflow_on_the_fleet(of: tuple[OrchFleet, str]) -> None:
