@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from api.objects import Network, Task
 from api.session import Endpoint as TableEntry
-from overlay_net.model import Endpoint, NodeState, Peer
+from overlay_net.lb import Balancer, IngressPort, VirtualService
+from overlay_net.model import Endpoint, HostPort, NodeState, Peer
 from overlay_net.model import Network as OverlayNetwork
 
 if TYPE_CHECKING:
@@ -44,8 +45,26 @@ class NetworkSetupError(Exception):
     """A task's networks could not be set up; the message says why."""
 
 
+INGRESS_ATTACHMENT = "@ingress"
+"""`Task.attachment` of a node's ingress sandbox task: a namespace on the
+ingress network, with no container, that balances the routing mesh's
+published ports (see `balancers`)."""
+
+
 def task_netns_name(prefix: str, task_id: str) -> str:
     return f"{prefix}task-{task_id}"
+
+
+def is_ingress_sandbox(task: Task) -> bool:
+    return task.attachment == INGRESS_ATTACHMENT
+
+
+def is_ingress(network: Network | None) -> bool:
+    return network is not None and bool(getattr(network.spec, "ingress", False))
+
+
+def _ip(address: str) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Interface(address).ip
 
 
 def wants_network(task: Task) -> bool:
@@ -85,6 +104,7 @@ def desired(prefix: str, underlay: str, tasks: Iterable[Task], networks: Mapping
                                    internal=n.spec.internal))
     peers: list[Peer] = []
     me = ipaddress.IPv4Address(underlay)
+    published = host_ports(prefix, tasks, networks, tables, ready)
     for nid in sorted(used):
         for e in tables.get(nid, {}).values():
             try:
@@ -97,7 +117,98 @@ def desired(prefix: str, underlay: str, tasks: Iterable[Task], networks: Mapping
             if node != me:
                 peers.append(Peer(network_id=nid, ip=ip, node=node))
     return NodeState(prefix=prefix, underlay_addr=me, networks=tuple(nets), endpoints=tuple(eps),
-                     peers=tuple(peers))
+                     peers=tuple(peers), published=published)
+
+
+def _ingress_table(networks: Mapping[str, Network],
+                   tables: Mapping[str, Mapping[str, TableEntry]]) -> Mapping[str, TableEntry]:
+    for nid, n in networks.items():
+        if is_ingress(n):
+            return tables.get(nid, {})
+    return {}
+
+
+def ingress_ports(networks: Mapping[str, Network],
+                  tables: Mapping[str, Mapping[str, TableEntry]]) -> list[IngressPort]:
+    """The routing mesh's published ports and, for each, the serving tasks
+    (address on the ingress network, target port) behind it."""
+    ports: dict[tuple[str, int], list[tuple[ipaddress.IPv4Address, int]]] = {}
+    for e in _ingress_table(networks, tables).values():
+        for p in e.ports:
+            if p.mode != "ingress":
+                continue
+            backends = ports.setdefault((p.protocol, p.published), [])
+            if e.serving:
+                backends.append((_ip(e.address), p.target))
+    return [IngressPort(proto, port, tuple(b)) for (proto, port), b in sorted(ports.items())]
+
+
+def virtual_services(table: Mapping[str, TableEntry]) -> list[VirtualService]:
+    """A network's virtual IPs, each with its service's serving tasks."""
+    by_vip: dict[str, list[ipaddress.IPv4Address]] = {}
+    for e in table.values():
+        if e.vip:
+            backends = by_vip.setdefault(e.vip, [])
+            if e.serving:
+                backends.append(_ip(e.address))
+    return [VirtualService(_ip(v), tuple(b)) for v, b in sorted(by_vip.items())]
+
+
+def balancers(prefix: str, tasks: Iterable[Task], networks: Mapping[str, Network],
+              tables: Mapping[str, Mapping[str, TableEntry]], ready: set[str]) -> dict[str, Balancer]:
+    """The load-balancing table of each local namespace: a task's balances
+    the virtual IPs of the networks it is on; the ingress sandbox's, the
+    published ports."""
+    out: dict[str, Balancer] = {}
+    for t in tasks:
+        if t.id not in ready or not wants_network(t):
+            continue
+        path = os.path.join(NETNS_DIR, task_netns_name(prefix, t.id))
+        if is_ingress_sandbox(t):
+            idx = next((i for i, a in enumerate(t.networks) if is_ingress(networks.get(a.network_id))), None)
+            if idx is not None:
+                out[path] = Balancer(ports=tuple(ingress_ports(networks, tables)), ingress_ifname=f"eth{idx}")
+            continue
+        vips: list[VirtualService] = []
+        for att in t.networks:
+            n = networks.get(att.network_id)
+            if n is not None and not is_ingress(n):
+                vips.extend(virtual_services(tables.get(n.id, {})))
+        out[path] = Balancer(vips=tuple(vips))
+    return out
+
+
+def host_ports(prefix: str, tasks: Iterable[Task], networks: Mapping[str, Network],
+               tables: Mapping[str, Mapping[str, TableEntry]], ready: set[str]) -> tuple[HostPort, ...]:
+    """Ports this node accepts on its own addresses: every routing-mesh port
+    (to its ingress sandbox, same port) and the host-mode ports of its own
+    tasks (to the task, its target port). A port claimed twice is logged
+    and given to the first claimant (the scheduler keeps host ports apart)."""
+    out: dict[tuple[str, int], HostPort] = {}
+
+    def claim(hp: HostPort) -> None:
+        key = (hp.protocol, hp.port)
+        if key in out:
+            if out[key] != hp:
+                log.warning("port %d/%s is published twice on this node; %s keeps it", hp.port, hp.protocol,
+                            out[key].netns)
+            return
+        out[key] = hp
+
+    table = _ingress_table(networks, tables)
+    for t in tasks:
+        if t.id not in ready or not wants_network(t):
+            continue
+        path = os.path.join(NETNS_DIR, task_netns_name(prefix, t.id))
+        if is_ingress_sandbox(t):
+            for p in ingress_ports(networks, tables):
+                claim(HostPort(p.protocol, p.published, path, p.published))
+            continue
+        e = table.get(t.id)
+        for p in e.ports if e is not None else ():
+            if p.mode == "host":
+                claim(HostPort(p.protocol, p.published, path, p.target))
+    return tuple(out[k] for k in sorted(out))
 
 
 class TaskNetworks:
@@ -117,6 +228,9 @@ class TaskNetworks:
 
     def netns_path(self, task_id: str) -> str:
         return os.path.join(NETNS_DIR, task_netns_name(self.prefix, task_id))
+
+    def has_netns(self, task_id: str) -> bool:
+        return os.path.exists(self.netns_path(task_id))
 
     def _local_netns(self) -> set[str]:
         """Ids of tasks whose namespace exists on this node."""
@@ -162,7 +276,10 @@ class TaskNetworks:
                 await asyncio.to_thread(_remove_netns, name)
                 raise NetworkSetupError(f"attaching to its networks failed: {e}") from e
             self._applied = None  # the node's state changed: the next sync applies
-            await self._serve_dns(task, networks, tables)
+            # Its virtual IPs work from its first packet.
+            await self._balance(dp, tasks, networks, tables, self._local_netns())
+            if not is_ingress_sandbox(task):
+                await self._serve_dns(task, networks, tables)
             return path
 
     async def sync(self, tasks: Iterable[Task], networks: Mapping[str, Network],
@@ -180,8 +297,8 @@ class TaskNetworks:
             tasks = list(tasks)
             self._update_dns(networks, tables)
             for t in tasks:  # a restarted daemon serves its tasks' namespaces again
-                if t.id in local - stale and t.networks and self._resolver is not None \
-                        and t.id not in self._resolver.serving():
+                if t.id in local - stale and t.networks and not is_ingress_sandbox(t) \
+                        and (self._resolver is None or t.id not in self._resolver.serving()):
                     await self._serve_dns(t, networks, tables)
             try:
                 dp, addr = self._dataplane()
@@ -190,12 +307,18 @@ class TaskNetworks:
                 return
             state = desired(self.prefix, addr, tasks, networks, tables, local - stale)
             now = asyncio.get_running_loop().time()
-            if not stale and self._applied == state and now - self._applied_at < REPAIR_EVERY:
-                return  # converged to this very state moments ago
-            done = await dp.apply(state)
-            self._applied, self._applied_at = state, now
-            if done:
-                log.debug("overlay networks: %d changes", len(done))
+            if stale or self._applied != state or now - self._applied_at >= REPAIR_EVERY:
+                done = await dp.apply(state)
+                self._applied, self._applied_at = state, now
+                if done:
+                    log.debug("overlay networks: %d changes", len(done))
+            await self._balance(dp, tasks, networks, tables, local - stale)
+
+    async def _balance(self, dp: NetworkDataplane, tasks: Iterable[Task], networks: Mapping[str, Network],
+                       tables: Mapping[str, Mapping[str, TableEntry]], ready: set[str]) -> None:
+        problems = await dp.balance(balancers(self.prefix, tasks, networks, tables, ready))
+        for p in problems:
+            log.warning("load balancing: %s", p)
 
     async def release(self, task_id: str) -> None:
         async with self._lock:
@@ -220,7 +343,8 @@ class TaskNetworks:
             if self._resolver is None:
                 self._resolver = Resolver()
             self._update_dns(networks, tables)
-            await self._resolver.serve(task.id, self.netns_path(task.id), [a.network_id for a in task.networks])
+            nets = [a.network_id for a in task.networks if not is_ingress(networks.get(a.network_id))]
+            await self._resolver.serve(task.id, self.netns_path(task.id), nets)
         except Exception as e:
             log.warning("task %s: no embedded DNS: %s", task.id, e)
 
@@ -251,21 +375,34 @@ class TaskNetworks:
 
 
 def name_table(networks: Mapping[str, Network], tables: Mapping[str, Mapping[str, TableEntry]]) -> Any:
-    """The resolver's names from the endpoint tables: per network, each task
-    by its name and aliases, `tasks.SERVICE`, and the service name. Until
-    virtual IPs are routed, a service name answers its tasks' addresses
-    (as `--endpoint-mode dnsrr`)."""
-    from overlay_net.dns import NameEndpoint, NameTable
+    """The resolver's names from the endpoint tables: per network, each
+    serving task by its name and aliases, `tasks.SERVICE` (its serving
+    tasks), and the service name: its virtual IP in vip mode, its serving
+    tasks' addresses in dnsrr mode. The ingress network has no names."""
+    from overlay_net.dns import EndpointMode, NameEndpoint, NameTable, ServiceName
 
     table = NameTable()
     for nid, n in networks.items():
+        if is_ingress(n):
+            continue
         table.set_network_name(nid, n.spec.name)
+        services: dict[str, str] = {}
         for e in tables.get(nid, {}).values():
             try:
-                table.add_endpoint(NameEndpoint(network_id=nid, task_id=e.task_id, address=e.address,
-                                                service_name=e.service_name, slot=e.slot, aliases=e.aliases))
+                if e.service_name:
+                    services.setdefault(e.service_name, e.vip)
+                if e.serving:
+                    table.add_endpoint(NameEndpoint(network_id=nid, task_id=e.task_id, address=e.address,
+                                                    service_name=e.service_name, slot=e.slot, aliases=e.aliases))
             except ValueError as err:
                 log.warning("endpoint %s on network %s has no usable name: %s", e.task_id, nid, err)
+        for name, vip in services.items():
+            try:
+                table.set_service(ServiceName(network_id=nid, name=name,
+                                              mode=EndpointMode.VIP if vip else EndpointMode.DNSRR,
+                                              vip=_ip(vip) if vip else None))
+            except ValueError as err:
+                log.warning("service %s on network %s has no usable name: %s", name, nid, err)
     return table
 
 

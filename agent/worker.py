@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from agent.engine import EngineError, RunRequest, TaskFile
 from agent.images import ImageError
-from agent.networking import NetworkSetupError, TaskNetworks
+from agent.networking import NetworkSetupError, TaskNetworks, is_ingress_sandbox
 from agent.runtime.runtime import ContainerRecord, NotFound, RuntimeError_
 from api.objects import Config, Network, Secret, Task, TaskState
 from api.session import (
@@ -197,12 +197,21 @@ def _own_address(task: Task) -> str | None:
     return None
 
 
+DRAIN = 1.0
+"""Seconds a networked task wanted stopped keeps running before its stop
+signal: the managers took it out of every endpoint table when it was wanted
+stopped, and peers stop sending it new connections within a round trip;
+stopping it only then means no client sees a refused connection during a
+rolling update or a scale-down."""
+
+
 class Worker:
     def __init__(self, engine: TaskEngine, send: Callable[[Frame], Awaitable[bool]],
-                 networks: TaskNetworks | None = None) -> None:
+                 networks: TaskNetworks | None = None, *, drain: float = DRAIN) -> None:
         self.engine = engine
         self.send = send
         self.networks = networks  # None: this node runs no overlay networking (tasks on networks are rejected)
+        self.drain = drain
         self.assigned = AssignmentSet()
         self.state: dict[str, StatusUpdate] = {}  # task id -> last status we decided
         self._busy: dict[str, asyncio.Task[None]] = {}
@@ -405,7 +414,13 @@ class Worker:
                     why = "unhealthy container"
                 self._report(tid, TaskState.FAILED, "failed", err=why, exit_code=rec.exit_code, container_id=rec.id)
         elif rec.status == "running":
-            self._report(tid, TaskState.RUNNING, "started", container_id=rec.id)
+            hs = rec.health_state or {}
+            if hs.get("status") == "starting":
+                # As Swarm: a task with a health check is RUNNING (a backend
+                # of its service) only once the check passed.
+                self._report(tid, TaskState.STARTING, "waiting for the health check", container_id=rec.id)
+            else:
+                self._report(tid, TaskState.RUNNING, "started", container_id=rec.id)
 
     async def _stop_unhealthy(self, tid: str, rec: ContainerRecord) -> None:
         try:
@@ -472,6 +487,9 @@ class Worker:
             return
         by_task, attached = self._containers_by(TASK_LABEL, ATTACHMENT_LABEL)
         for tid, a in self.assigned.tasks.items():
+            if is_ingress_sandbox(a.task):
+                self._ingress_sandbox(tid, a)
+                continue
             if a.task.attachment:
                 self._follow_attachment(tid, attached.get(tid))
                 continue
@@ -504,6 +522,38 @@ class Worker:
                                          self.assigned.endpoints, keep)
             except Exception as e:  # a bad table or kernel error must not stop task reconciliation
                 log.warning("overlay networks not in sync: %s", e)
+
+    def _ingress_sandbox(self, tid: str, a: TaskUpdate) -> None:
+        """The node's ingress sandbox: a namespace on the ingress network,
+        RUNNING once programmed; it has no container, and its namespace
+        (kept while the task is assigned) goes when the task does."""
+        if tid in self._busy:
+            return
+        st = self.state.get(tid)
+        if a.task.desired_state > TaskState.RUNNING:
+            if st is None or not st.state.terminal:
+                self._report(tid, TaskState.SHUTDOWN, "ingress sandbox removed")
+            return
+        if self.networks is None:
+            self._report(tid, TaskState.REJECTED, "rejected", err="this node runs no overlay networking")
+            return
+        if st is not None and st.state.terminal:
+            return
+        if st is not None and st.state == TaskState.RUNNING and self.networks.has_netns(tid):
+            return
+        self._busy[tid] = asyncio.create_task(self._start_ingress_sandbox(tid, a))
+
+    async def _start_ingress_sandbox(self, tid: str, a: TaskUpdate) -> None:
+        try:
+            assert self.networks is not None
+            await self.networks.prepare(a.task, [x.task for x in self.assigned.tasks.values()],
+                                        self.assigned.networks, self.assigned.endpoints)
+            self._report(tid, TaskState.RUNNING, "ingress sandbox ready")
+        except NetworkSetupError as e:
+            self._report(tid, TaskState.FAILED, "failed", err=f"ingress sandbox: {e}")
+        finally:
+            self._busy.pop(tid, None)
+            self._kick.set()
 
     async def _start(self, tid: str, a: TaskUpdate) -> None:
         try:
@@ -545,6 +595,9 @@ class Worker:
 
     async def _stop(self, tid: str, rec: ContainerRecord) -> None:
         try:
+            a = self.assigned.tasks.get(tid)
+            if a is not None and a.task.networks and self.drain > 0 and rec.status == "running":
+                await asyncio.sleep(self.drain)  # drain first, then stop (see DRAIN)
             await self.engine.stop(rec.id)
             self._observe(tid, rec)
         except (RuntimeError_, NotFound) as e:

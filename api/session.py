@@ -262,11 +262,30 @@ class NetworkRemove(Model):
     id: str
 
 
+class PublishedPort(Model):
+    """A port a service publishes (as allocated: `published` is never 0).
+    ingress: every node accepts on `published` and balances over the
+    service's serving tasks; host: only the node running the task does,
+    straight to it."""
+
+    protocol: Literal["tcp", "udp"] = "tcp"
+    target: int = Field(ge=1, le=65535)
+    published: int = Field(ge=1, le=65535)
+    mode: Literal["ingress", "host"] = "ingress"
+
+
 class Endpoint(Model):
     """One task's place on a network, as every node on that network learns
     it: where it runs (`node_id`, `node_addr` = the node's underlay IP) and
     its address; the names a resolver answers for it come from the service
-    name, slot and aliases."""
+    name, slot and aliases.
+
+    Load balancing: `serving` says the task is RUNNING (healthy, when it
+    has a health check) and still wanted: only serving entries are
+    backends of the service's virtual IP `vip` (its address on this
+    network, "" in dnsrr mode) and answer `tasks.NAME`. Entries of tasks
+    about to stop leave that set before the task is stopped. `ports`: the
+    service's published ports, on entries of the ingress network only."""
 
     network_id: str
     task_id: str
@@ -277,6 +296,9 @@ class Endpoint(Model):
     node_addr: str
     address: str  # "10.0.1.5/24"
     aliases: tuple[str, ...] = ()
+    serving: bool = False
+    vip: str = ""  # "10.0.1.2/24"
+    ports: tuple[PublishedPort, ...] = ()
 
 
 class EndpointUpdate(Model):

@@ -25,18 +25,24 @@ import asyncio
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from types import TracebackType
 from typing import TypeVar
 
+from . import lb, nftlib
+from .lb import Balancer
 from .model import NodeState, ObservedState, Problem, StateError, check_prefix
-from .netlink import DataplaneError, Kernel
+from .names import Naming
+from .netlink import DataplaneError, Kernel, NetnsGone, entered
 from .plan import Action, plan
 
 T = TypeVar("T")
+LB_WRITERS = 8
+"""Load-balancing tables written at once (each write mostly waits for the
+kernel's RCU grace period, so more threads cost little CPU)."""
 log = logging.getLogger(__name__)
 
 
@@ -80,6 +86,11 @@ class NetworkDataplane:
         self._kernel = Kernel(self.prefix, host_netns)
         self._pool: ThreadPoolExecutor | None = ThreadPoolExecutor(1, thread_name_prefix=f"overlay-{prefix}")
         self._lock = asyncio.Lock()
+        # Load-balancing tables live in container namespaces, apart from the
+        # plan's state: their own threads and lock.
+        self._lb_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(LB_WRITERS, thread_name_prefix=f"lb-{prefix}")
+        self._lb_lock = asyncio.Lock()
+        self._lb_cache = lb.TableCache()
 
     async def __aenter__(self) -> NetworkDataplane:
         return self
@@ -90,9 +101,11 @@ class NetworkDataplane:
     async def close(self) -> None:
         """Stop the worker thread. Leaves the kernel state as it is (a
         restarted daemon adopts it); `teardown()` removes it."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await asyncio.get_running_loop().run_in_executor(None, functools.partial(pool.shutdown, wait=True))
+        for attr in ("_pool", "_lb_pool"):
+            pool = getattr(self, attr)
+            setattr(self, attr, None)
+            if pool is not None:
+                await asyncio.get_running_loop().run_in_executor(None, functools.partial(pool.shutdown, wait=True))
 
     async def _run(self, fn: Callable[[], T]) -> T:
         if self._pool is None:
@@ -141,6 +154,58 @@ class NetworkDataplane:
                 self._kernel.close_session()
 
         return await self._run(work)
+
+    async def balance(self, wanted: Mapping[str, Balancer]) -> list[str]:
+        """Make the load-balancing table of each namespace in `wanted`
+        (netns path -> Balancer) hold its rules; namespaces not named are
+        forgotten (their tables go with them). Only changed tables are
+        written, several namespaces at once (a write waits on the kernel,
+        not the CPU: see lb.py). Returns problems, one per namespace that
+        could not be written (retried on the next call)."""
+        if self._lb_pool is None:
+            raise DataplaneError("the overlay dataplane is closed")
+        for ns in [ns for ns in self._lb_cache.written if ns not in wanted]:
+            self._lb_cache.forget(ns)
+        changed = self._lb_cache.changed(dict(wanted))
+        for ns, b in list(changed.items()):
+            if ns not in self._lb_cache.declared and not lb.rules(b):
+                # Nothing to balance (yet): no table at all, which costs the
+                # namespace nothing.
+                self._lb_cache.mark(ns, b, declared=False)
+                del changed[ns]
+        if not changed:
+            return []
+        table = Naming(self.prefix).lb_table
+        loop = asyncio.get_running_loop()
+
+        def write(ns: str, b: Balancer) -> str | None:
+            declare = ns not in self._lb_cache.declared
+            try:
+                with entered(ns):
+                    if b.kind == "ingress":
+                        with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
+                            f.write("1")
+                    try:
+                        nftlib.run(lb.script(table, b, declare=declare))
+                    except nftlib.NftError:
+                        if declare:
+                            raise
+                        nftlib.run(lb.script(table, b, declare=True))  # the table was removed meanwhile
+            except (NetnsGone, OSError, nftlib.NftError) as e:
+                return f"{ns}: {e}"
+            return None
+
+        async with self._lb_lock:
+            results = await asyncio.gather(*(loop.run_in_executor(self._lb_pool, write, ns, b)
+                                             for ns, b in changed.items()))
+            problems = []
+            for (ns, b), err in zip(changed.items(), results):
+                if err is None:
+                    self._lb_cache.mark(ns, b)
+                else:
+                    self._lb_cache.forget(ns)
+                    problems.append(err)
+            return problems
 
     async def teardown(self) -> list[str]:
         """Remove every sandbox, link, entry and nftables table of this

@@ -305,6 +305,31 @@ class Egress:
 
 
 @dataclass(frozen=True)
+class HostPort:
+    """A port the node accepts on its own addresses and forwards to a
+    container namespace (`netns`, which must have an egress interface) on
+    port `target`: a published port of the routing mesh (to the node's
+    ingress sandbox) or a host-mode port (to the task itself)."""
+
+    protocol: str
+    port: int
+    netns: str
+    target: int
+
+    def __post_init__(self) -> None:
+        ck = _Checker()
+        if self.protocol not in ("tcp", "udp"):
+            ck.add("protocol", f"{self.protocol!r} is not tcp or udp")
+        for name in ("port", "target"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
+                ck.add(name, f"{v!r} is not a port number 1..65535")
+        if not isinstance(self.netns, str) or not self.netns.startswith("/"):
+            ck.add("netns", f"{self.netns!r} must be an absolute path such as /run/netns/NAME")
+        ck.raise_if_any()
+
+
+@dataclass(frozen=True)
 class NodeState:
     """Everything the overlay dataplane of one node must have.
 
@@ -323,6 +348,7 @@ class NodeState:
     peers: tuple[Peer, ...] = ()
     egress: Egress = field(default_factory=Egress)
     underlay_mtu: int | None = None
+    published: tuple[HostPort, ...] = ()
 
     def __post_init__(self) -> None:
         ck = _Checker()
@@ -338,7 +364,8 @@ class NodeState:
                     or not MTU_MIN + VXLAN_OVERHEAD <= self.underlay_mtu <= MTU_MAX):
                 ck.add("underlay_mtu", f"{self.underlay_mtu!r} is out of range; VXLAN needs an underlay MTU of "
                        f"{MTU_MIN + VXLAN_OVERHEAD}..{MTU_MAX}")
-        for name, kind in (("networks", Network), ("endpoints", Endpoint), ("peers", Peer)):
+        for name, kind in (("networks", Network), ("endpoints", Endpoint), ("peers", Peer),
+                           ("published", HostPort)):
             items = getattr(self, name)
             if isinstance(items, (str, bytes)) or not isinstance(items, Iterable):
                 ck.add(name, f"must be a sequence of {kind.__name__}")
@@ -430,6 +457,17 @@ class NodeState:
         room = self.egress.subnet.num_addresses - 3
         if n_egress > room:
             ck.add("egress.subnet", f"{self.egress.subnet} has room for {room} containers, {n_egress} need egress")
+
+        check_egress = not ck.problems
+        egress = set(self.egress_containers()) if check_egress else set()
+        ports: dict[tuple[str, int], int] = {}
+        for i, hp in enumerate(self.published):
+            p = f"published[{i}]"
+            if (hp.protocol, hp.port) in ports:
+                ck.add(f"{p}.port", f"{hp.port}/{hp.protocol} is also published[{ports[hp.protocol, hp.port]}]")
+            ports[hp.protocol, hp.port] = i
+            if check_egress and hp.netns not in egress:
+                ck.add(f"{p}.netns", f"{hp.netns} has no egress interface (it is on no non-internal network)")
 
         for i, peer in enumerate(self.peers):
             p = f"peers[{i}]"

@@ -118,3 +118,8 @@ class Naming:
     @property
     def nft_table(self) -> str:
         return f"{self.prefix}net"
+
+    @property
+    def lb_table(self) -> str:
+        """The load-balancing table in each container namespace (lb.py)."""
+        return f"{self.prefix}lb"

@@ -14,20 +14,41 @@ from __future__ import annotations
 
 import hashlib
 import re
-from ipaddress import IPv4Network
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network
 
 COMMENT_HEAD = "orch overlay_net "
 _COMMENT_RE = re.compile(r'^\s*comment\s+"([^"]*)"\s*$', re.M)
 
 
-def render_body(egress_bridge: str, egress_subnet: IPv4Network) -> str:
+def render_body(egress_bridge: str, egress_subnet: IPv4Network,
+                forwards: Sequence[tuple[str, int, IPv4Address, int]] = ()) -> str:
     """The chains of the table. Traffic of containers leaving the node
     through anything but the egress bridge itself is masqueraded behind the
-    outgoing interface's address."""
-    return (
+    outgoing interface's address. forwards: published ports as (protocol,
+    port, container egress address, target port): connections to the port
+    on any of the node's own addresses (from outside, and from the node
+    itself except over loopback) are DNATed to the container."""
+    body = (
         "  chain postrouting {\n"
         "    type nat hook postrouting priority srcnat; policy accept;\n"
         f'    ip saddr {egress_subnet} oifname != "{egress_bridge}" masquerade\n'
+        "  }\n"
+    )
+    if not forwards:
+        return body
+    rules = [f"meta l4proto {proto} th dport {port} dnat ip to {addr}:{target}"
+             for proto, port, addr, target in sorted(forwards)]
+    pre = "".join(f"    fib daddr type local {r}\n" for r in rules)
+    out = "".join(f"    ip daddr != 127.0.0.0/8 fib daddr type local {r}\n" for r in rules)
+    return body + (
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority dstnat; policy accept;\n"
+        f"{pre}"
+        "  }\n"
+        "  chain output {\n"
+        "    type nat hook output priority -100; policy accept;\n"
+        f"{out}"
         "  }\n"
     )
 

@@ -453,16 +453,30 @@ def _plan_egress(
             creations.append(ConfigureEgressBridge(gw, mtu))
         if not observed.forwarding:
             creations.append(EnableForwarding())
-        body = nft.render_body(Naming(desired.prefix).egress_bridge, eg.subnet)
-        if observed.nft_fingerprint != nft.fingerprint(body):
-            creations.append(WriteNftTable(body))
         hosts = _free_hosts(eg.subnet, used)
+        addrs = dict(kept)
         for netns in containers:
             if netns in kept or (only_netns is not None and netns != only_netns):
                 continue
             ip = next(hosts)
-            attach.append(AttachEgress(netns, desired.egress_ifname(netns),
-                                       IPv4Interface((ip, eg.subnet.prefixlen)), gw.ip, mtu))
+            addrs[netns] = IPv4Interface((ip, eg.subnet.prefixlen))
+            attach.append(AttachEgress(netns, desired.egress_ifname(netns), addrs[netns], gw.ip, mtu))
+        # Published ports go to the containers' egress addresses, known only
+        # now; a container not attached yet (a one-container plan) is left
+        # out until the next whole plan.
+        forwards = [(hp.protocol, hp.port, addrs[hp.netns].ip, hp.target)
+                    for hp in desired.published if hp.netns in addrs]
+        body = nft.render_body(Naming(desired.prefix).egress_bridge, eg.subnet, forwards)
+        if observed.nft_fingerprint != nft.fingerprint(body) and (
+                only_netns is None or observed.nft_fingerprint is None):
+            # (A one-container plan writes the table only when it is missing:
+            # it does not know every container's address.)
+            eg_table: Action | None = WriteNftTable(body)
+        else:
+            eg_table = None
+        if eg_table is not None:
+            # With forwards, after the attachments whose addresses they name.
+            (final if forwards else creations).append(eg_table)
     elif only_netns is None:
         if observed.nft_fingerprint is not None:
             final.append(DeleteNftTable())

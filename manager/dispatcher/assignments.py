@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Protocol
 
-from api.objects import Config, Network, Secret, Task, TaskState
+from api.objects import Config, EndpointMode, Network, Secret, Task, TaskState
 from api.session import (
     AssignmentChanges,
     AssignmentsFull,
@@ -41,6 +41,7 @@ from api.session import (
     EndpointUpdate,
     NetworkRemove,
     NetworkUpdate,
+    PublishedPort,
     SecretRemove,
     SecretUpdate,
     TaskRemove,
@@ -97,7 +98,9 @@ def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None
     """The task's entry in the endpoint table of a network: while it is
     placed and wanted running, from ASSIGNED until it ends, and its node's
     address is known. Peers learn it before the task starts, so it is
-    reachable the moment it runs."""
+    reachable the moment it runs; it becomes a load-balancing backend
+    (`serving`) when it runs, and the entry goes as soon as the task is
+    wanted stopped, before its node stops it (drain, then stop)."""
     if task.desired_state > TaskState.RUNNING or not task.node_id:
         return None
     if not TaskState.ASSIGNED <= task.status.state <= TaskState.RUNNING:
@@ -108,11 +111,27 @@ def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None
     node = view.get("nodes", task.node_id)
     if node is None or not node.status.addr:
         return None
-    svc = view.get("services", task.service_id)
+    svc = view.get("services", task.service_id) if task.service_id else None
+    vip = ""
+    ports: tuple[PublishedPort, ...] = ()
+    if svc is not None:
+        if svc.spec.endpoint_spec.mode == EndpointMode.VIP:
+            vip = next((v.addr for v in svc.endpoint.virtual_ips if v.network_id == network_id), "")
+        net = view.get("networks", network_id)
+        if net is not None and getattr(net.spec, "ingress", False):
+            ports = published_ports(svc)
     return Endpoint(network_id=network_id, task_id=task.id, service_id=task.service_id,
                     service_name=svc.spec.name if svc is not None else "", slot=task.slot,
                     node_id=task.node_id, node_addr=node.status.addr, address=att.addresses[0],
-                    aliases=att.aliases)
+                    aliases=att.aliases, serving=task.status.state == TaskState.RUNNING, vip=vip, ports=ports)
+
+
+def published_ports(svc: Any) -> tuple[PublishedPort, ...]:
+    """A service's allocated published ports, as nodes get them (ports the
+    allocator has not given a number yet are left out)."""
+    return tuple(PublishedPort(protocol=str(p.protocol), target=p.target_port, published=p.published_port,
+                               mode=str(p.publish_mode))
+                 for p in getattr(svc.endpoint, "ports", ()) if p.published_port)
 
 
 def _same_for_node(a: Task, b: Task) -> bool:

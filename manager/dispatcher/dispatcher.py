@@ -295,6 +295,13 @@ class Dispatcher:
                     for t in self.store.view().find("tasks", "node_id", ev.obj.id):
                         for att in t.networks:
                             tasks_by_net.setdefault(att.network_id, set()).add(t.id)
+            elif ev.table == "services":
+                # Its virtual IPs, endpoint mode, name and published ports are
+                # in its tasks' endpoint entries.
+                if ev.old is None or _endpoint_facts(ev.old) != _endpoint_facts(ev.obj):
+                    for t in self.store.view().find("tasks", "service_id", ev.obj.id):
+                        for att in t.networks:
+                            tasks_by_net.setdefault(att.network_id, set()).add(t.id)
             else:
                 deps.add((ev.table, ev.obj.id))
         if self.settings.full_sets:
@@ -335,7 +342,7 @@ class Dispatcher:
     async def _assignments(self) -> None:
         """Assignment changes to nodes whose tasks, secrets or configs changed, coalesced."""
         while True:  # runs under lead(): cancelled on step-down
-            watch = self.store.watch(frozenset({"tasks", "secrets", "configs", "networks", "nodes"}))
+            watch = self.store.watch(frozenset({"tasks", "secrets", "configs", "networks", "nodes", "services"}))
             try:
                 self._resync_sessions()
                 while True:
@@ -649,3 +656,8 @@ class Dispatcher:
                 pass  # a node changed meanwhile; the next check sees it again
             except RaftError as e:
                 log.warning("could not mark nodes down: %s", e)
+
+
+def _endpoint_facts(svc: Any) -> tuple[Any, ...]:
+    """What of a service its tasks' endpoint entries carry."""
+    return (svc.spec.name, svc.spec.endpoint_spec.mode, svc.endpoint.virtual_ips, getattr(svc.endpoint, "ports", ()))

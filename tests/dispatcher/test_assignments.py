@@ -366,8 +366,13 @@ def test_a_network_goes_with_its_first_task_and_brings_its_endpoint_table() -> N
     w.tx(Create("tasks", _on(mktask("peer", node="n2"), "app", "10.0.9.4/24")))
     ch = w.clist(a1, tasks=[], endpoints=["peer"])
     assert [type(c).__name__ for c in ch] == ["EndpointUpdate"] and ch[0].endpoint.task_id == "peer"
-    # Its status moves on: the endpoint is the same, nothing is sent.
+    # It starts running: it becomes a backend (serving), one update.
     w.tx(Update("tasks", evolve(w.get("tasks", "peer"), status=TaskStatus(state=TaskState.RUNNING))))
+    ch = w.clist(a1, endpoints=["peer"])
+    assert [type(c).__name__ for c in ch] == ["EndpointUpdate"] and ch[0].endpoint.serving
+    # Its status moves on otherwise (a newer report): nothing is sent.
+    w.tx(Update("tasks", evolve(w.get("tasks", "peer"), status=TaskStatus(state=TaskState.RUNNING,
+                                                                         timestamp=5.0))))
     assert w.clist(a1, endpoints=["peer"]) == []
     # It is wanted stopped: peers forget it before it stops.
     w.tx(Update("tasks", evolve(w.get("tasks", "peer"), desired_state=TaskState.SHUTDOWN)))
