@@ -9,14 +9,17 @@ from __future__ import annotations
 import collections
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from overlay_net.netlink import entered
 from tests.fixtures.registry import RegistryEnv, SeededRegistry
 from tests.harness.fleet import Fleet, fleet_fixture
 from tests.harness.fleet_cluster import REPO, OrchFleet, services_cluster
@@ -91,15 +94,48 @@ s.settimeout(2)
 t0 = time.perf_counter()
 s.sendto(q.pack(), ("127.0.0.11", 53))
 r = DNSRecord.parse(s.recv(4096))
-print(RCODE[r.header.rcode], (time.perf_counter() - t0) * 1000)
+print(RCODE[r.header.rcode], (time.perf_counter() - t0) * 1000, *[str(a.rdata) for a in r.rr])
 """
 
 
-def dns_query(o: OrchFleet, t: dict[str, Any], name: str) -> tuple[str, float]:
-    """(rcode, milliseconds) of one A query to 127.0.0.11 from the task's namespace."""
-    out = subprocess.run(["nsenter", f"--net={task_netns(o, t)}", sys.executable, "-c", _QUERY, name],
-                         capture_output=True, text=True, check=True, timeout=30).stdout.split()
-    return out[0], float(out[1])
+def dns_query(o: OrchFleet, t: dict[str, Any], name: str, *, answers: bool = False) -> Any:
+    """(rcode, milliseconds[, addresses]) of one A query to 127.0.0.11 from
+    the task's namespace; rcode "TIMEOUT" when nothing answers."""
+    r = subprocess.run(["nsenter", f"--net={task_netns(o, t)}", sys.executable, "-c", _QUERY, name],
+                       capture_output=True, text=True, timeout=30)
+    out = r.stdout.split() if r.returncode == 0 else ["TIMEOUT", "0"]
+    return (out[0], float(out[1]), out[2:]) if answers else (out[0], float(out[1]))
+
+
+def connect_from(o: OrchFleet, t: dict[str, Any], host: str, port: int) -> socket.socket:
+    """A TCP connection opened inside the task's namespace (so through its
+    load-balancing table); it stays usable from here."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            with entered(task_netns(o, t)):
+                out.append(socket.create_connection((host, port), timeout=3))
+        except Exception as e:  # noqa: BLE001
+            out.append(e)
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join()
+    if isinstance(out[0], Exception):
+        raise out[0]
+    return out[0]  # type: ignore[no-any-return]
+
+
+def echo(conn: socket.socket, line: str) -> str:
+    conn.sendall(line.encode() + b"\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(100)
+        if not chunk:
+            break
+        data += chunk
+    return data.decode().strip()
 
 
 def addr(t: dict[str, Any]) -> str:
@@ -173,3 +209,58 @@ def test_names_vip_balance_scale_and_update(of: tuple[OrchFleet, str]) -> None:
         out, _ = loop.communicate(timeout=30)
     results = collections.Counter(out.split())
     assert sum(results.values()) - results["FAIL"] > 20 and results["FAIL"] == 0, results
+
+
+def test_recovery_after_kill9_and_after_a_drain(of: tuple[OrchFleet, str]) -> None:
+    o, reg = of
+    m1, w1 = o.fleet["m1"], o.fleet["w1"]
+    img = f"{reg}/library/busybox-multi:latest"
+    o.orch(m1, "network", "create", "--subnet", "10.80.0.0/24", "back")
+    o.orch(m1, "service", "create", "--name", "echo", "--replicas", "3", "--network", "back",
+           "--constraint", "node.hostname!=w1", img, "sh", "-c", "exec busybox nc -ll -p 7000 -e /bin/cat")
+    o.orch(m1, "service", "create", "--name", "probe", "--network", "back", "--constraint", "node.hostname==w1",
+           img, "sleep", "100000")
+    wait_running(o, "echo", 3)
+    (probe,) = wait_running(o, "probe", 1)
+    vip = vip_of(o, "echo")
+    conn = connect_from(o, probe, vip, 7000)
+    assert echo(conn, "one") == "one"
+
+    # kill -9 of the probe's daemon: the established connection through the
+    # VIP lives on (the kernel holds it), and so does balancing of new ones.
+    w1.kill9()
+    assert echo(conn, "two") == "two"
+    connect_from(o, probe, vip, 7000).close()
+    o.start(w1)
+    t0 = time.monotonic()
+    while True:  # names are answered again within 2 s of the restart
+        rcode, _, got = dns_query(o, probe, "echo", answers=True)
+        if rcode == "NOERROR":
+            break
+        assert time.monotonic() - t0 < 2.0, f"no DNS {time.monotonic() - t0:.1f} s after the restart"
+        time.sleep(0.1)
+    assert got == [vip]
+    assert echo(conn, "three") == "three"
+    conn.close()
+
+    # Drain a host with echo tasks: they move; names and the VIP follow.
+    before = {addr(t) for t in tasks(o, "echo")}
+    o.orch(m1, "node", "update", "--availability", "drain", "w2")
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            now = tasks(o, "echo")
+            if len(now) == 3 and all(hosts(o)[t["node_id"]] == "m1" for t in now):
+                break
+            assert time.monotonic() < deadline, "echo tasks did not leave w2"
+            time.sleep(0.3)
+        time.sleep(1)
+        ips = {addr(t) for t in now}
+        rcode, _, got = dns_query(o, probe, "tasks.echo", answers=True)
+        assert rcode == "NOERROR" and set(got) == ips, (got, ips, before)
+        for _ in range(10):
+            c = connect_from(o, probe, vip, 7000)
+            assert echo(c, "x") == "x"
+            c.close()
+    finally:
+        o.orch(m1, "node", "update", "--availability", "active", "w2")
