@@ -87,9 +87,9 @@ def parse_duration(v: Any) -> float:
     if isinstance(v, bool):
         raise ValueError("not a duration")
     if isinstance(v, (int, float)):
-        if v < 0 or v != v or v in (float("inf"),):
+        if v < 0 or v != v or v == float("inf"):
             raise ValueError("not a duration")
-        return float(v)
+        return round(v * 1e9) / 1e9  # whole nanoseconds, as Go's durations
     if not isinstance(v, str):
         raise ValueError("not a duration")
     s = v.strip()
