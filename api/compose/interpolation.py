@@ -36,8 +36,9 @@ class InterpolationError(ValueError):
 
 
 class Unresolved(str):
-    """A value whose interpolation failed (the error is reported once); later
-    stages pass it by rather than report it again."""
+    """A value that could not be read (its interpolation or short syntax
+    failed, and that error is reported once); later stages pass it by
+    rather than report it again."""
 
 
 @dataclass

@@ -648,6 +648,8 @@ def _api_check(model: type[BaseModel], data: dict[str, Any]) -> None:
         from ..errors import ValidationError as ApiError
 
         path, msg = ApiError.from_pydantic(e).errors[0]
+        if not path:  # a rule over the whole object: its message says it all
+            msg = e.errors(include_url=False)[0]["msg"]
         raise PydanticCustomError("compose_api", "{msg}", {"msg": f"{path}: {msg}" if path else msg}) from None
 
 

@@ -353,6 +353,7 @@ class _Normalizer:
                 specs = parse_port(s)
             except ValueError as e:
                 self.report.error(item.place, (*path, i), str(e))
+                out.append(item.with_value(Unresolved(s)))  # keeps the indices of the items after it
                 continue
             out.extend(_build(spec, item.place) for spec in specs)
         return n.with_value(out)
@@ -384,6 +385,7 @@ class _Normalizer:
                 out.append(_build(parse_volume(s, self.path), item.place))
             except ValueError as e:
                 self.report.error(item.place, (*path, i), str(e))
+                out.append(item.with_value(Unresolved(s)))
         return n.with_value(out)
 
     def file_refs(self, n: Node, path: Path) -> Node:
@@ -460,6 +462,7 @@ class _Normalizer:
                 out.append(_build(_parse_device(s), item.place))
             except ValueError as e:
                 self.report.error(item.place, (*path, i), str(e))
+                out.append(item.with_value(Unresolved(s)))
         return n.with_value(out)
 
     def one_or_many(self, n: Node, path: Path) -> Node:
