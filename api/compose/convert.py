@@ -38,7 +38,7 @@ from ..objects import (
     ServiceSpec,
 )
 from ..validation import Name
-from .diagnostics import ComposeError, Diagnostic, Path, path_str
+from .diagnostics import ComposeError, Diagnostic, Path, path_str, sorted_problems
 from .loader import SourceMap
 from .model import Project, Service, VolumeType, tmpfs_options
 
@@ -306,8 +306,10 @@ class _Converter:
         try:
             service_spec = ServiceSpec.model_validate(spec)
         except PydanticValidationError as e:
-            for p, msg in ApiValidationError.from_pydantic(e).errors:
-                self.error(path, f"{p}: {msg}" if p else msg)
+            worded = ApiValidationError.from_pydantic(e).errors
+            for err, (p, msg) in zip(e.errors(include_url=False), worded):
+                where = _compose_path(svc, tuple(err["loc"]))
+                self.error((*path, *where), f"{p}: {msg}" if p else msg)
             return None
         ports = tuple(PublishedPort(p.target, p.published or 0, p.protocol.value, p.mode.value, p.name or "")
                       for p in svc.ports)
@@ -386,6 +388,30 @@ class _Converter:
         return out
 
 
+def _compose_path(svc: Service, loc: tuple[Any, ...]) -> Path:
+    """Where in the service's compose entry the part of ServiceSpec at
+    `loc` came from (as near as it can be told)."""
+    head, rest = loc[:3], loc[3:]
+    if loc[:2] == ("task", "networks") and len(loc) > 2:
+        keys = list(svc.networks or {DEFAULT_NETWORK: None})
+        return ("networks", keys[loc[2]]) if loc[2] < len(keys) and svc.networks else ()
+    if head[:2] == ("task", "container") and len(loc) > 2:
+        field_ = loc[2]
+        if field_ == "mounts" and rest:
+            i = rest[0]
+            return ("volumes", i) if i < len(svc.volumes) else ("tmpfs", i - len(svc.volumes))
+        simple = {"env": "environment", "labels": "labels", "healthcheck": "healthcheck", "image": "image",
+                  "secrets": "secrets", "configs": "configs", "command": "entrypoint", "args": "command",
+                  "dir": "working_dir", "user": "user", "hostname": "hostname"}
+        if field_ in simple:
+            return (simple[field_], *rest[:1]) if field_ in ("secrets", "configs") else (simple[field_],)
+    if loc[:1] in (("update_config",), ("rollback_config",)):
+        return ("deploy", loc[0])
+    if loc[:2] in (("task", "resources"), ("task", "restart_policy"), ("task", "placement")):
+        return ("deploy", loc[1])
+    return ()
+
+
 def _set_fields(model: Any) -> dict[str, Any]:
     return {k: v for k, v in model if v is not None}
 
@@ -407,6 +433,6 @@ def to_specs(project: Project, stack_name: str, *, environment: Mapping[str, str
     configs = conv.blobs("config")
     services = [s for k, svc in project.services.items() if (s := conv.service(k, svc, net_names)) is not None]
     if conv.errors:
-        raise ComposeError(conv.errors)
+        raise ComposeError(sorted_problems(conv.errors))
     return StackSpecs(stack_name, tuple(services), tuple(networks), tuple(secrets), tuple(configs), tuple(volumes),
                       tuple(conv.warnings))
