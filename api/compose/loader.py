@@ -27,11 +27,12 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from ..errors import ValidationError as ApiValidationError
+from ..errors import show_value
 from .diagnostics import ComposeError, Diagnostic, Path, Place, Report, sorted_problems
 from .interpolation import Unresolved, interpolate, parse_dotenv
 from .merge import merge_all
 from .model import Project, check_references
-from .normalize import DEPRECATED, IGNORED, REJECTED, UNSUPPORTED, fold_environment, normalize_file
+from .normalize import fold_environment, normalize_file
 from .yamlmarks import Node, parse_yaml, plain
 
 __all__ = ["Source", "FileAccess", "MemoryFiles", "NO_FILES", "SourceMap", "Loaded", "load", "stack_environment"]
@@ -209,26 +210,16 @@ def pydantic_problems(e: PydanticValidationError, prefix: Path = ()) -> list[tup
         elif typ.startswith("compose_"):
             msg = err["msg"]
         elif typ == "literal_error" or typ == "enum":
-            msg = f"must be one of {err.get('ctx', {}).get('expected', '')} (got {_show(err.get('input'))})"
+            expected = err.get("ctx", {}).get("expected", "")
+            msg = f"must be one of {expected} (got {show_value(err.get('input'))})"
         else:
             msg = api_msg
         out.append((prefix + loc, msg))
     return out
 
 
-def _show(v: Any) -> str:
-    from ..errors import show_value
-
-    return show_value(v)
-
-
 def unknown_key(path: Path) -> str:
     key = str(path[-1])
-    if path[:1] == ("services",) and len(path) == 3:
-        for table, what in ((IGNORED, "ignored"), (DEPRECATED, "deprecated"), (UNSUPPORTED, "ignored"),
-                            (REJECTED, "refused")):
-            if key in table:  # pragma: no cover - the normaliser takes these first
-                return f"{what}: {table[key]}"
     fields = _fields_at(path[:-1])
     close = difflib.get_close_matches(key, fields, n=1, cutoff=0.6)
     if close:

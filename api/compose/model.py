@@ -18,6 +18,7 @@ objects (undefined networks, depends_on cycles, ...).
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from ..errors import ValidationError as ApiError
 from ..errors import show_value
 from ..objects import (
     EndpointMode,
@@ -357,12 +359,13 @@ class Healthcheck(_M):
 
 
 class Ulimit(_M):
-    soft: NonNegInt
-    hard: NonNegInt
+    soft: Annotated[int, Field(ge=-1)]  # -1: unlimited
+    hard: Annotated[int, Field(ge=-1)]
 
     @model_validator(mode="after")
     def _order(self) -> Ulimit:
-        if self.soft > self.hard:
+        unlimited = 2**63
+        if (self.soft if self.soft >= 0 else unlimited) > (self.hard if self.hard >= 0 else unlimited):
             raise PydanticCustomError("compose_ulimit", "soft ({soft}) must not exceed hard ({hard})",
                                       {"soft": self.soft, "hard": self.hard})
         return self
@@ -645,8 +648,6 @@ def _api_check(model: type[BaseModel], data: dict[str, Any]) -> None:
     try:
         model.model_validate(data)
     except ValidationError as e:
-        from ..errors import ValidationError as ApiError
-
         path, msg = ApiError.from_pydantic(e).errors[0]
         if not path:  # a rule over the whole object: its message says it all
             msg = e.errors(include_url=False)[0]["msg"]
@@ -726,8 +727,6 @@ def check_references(data: Any, file_exists: Callable[[str], bool]) -> list[Prob
 
 
 def _hint(name: str, known: Any) -> str:
-    import difflib
-
     close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f' (did you mean "{close[0]}"?)' if close else ""
 
