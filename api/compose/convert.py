@@ -40,7 +40,7 @@ from ..objects import (
 from ..validation import Name
 from .diagnostics import ComposeError, Diagnostic, Path, path_str, sorted_problems
 from .loader import SourceMap
-from .model import Project, Service, VolumeType, tmpfs_options
+from .model import Config, Project, Service, ServiceNetwork, VolumeType, tmpfs_options
 
 __all__ = ["NAMESPACE_LABEL", "ORCH_STACK_LABEL", "PublishedPort", "StackService", "StackNetwork", "StackVolume",
            "StackBlob", "StackSpecs", "to_specs"]
@@ -118,13 +118,16 @@ class StackBlob:
 
 @dataclass(frozen=True)
 class StackSpecs:
-    stack: str
+    """Everything a stack deploy creates or uses, in file order. Networks
+    include `STACK_default` when a service has no network of its own."""
+
     services: tuple[StackService, ...]
     networks: tuple[StackNetwork, ...]
     secrets: tuple[StackBlob, ...]
     configs: tuple[StackBlob, ...]
     volumes: tuple[StackVolume, ...]
     warnings: tuple[Diagnostic, ...] = ()
+    stack: str = ""
 
 
 _NAME = TypeAdapter(Name)
@@ -222,8 +225,8 @@ class _Converter:
                     self.error((*path, "environment"), f"variable {obj.environment} is not set")
                     continue
                 data = value.encode()
-            elif getattr(obj, "content", None) is not None:
-                data = obj.content.encode()  # type: ignore[attr-defined]
+            elif isinstance(obj, Config) and obj.content is not None:
+                data = obj.content.encode()
             blob = StackBlob(kind, key, name, False, labels, obj.file, data)
             if data is not None:
                 try:
@@ -317,10 +320,10 @@ class _Converter:
         return StackService(key, service_spec, ports, deps, extras)
 
     def attachments(self, key: str, svc: Service, net_names: dict[str, str]) -> list[dict[str, Any]]:
-        nets = svc.networks or {DEFAULT_NETWORK: None}
+        nets = svc.networks or {DEFAULT_NETWORK: ServiceNetwork()}
         out = []
         for net, cfg in nets.items():
-            aliases = list(dict.fromkeys([key, *(cfg.aliases if cfg is not None else ())]))
+            aliases = list(dict.fromkeys([key, *cfg.aliases]))
             out.append({"target": net_names[net], "aliases": aliases})
         return out
 
@@ -393,7 +396,7 @@ def _compose_path(svc: Service, loc: tuple[Any, ...]) -> Path:
     `loc` came from (as near as it can be told)."""
     head, rest = loc[:3], loc[3:]
     if loc[:2] == ("task", "networks") and len(loc) > 2:
-        keys = list(svc.networks or {DEFAULT_NETWORK: None})
+        keys = list(svc.networks or [DEFAULT_NETWORK])
         return ("networks", keys[loc[2]]) if loc[2] < len(keys) and svc.networks else ()
     if head[:2] == ("task", "container") and len(loc) > 2:
         field_ = loc[2]
@@ -426,7 +429,7 @@ def to_specs(project: Project, stack_name: str, *, environment: Mapping[str, str
     if not conv.name_ok((), stack_name):
         raise ComposeError(conv.errors)
     net_names = conv.network_names()
-    used = {n for s in project.services.values() for n in (s.networks or {DEFAULT_NETWORK: None})}
+    used = {n for s in project.services.values() for n in (s.networks or [DEFAULT_NETWORK])}
     networks = conv.networks(used)
     volumes = conv.volumes()
     secrets = conv.blobs("secret")
@@ -434,5 +437,5 @@ def to_specs(project: Project, stack_name: str, *, environment: Mapping[str, str
     services = [s for k, svc in project.services.items() if (s := conv.service(k, svc, net_names)) is not None]
     if conv.errors:
         raise ComposeError(sorted_problems(conv.errors))
-    return StackSpecs(stack_name, tuple(services), tuple(networks), tuple(secrets), tuple(configs), tuple(volumes),
-                      tuple(conv.warnings))
+    return StackSpecs(tuple(services), tuple(networks), tuple(secrets), tuple(configs), tuple(volumes),
+                      tuple(conv.warnings), stack_name)

@@ -22,7 +22,7 @@ import difflib
 import enum
 import re
 from collections.abc import Callable, Iterator
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -222,9 +222,13 @@ def _freeze(d: dict[Any, Any]) -> FrozenDict[Any, Any]:
     return FrozenDict(d)
 
 
-def Map(value: Any, key: Any = str) -> Any:  # noqa: N802 - reads as a type
-    """dict[key, value], held read-only."""
-    return Annotated[dict[key, value], AfterValidator(_freeze)]
+V = TypeVar("V")
+
+Map = Annotated[dict[str, V], AfterValidator(_freeze)]
+"""A mapping of the file, held read-only (a FrozenDict)."""
+
+NameMap = Annotated[dict[Name, V], AfterValidator(_freeze)]
+"""A mapping whose keys name objects (services, networks, ...)."""
 
 
 def _empty() -> FrozenDict[Any, Any]:
@@ -447,7 +451,7 @@ class Deploy(_M):
     update_config: UpdateConfigCompose | None = None
     rollback_config: UpdateConfigCompose | None = None
     endpoint_mode: EndpointMode | None = None
-    labels: Map(Str) = Field(default_factory=_empty)
+    labels: Map[Str] = Field(default_factory=_empty)
 
     @model_validator(mode="after")
     def _replicas(self) -> Deploy:
@@ -461,10 +465,10 @@ class Service(_M):
     image: Str
     command: tuple[Str, ...] | None = None
     entrypoint: tuple[Str, ...] | None = None
-    environment: Map(Str) = Field(default_factory=_empty)
-    labels: Map(Str) = Field(default_factory=_empty)
+    environment: Map[Str] = Field(default_factory=_empty)
+    labels: Map[Str] = Field(default_factory=_empty)
     ports: tuple[Port, ...] = ()
-    networks: Map(ServiceNetwork, Name) = Field(default_factory=_empty)
+    networks: NameMap[ServiceNetwork] = Field(default_factory=_empty)
     volumes: tuple[ServiceVolume, ...] = ()
     secrets: tuple[FileRef, ...] = ()
     configs: tuple[FileRef, ...] = ()
@@ -478,14 +482,14 @@ class Service(_M):
     cap_add: tuple[Str, ...] = ()
     cap_drop: tuple[Str, ...] = ()
     tmpfs: tuple[AbsPath, ...] = ()  # "/run" or "/run:size=64m,mode=1777,noexec"
-    extra_hosts: Map(Str) = Field(default_factory=_empty)
+    extra_hosts: Map[Str] = Field(default_factory=_empty)
     init: bool = False
-    ulimits: Map(Ulimit) = Field(default_factory=_empty)
-    sysctls: Map(Str) = Field(default_factory=_empty)
+    ulimits: Map[Ulimit] = Field(default_factory=_empty)
+    sysctls: Map[Str] = Field(default_factory=_empty)
     privileged: bool = False
     devices: tuple[Device, ...] = ()
     security_opt: tuple[Str, ...] = ()
-    depends_on: Map(DependsOn, Name) = Field(default_factory=_empty)
+    depends_on: NameMap[DependsOn] = Field(default_factory=_empty)
     deploy: Deploy | None = None
 
     @field_validator("tmpfs")
@@ -551,12 +555,12 @@ def _check_external(obj: Any, kind: str, allowed: tuple[str, ...]) -> None:
 class Network(_M):
     name: Name | None = None
     driver: Str | None = None
-    driver_opts: Map(Str) = Field(default_factory=_empty)
+    driver_opts: Map[Str] = Field(default_factory=_empty)
     attachable: bool = False
     internal: bool = False
     ipam: Ipam | None = None
     external: bool = False
-    labels: Map(Str) = Field(default_factory=_empty)
+    labels: Map[Str] = Field(default_factory=_empty)
 
     @field_validator("driver")
     @classmethod
@@ -575,9 +579,9 @@ class Network(_M):
 class Volume(_M):
     name: Name | None = None
     driver: Str | None = None
-    driver_opts: Map(Str) = Field(default_factory=_empty)
+    driver_opts: Map[Str] = Field(default_factory=_empty)
     external: bool = False
-    labels: Map(Str) = Field(default_factory=_empty)
+    labels: Map[Str] = Field(default_factory=_empty)
 
     @field_validator("driver")
     @classmethod
@@ -598,7 +602,7 @@ class _Blob(_M):
     file: Str | None = None
     environment: Str | None = None
     external: bool = False
-    labels: Map(Str) = Field(default_factory=_empty)
+    labels: Map[Str] = Field(default_factory=_empty)
 
     def _sources(self) -> list[str]:
         return [k for k in ("file", "environment", "content") if getattr(self, k, None) is not None]
@@ -628,11 +632,11 @@ class Config(_Blob):
 
 class Project(_M):
     name: Str | None = None
-    services: Map(Service, Name) = Field(default_factory=_empty)
-    networks: Map(Network, Name) = Field(default_factory=_empty)
-    volumes: Map(Volume, Name) = Field(default_factory=_empty)
-    secrets: Map(Secret, Name) = Field(default_factory=_empty)
-    configs: Map(Config, Name) = Field(default_factory=_empty)
+    services: NameMap[Service] = Field(default_factory=_empty)
+    networks: NameMap[Network] = Field(default_factory=_empty)
+    volumes: NameMap[Volume] = Field(default_factory=_empty)
+    secrets: NameMap[Secret] = Field(default_factory=_empty)
+    configs: NameMap[Config] = Field(default_factory=_empty)
 
     @model_validator(mode="before")
     @classmethod

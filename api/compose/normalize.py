@@ -373,8 +373,9 @@ class _Normalizer:
         for i, item in enumerate(n.value):
             if item.is_map:
                 src, typ = item.value.get("source"), item.value.get("type")
-                if src is not None and typ is not None and typ.value == "bind" and text_of(src.value) is not None:
-                    item = item.with_value({**item.value, "source": src.with_value(self.path(text_of(src.value)))})
+                src_text = text_of(src.value) if src is not None else None
+                if src is not None and src_text is not None and typ is not None and typ.value == "bind":
+                    item = item.with_value({**item.value, "source": src.with_value(self.path(src_text))})
                 out.append(item)
                 continue
             s = text_of(item.value)
