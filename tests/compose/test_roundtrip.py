@@ -197,3 +197,48 @@ def test_stack_config_loads_back_to_the_same_model(data: dict[str, Any]) -> None
     assert second == first
     assert to_config(second) == to_config(first)
     assert dump_config(second) == text
+
+
+# -- robustness: any YAML is either a stack or a ComposeError ---------------------------
+
+KEYS = ["services", "networks", "volumes", "secrets", "configs", "name", "web", "db", "image", "command",
+        "environment", "labels", "ports", "target", "published", "protocol", "mode", "volumes", "type", "source",
+        "networks", "aliases", "secrets", "healthcheck", "test", "interval", "deploy", "replicas", "placement",
+        "constraints", "resources", "limits", "memory", "cpus", "depends_on", "condition", "env_file", "path",
+        "ulimits", "soft", "devices", "tmpfs", "extra_hosts", "sysctls", "external", "file", "ipam", "config",
+        "subnet", "driver", "x-a", "build", "extends", "<<"]
+SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-3, 70000), st.floats(allow_nan=False, allow_infinity=False),
+                   st.sampled_from(["", "x", "web", "db", "80", "8080:80", "/data", "data:/data", "${X}", "$", "${",
+                                    "a=b", "overlay", "bridge", "10.0.0.0/24", "1m", "service_healthy", "global",
+                                    "CMD", "~", "./f"]))
+ANY_YAML = st.recursive(SCALAR, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(KEYS), inner, max_size=5)), max_leaves=30)
+
+
+SERVICE_FIELDS = ["image", "command", "entrypoint", "environment", "labels", "ports", "networks", "volumes",
+                  "secrets", "configs", "healthcheck", "user", "stop_grace_period", "read_only", "cap_add", "tmpfs",
+                  "extra_hosts", "init", "ulimits", "sysctls", "privileged", "devices", "security_opt", "depends_on",
+                  "deploy", "env_file", "restart", "extends", "x-a"]
+ANY_FILE = st.one_of(
+    st.dictionaries(st.sampled_from(KEYS), ANY_YAML, max_size=5),
+    st.fixed_dictionaries({"services": st.dictionaries(st.sampled_from(["web", "db"]), st.dictionaries(
+        st.sampled_from(SERVICE_FIELDS), ANY_YAML, max_size=6), min_size=1)},
+        optional={k: st.dictionaries(st.sampled_from(["web", "db", "data", "front"]), ANY_YAML, max_size=2)
+                  for k in ("networks", "volumes", "secrets", "configs")}),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ANY_FILE)
+def test_any_yaml_loads_or_fails_with_compose_errors(data: dict[str, Any]) -> None:
+    from api.compose import ComposeError, to_specs
+
+    try:
+        loaded = _load(dump_yaml(data))
+    except ComposeError as e:
+        assert e.problems and all(p.message for p in e.problems)
+        return
+    try:
+        to_specs(loaded.project, "s", environment=loaded.environment, places=loaded.places)
+    except ComposeError as e:
+        assert e.problems
