@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
@@ -75,6 +76,8 @@ __all__ = [
     "PublishMode",
     "held_ports",
     "port_claims",
+    "port_conflict",
+    "trim_endpoint",
     "NetworkAllocation",
     "NetworkAttachment",
     "NetworkAttachmentConfig",
@@ -563,6 +566,14 @@ def held_ports(wanted: EndpointSpec, have: Endpoint) -> list[PortConfig | None]:
     return out
 
 
+def trim_endpoint(spec: EndpointSpec, have: Endpoint) -> Endpoint:
+    """`have` without the ports `spec` no longer asks for: what a spec change
+    leaves of a service's endpoint until the allocator has seen the change
+    (which fills in the new ports and drops unneeded VIPs)."""
+    kept = tuple(h for h in held_ports(spec, have) if h is not None)
+    return have if kept == have.ports else have.model_copy(update={"ports": kept})
+
+
 def port_claims(spec: EndpointSpec, have: Endpoint) -> tuple[tuple[PortProtocol, int, PublishMode], ...]:
     """The published ports a service holds: (protocol, port, mode) for each
     fixed port of its spec and each allocated port still serving a dynamic
@@ -663,6 +674,25 @@ class Service(Model):
     spec_version: int = Field(0, ge=0)  # bumped by every spec change; tasks record the one they run
     update_status: UpdateStatus | None = None
     endpoint: Endpoint = Endpoint()  # virtual IPs, set by the allocator
+
+
+def port_conflict(svc: Service, others: Iterable[Service]) -> tuple[PortProtocol, int, Service, PublishMode] | None:
+    """The first published port `svc` would hold that one of `others` holds
+    in a way that excludes it (either holds it in ingress mode), as
+    (protocol, port, that service, its mode); None when every port is free."""
+    mine = port_claims(svc.spec.endpoint_spec, svc.endpoint)
+    if not mine:
+        return None
+    held: dict[tuple[PortProtocol, int], list[tuple[str, Service, PublishMode]]] = {}
+    for o in others:
+        if o.id != svc.id:
+            for proto, port, mode in port_claims(o.spec.endpoint_spec, o.endpoint):
+                held.setdefault((proto, port), []).append((o.spec.name, o, mode))
+    for proto, port, mode in mine:
+        for _, o, other_mode in sorted(held.get((proto, port), ()), key=lambda x: (x[0], x[1].id)):
+            if mode == PublishMode.INGRESS or other_mode == PublishMode.INGRESS:
+                return proto, port, o, other_mode
+    return None
 
 
 class TaskStatus(Model):

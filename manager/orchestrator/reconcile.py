@@ -75,6 +75,8 @@ from api.objects import (
     UpdateState,
     UpdateStatus,
     evolve,
+    port_conflict,
+    trim_endpoint,
 )
 from manager import store as store_ops
 from scheduler.constraints import normalize_arch, normalize_os
@@ -232,7 +234,7 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
         if svc.spec.mode in (ServiceMode.GLOBAL, ServiceMode.GLOBAL_JOB):
             _global(svc, tasks, ctx, now, out)
         else:
-            _replicated(svc, tasks, nodes, now, out)
+            _replicated(svc, tasks, nodes, now, out, services)
         _reap(tasks, nodes, history, out)
     placements.retain(services)
 
@@ -326,7 +328,8 @@ def _orphaned_service_tasks(tasks: list[Task], out: Pass) -> None:
             out.ops.append(store_ops.Delete("tasks", t.id))
 
 
-def _replicated(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float, out: Pass) -> None:
+def _replicated(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float, out: Pass,
+                services: dict[str, Service] | None = None) -> None:
     spec = svc.spec
     job = spec.mode == ServiceMode.REPLICATED_JOB
     slots: dict[int, list[Task]] = defaultdict(list)
@@ -392,11 +395,11 @@ def _replicated(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: fl
                     out.ops.append(_shutdown(t, "scaled down"))
                 elif t.desired_state > TaskState.RUNNING and (t.status.state.terminal or not t.node_id):
                     out.ops.append(store_ops.Delete("tasks", t.id))  # a removed slot keeps no history
-    _rolling_update(svc, slots, nodes, now, out, handled)
+    _rolling_update(svc, slots, nodes, now, out, handled, services or {})
 
 
 def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str, Node], now: float,
-                    out: Pass, handled: set[str]) -> None:
+                    out: Pass, handled: set[str], services: dict[str, Service]) -> None:
     """Replace tasks of older spec versions, a batch at a time."""
     spec = svc.spec
     rolling_back = svc.update_status is not None and svc.update_status.state in (
@@ -434,20 +437,27 @@ def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str,
     failed = [t for t in new_tasks if t.status.state in (TaskState.FAILED, TaskState.REJECTED)
               and (status is None or t.created_at >= status.started_at)]
     if new_tasks and len(failed) / max(1, len(new_tasks)) > cfg.max_failure_ratio and failed:
+        why = f"task {failed[0].id[:12]} failed: {failed[0].status.err or failed[0].status.message}"
         if cfg.failure_action == FailureAction.ROLLBACK and not rolling_back and svc.previous_spec is not None:
-            out.ops.append(store_ops.Update("services", evolve(
+            back = evolve(
                 svc, spec=svc.previous_spec, previous_spec=svc.spec, spec_version=svc.spec_version + 1,
+                endpoint=trim_endpoint(svc.previous_spec.endpoint_spec, svc.endpoint),
                 update_status=UpdateStatus(state=UpdateState.ROLLBACK_STARTED, started_at=now,
-                                           message=f"update rolled back: task {failed[0].id[:12]} "
-                                                   f"failed: {failed[0].status.err or failed[0].status.message}"))))
-            return
+                                           message=f"update rolled back: {why}"))
+            # The store would refuse a rollback to ports another service took
+            # since (and with it the whole batch, pass after pass): pause instead.
+            taken = port_conflict(back, services.values())
+            if taken is None:
+                out.ops.append(store_ops.Update("services", back))
+                return
+            why += (f"; cannot roll back: published port {taken[1]}/{taken[0]} is used by service "
+                    f'"{taken[2].spec.name}" now')
         if cfg.failure_action in (FailureAction.PAUSE, FailureAction.ROLLBACK):
             out.ops.append(store_ops.Update("services", evolve(
                 svc, update_status=UpdateStatus(
                     state=UpdateState.ROLLBACK_PAUSED if rolling_back else UpdateState.PAUSED,
                     started_at=status.started_at if status else now,
-                    message=f"update paused: task {failed[0].id[:12]} failed: "
-                            f"{failed[0].status.err or failed[0].status.message}"))))
+                    message=f"update paused: {why}"))))
             return
     # The batch in flight: new tasks not yet running for `monitor` seconds.
     in_flight = [t for t in current if t.status.state != TaskState.RUNNING or
