@@ -596,7 +596,10 @@ class _TaskWrites:
 def _waiting(by_service: dict[str, list[Task]], writes: _TaskWrites, now: float, out: Pass) -> list[Task]:
     """Tasks wanted running that are not yet assigned and are due now:
     earlier ones first (in store order), then this pass's new ones."""
-    changed = {op.obj.id for op in out.ops if isinstance(op, store_ops.Update) and op.table == "tasks"}
+    # Written or deleted by stage 1: not moved on in this pass (an address
+    # allocated to a task whose write is dropped would be held by nobody).
+    changed = {op.id if isinstance(op, store_ops.Delete) else op.obj.id for op in out.ops
+               if op.table == "tasks" and not isinstance(op, store_ops.Create)}
     candidates = [t for ts in by_service.values() for t in ts if t.id not in changed]
     waiting = []
     for t in candidates + writes.created():
