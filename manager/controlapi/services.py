@@ -197,11 +197,13 @@ async def create_service(request: web.Request) -> web.Response:
     store = (await barrier(request)).store
     _check_refs(store, spec)
     spec = _resolve_networks(store, spec)
-    spec, warning = await _pin_image(request, spec)
     now = time.time()
     svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
-    _check_ports(store, svc)
-    result = await commit(request, [store_ops.Create("services", svc)])
+    _check_ports(store, svc)  # before asking the registry: a taken port fails fast
+    spec, warning = await _pin_image(request, spec)
+    # The store judges the ports again when the write is applied: a service
+    # created meanwhile may have taken one (then this is a 409 too).
+    result = await commit(request, [store_ops.Create("services", evolve(svc, spec=spec))])
     out = service_json(store, result.events[0].obj)
     if warning:
         out["warnings"] = [warning]
