@@ -27,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -846,12 +847,13 @@ class NetworkSpec(Model):
                 raise PydanticCustomError("option", "unknown network option '{k}' (known: mtu, vni)", {"k": k})
         return v
 
-    @model_validator(mode="after")
-    def _ingress(self) -> NetworkSpec:
-        if self.ingress and self.attachable:
+    @field_validator("ingress")
+    @classmethod
+    def _ingress(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("attachable"):
             raise PydanticCustomError("ingress_attachable", "an ingress network cannot be attachable: "
                                       "plain containers do not take part in the routing mesh")
-        return self
+        return v
 
     @property
     def mtu(self) -> int:

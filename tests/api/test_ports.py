@@ -90,7 +90,7 @@ def test_needs_ingress_only_for_ingress_mode_ports() -> None:
 def test_an_ingress_network_is_never_attachable() -> None:
     assert NetworkSpec(name="ingress", ingress=True).ingress
     [(path, msg)] = errors(NetworkSpec, {"name": "mesh", "ingress": True, "attachable": True})
-    assert "cannot be attachable" in msg and path == ""
+    assert "cannot be attachable" in msg and path == "ingress"
 
 
 def test_a_task_accepts_the_ingress_attachment() -> None:
