@@ -520,9 +520,11 @@ class EndpointSpec(Model):
 
     @property
     def needs_ingress(self) -> bool:
-        """Whether the service's tasks must be on the ingress network (the
-        routing mesh reaches them there)."""
-        return any(p.publish_mode == PublishMode.INGRESS for p in self.ports)
+        """Whether the service's tasks must be on the ingress network: they
+        are when it publishes any port. The routing mesh reaches them there
+        (ingress mode), and a node learns which host-mode ports its tasks
+        take from their entries in the ingress network's endpoint table."""
+        return bool(self.ports)
 
 
 class VirtualIP(Model):
@@ -820,7 +822,7 @@ class NetworkSpec(Model):
     ipam: tuple[IPAMConfig, ...] = Field((), max_length=1)  # () = a subnet from the cluster's pool
     options: LabelsField  # driver options: mtu, vni
     # The routing mesh's network (`orch init` makes one named "ingress"; at
-    # most one per cluster): tasks of services publishing ingress-mode ports
+    # most one per cluster): tasks of services publishing ports
     # and every node's ingress sandbox are on it. Never attachable.
     ingress: bool = False
 

@@ -37,7 +37,7 @@ def network() -> None:
 @click.option("--attachable", is_flag=True, help="Let plain containers join (`orch container run --network`).")
 @click.option("--internal", is_flag=True, help="No egress: containers get no route out of the cluster.")
 @click.option("--ingress", is_flag=True,
-              help="The routing mesh's network (published ingress-mode ports); one per cluster, made by `orch init`.")
+              help="The routing mesh's network (published ports); one per cluster, made by `orch init`.")
 @click.option("-o", "--opt", "opts", multiple=True, help="Driver option KEY=VALUE: mtu=N, vni=N (repeatable).")
 @click.option("-l", "--label", "labels", multiple=True, help="KEY=VALUE label (repeatable).")
 @FORMAT_OPTION

@@ -69,7 +69,7 @@ INGRESS_NAME = "ingress"
 
 
 def ingress_network(now: float) -> Network:
-    """The network a new cluster publishes ingress-mode ports over, as
+    """The network a new cluster publishes ports over, as
     Swarm's: overlay, not attachable, a subnet from the address pool."""
     return Network(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now),
                    spec=NetworkSpec(name=INGRESS_NAME, ingress=True))

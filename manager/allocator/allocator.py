@@ -14,8 +14,8 @@ one address per network it is on (`Task.networks`), a Service one virtual
 IP per network in VIP mode (`Service.endpoint.virtual_ips`) and its
 published ports (`Service.endpoint.ports`, see `ports.py`).
 
-The ingress network: a service publishing an ingress-mode port gets a VIP
-on it and its tasks an address on it, first, as if the spec named it.
+The ingress network: a service publishing any port gets a VIP on it (in
+VIP mode) and its tasks an address on it, first, as if the spec named it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Pending:
     reason: str
 
 
-NO_INGRESS = ("the service publishes an ingress-mode port but the cluster has no ingress network: "
+NO_INGRESS = ("the service publishes ports but the cluster has no ingress network: "
               "create one with `orch network create --ingress ingress`")
 
 
@@ -191,8 +191,8 @@ class Allocator:
     def allocate_service(self, s: Service, networks: Mapping[str, Network],
                          ingress: Network | None = None) -> Service | Pending:
         """`s` with one VIP per network its tasks are on (VIP mode; none in
-        dnsrr mode, but always one on the ingress network when it publishes
-        an ingress-mode port) and its published ports, each with its
+        dnsrr mode), the ingress network first when it publishes ports, and
+        its published ports, each with its
         published_port filled in. VIPs of networks and ports still wanted
         are kept; others are released. Returns `s` itself when nothing changes."""
         spec = s.spec.endpoint_spec
@@ -200,7 +200,8 @@ class Allocator:
         if spec.needs_ingress:
             if ingress is None:
                 return Pending(NO_INGRESS)
-            want.append(ingress.id)
+            if spec.mode == EndpointMode.VIP:
+                want.append(ingress.id)
         if spec.mode == EndpointMode.VIP:
             for att in s.spec.task.networks:
                 if att.target not in want:
@@ -281,8 +282,8 @@ class Allocator:
 
     def allocate_task(self, t: Task, networks: Mapping[str, Network], ingress: str | None = None) -> Task | Pending:
         """`t` with one address per network of its spec (and first one on
-        network `ingress`, when given: its service publishes an ingress-mode
-        port), all or none; `t` itself when it has them already or is on no
+        network `ingress`, when given: its service publishes ports), all or
+        none; `t` itself when it has them already or is on no
         network."""
         configs = list(t.spec.networks)
         if ingress is not None and all(c.target != ingress for c in configs):

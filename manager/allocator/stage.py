@@ -4,8 +4,8 @@
 (`manager.orchestrator.allocate.Allocator`) with the network allocator: in
 each pass it gives new networks their VNI and subnet, services their
 virtual IPs and published ports, and the pass's NEW tasks one address per
-network (the ingress network's first for tasks of services publishing an
-ingress-mode port). A task whose service cannot be allocated yet waits
+network (the ingress network's first for tasks of services publishing
+ports). A task whose service cannot be allocated yet waits
 with the service's reason. Its writes
 go into the pass, so every value is committed in the same transaction as
 the object that holds it.

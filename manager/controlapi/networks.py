@@ -12,7 +12,7 @@ would lose the route to them.
 The ingress network (the routing mesh's, made at `orch init`) is one per
 cluster: another can be created only when none exists (the store refuses a
 second even to racing requests), and it cannot be removed while a service
-publishes an ingress-mode port. The nodes' ingress sandbox tasks on it are
+publishes a port. The nodes' ingress sandbox tasks on it are
 the orchestrator's: they go with the network and do not keep it in use.
 """
 
@@ -56,8 +56,8 @@ def network_users(store: MemoryStore, network_id: str) -> tuple[list[str], list[
 
 
 def ingress_users(store: MemoryStore) -> list[str]:
-    """Names of the services publishing an ingress-mode port (the routing
-    mesh reaches them over the ingress network)."""
+    """Names of the services publishing ports (their tasks are on the
+    ingress network)."""
     return sorted(s.spec.name for s in store.view().list("services") if s.spec.endpoint_spec.needs_ingress)
 
 
@@ -190,7 +190,7 @@ async def delete_network(request: web.Request) -> web.Response:
         publishing = ingress_users(store)
         if publishing:
             raise conflict(f"network {net.spec.name} is the routing mesh of service(s) {', '.join(publishing)}, "
-                           "which publish ingress-mode ports: remove them or their ports "
+                           "which publish ports: remove them or their ports "
                            "(`orch service update --publish-rm`) first")
     services, containers, tasks = network_users(store, net.id)
     if services:

@@ -154,7 +154,7 @@ def _resolve_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSpec:
 
 def _check_ports(store: MemoryStore, svc: Service) -> None:
     """The published ports `svc` (as it is about to be written) would hold
-    are free, and its ingress-mode ports can be served."""
+    are free, and they can be served (over the ingress network)."""
     view = store.view()
     spec = svc.spec.endpoint_spec
     for i, p in enumerate(spec.ports):
@@ -164,9 +164,8 @@ def _check_ports(store: MemoryStore, svc: Service) -> None:
                               "balances over the service's virtual IP: use endpoint mode vip, or publish it "
                               "with mode=host", field=where)
     if spec.needs_ingress and not any(n.spec.ingress for n in view.list("networks")):
-        raise conflict("endpoint_spec.ports: the service publishes ingress-mode ports but the cluster has no "
-                       "ingress network: create one (`orch network create --ingress ingress`) or publish "
-                       "with mode=host")
+        raise conflict("endpoint_spec.ports: the service publishes ports but the cluster has no ingress "
+                       "network: create one (`orch network create --ingress ingress`)")
     taken = port_conflict(svc, view.list("services"))
     if taken is not None:
         proto, port, other, other_mode = taken

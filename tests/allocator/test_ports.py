@@ -15,6 +15,7 @@ from api.objects import (
     DYNAMIC_PORT_MAX,
     DYNAMIC_PORT_MIN,
     INGRESS_ATTACHMENT,
+    EndpointMode,
     EndpointSpec,
     Network,
     NetworkSpec,
@@ -120,19 +121,39 @@ def test_ingress_vip_and_task_addresses_follow_the_ingress_ports() -> None:
         assert t.status.state == TaskState.ASSIGNED
         assert [a.network_id for a in t.networks] == [c.ingress.id, "app"]  # ingress first, as Swarm
         assert t.spec.networks == web.spec.task.networks  # not written into the task's spec
-    # Host-mode ports only: not on the mesh. New tasks are detached, the VIP goes.
+    # Host-mode ports keep the tasks on ingress (the node finds its tasks'
+    # host ports in their ingress entries).
     c.set_ports("web", port(80, 8080, mode="host"))
     c.settle()
-    web = c.svc("web")
-    assert [v.network_id for v in web.endpoint.virtual_ips] == ["app"]
+    assert [v.network_id for v in c.svc("web").endpoint.virtual_ips] == [c.ingress.id, "app"]
     live = [t for t in c.tasks("web") if t.desired_state <= TaskState.RUNNING]
-    assert len(live) == 2 and all([a.network_id for a in t.networks] == ["app"] for t in live)
-    # Back to ingress mode (no other network): the VIP and addresses again.
+    assert len(live) == 2 and all(t.spec_version == 2 for t in live)
+    assert all([a.network_id for a in t.networks] == [c.ingress.id, "app"] for t in live)
+    # No port left: new tasks are detached, the VIP on ingress goes.
+    c.set_ports("web")
+    c.settle()
+    assert [v.network_id for v in c.svc("web").endpoint.virtual_ips] == ["app"]
+    live = [t for t in c.tasks("web") if t.desired_state <= TaskState.RUNNING]
+    assert len(live) == 2 and all(t.spec_version == 3 for t in live)
+    assert all([a.network_id for a in t.networks] == ["app"] for t in live)
+    # Back again (no other network): the VIP and addresses again.
     c.set_ports("web", port(80, 8080))
     c.settle()
-    live = [t for t in c.tasks("web") if t.desired_state <= TaskState.RUNNING and t.spec_version == 3]
+    live = [t for t in c.tasks("web") if t.desired_state <= TaskState.RUNNING]
     assert all([a.network_id for a in t.networks] == [c.ingress.id, "app"] for t in live)
     assert c.stage.counts() == c.restored_counts()
+
+
+def test_dnsrr_services_publish_host_ports_over_ingress_without_a_vip() -> None:
+    c = Mesh()
+    s = mkservice("dns", 1)
+    c.tx(Create("services", evolve(s, spec__endpoint_spec=EndpointSpec(
+        mode=EndpointMode.DNSRR, ports=[port(53, 5353, mode="host", proto="udp")]))))
+    c.settle()
+    assert c.svc("dns").endpoint.virtual_ips == ()
+    assert c.svc("dns").endpoint.ports == (port(53, 5353, mode="host", proto="udp"),)
+    (t,) = c.tasks("dns")
+    assert [a.network_id for a in t.networks] == [c.ingress.id]
 
 
 def test_without_an_ingress_network_tasks_wait_with_the_reason() -> None:

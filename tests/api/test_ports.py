@@ -81,9 +81,10 @@ def test_a_published_port_and_protocol_may_be_given_once() -> None:
     assert len(ok.ports) == 4
 
 
-def test_needs_ingress_only_for_ingress_mode_ports() -> None:
+def test_any_published_port_puts_the_tasks_on_ingress() -> None:
     assert EndpointSpec(ports=[port(80, 8080), port(81, 8081, mode="host")]).needs_ingress
-    assert not EndpointSpec(ports=[port(81, 8081, mode="host")]).needs_ingress
+    # Host mode too: the node learns its tasks' host ports from their ingress entries.
+    assert EndpointSpec(ports=[port(81, 8081, mode="host")]).needs_ingress
     assert not EndpointSpec().needs_ingress
 
 

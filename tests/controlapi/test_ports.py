@@ -139,8 +139,8 @@ async def test_the_ingress_network_rules(api: tuple[TestClient, ManagerContext])
     assert st == 400 and body["error"]["field"] == "task.networks[0]" and "publishing a port" in body["error"]["message"]
     st, body = await post(client, "/v1/services", spec("x", p(80, 8080), endpoint={"mode": "dnsrr"}))
     assert st == 400 and body["error"]["field"] == "endpoint_spec.ports[0]"
-    assert (await post(client, "/v1/services", spec("x", p(80, 8081, publish_mode="host"),
-                                                    endpoint={"mode": "dnsrr"})))[0] == 201
+    st, x = await post(client, "/v1/services", spec("x", p(80, 8081, publish_mode="host"), endpoint={"mode": "dnsrr"}))
+    assert st == 201
 
     st, web = await post(client, "/v1/services", spec("web", p(80, 8080)))
     assert st == 201
@@ -149,8 +149,8 @@ async def test_the_ingress_network_rules(api: tuple[TestClient, ManagerContext])
     r = await client.delete("/v1/networks/ingress")
     assert r.status == 409
     msg = (await r.json())["error"]["message"]
-    assert "routing mesh of service(s) api, web" in msg and "--publish-rm" in msg
-    for s in (web, api_):
+    assert "routing mesh of service(s) api, web, x" in msg and "--publish-rm" in msg
+    for s in (web, api_, x):
         assert (await client.delete(f"/v1/services/{s['id']}")).status == 204
     assert (await client.delete("/v1/networks/ingress")).status == 204
     # Now one may be made again (as `docker network create --ingress`).
