@@ -169,8 +169,8 @@ def _check_ports(store: MemoryStore, svc: Service) -> None:
     taken = port_conflict(svc, view.list("services"))
     if taken is not None:
         proto, port, other, other_mode = taken
-        i = next((i for i, p in enumerate(spec.ports) if (p.protocol, p.published_port) == (proto, port)), None)
-        where = f"endpoint_spec.ports[{i}]" if i is not None else "endpoint_spec.ports"
+        at = next((i for i, p in enumerate(spec.ports) if (p.protocol, p.published_port) == (proto, port)), None)
+        where = f"endpoint_spec.ports[{at}]" if at is not None else "endpoint_spec.ports"
         how = "" if other_mode == PublishMode.INGRESS else " in host mode"
         raise conflict(f'{where}: published port {port}/{proto} is already used by service "{other.spec.name}"'
                        f"{how}; publish another port, or leave the published port out to get a free one")

@@ -246,7 +246,7 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     to_allocate = [t for t in waiting if t.status.state == TaskState.NEW]
     allocated, alloc_ops, alloc_after = _allocate(view, to_allocate, allocator or NoAllocation(), writes, now)
     for op in alloc_ops:
-        if isinstance(op, store_ops.Update) and op.table == "services":
+        if isinstance(op, store_ops.Update) and isinstance(op.obj, Service):
             services[op.obj.id] = op.obj  # its ports as allocated: the scheduler places by them
     # Stage 3, schedule: PENDING -> ASSIGNED, or PENDING with the scheduler's reason.
     pending = [allocated.get(t.id, t) for t in waiting
@@ -689,14 +689,14 @@ def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],
     for t in made_for_node:
         svc = services.get(t.service_id)
         ports = _host_ports(svc)
-        ni = infos.get(t.node_id)
-        if ports and ni is not None:
-            refused = HostPortFilter(ports).reject(ni)
+        info = infos.get(t.node_id)
+        if ports and info is not None:
+            refused = HostPortFilter(ports).reject(info)
             if refused is not None:
                 _set_pending(t, refused, writes, now)
                 continue
             for p in ports:
-                ni.host_ports[p] = task_name(svc, t)
+                info.host_ports[p] = task_name(svc, t)
         writes.put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")))
     node_list = sorted(infos.values(), key=lambda n: n.id)
     for (sid, _), ts in sorted(groups.items()):
