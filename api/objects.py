@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import (
@@ -26,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -67,6 +69,16 @@ __all__ = [
     "Endpoint",
     "EndpointMode",
     "EndpointSpec",
+    "DYNAMIC_PORT_MAX",
+    "DYNAMIC_PORT_MIN",
+    "INGRESS_ATTACHMENT",
+    "PortConfig",
+    "PortProtocol",
+    "PublishMode",
+    "held_ports",
+    "port_claims",
+    "port_conflict",
+    "trim_endpoint",
     "NetworkAllocation",
     "NetworkAttachment",
     "NetworkAttachmentConfig",
@@ -453,8 +465,66 @@ class EndpointMode(enum.StrEnum):
     DNSRR = "dnsrr"  # the service name resolves to its tasks' addresses
 
 
+DYNAMIC_PORT_MIN = 30000
+DYNAMIC_PORT_MAX = 32767
+"""Where published ports given as 0 (or not at all) are allocated from (as Swarm)."""
+
+
+class PortProtocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class PublishMode(enum.StrEnum):
+    INGRESS = "ingress"  # every node accepts on the port (the routing mesh over the ingress network)
+    HOST = "host"  # only the nodes running a task accept, straight to their task
+
+
+class PortConfig(Model):
+    """A published port (`--publish published=8080,target=80`). In a spec,
+    `published_port` 0 asks the allocator for one from DYNAMIC_PORT_MIN to
+    DYNAMIC_PORT_MAX; in `Service.endpoint.ports` it is always filled in."""
+
+    name: str = ""
+    protocol: PortProtocol = PortProtocol.TCP
+    target_port: int = Field(ge=1, le=65535)  # the port inside the container
+    published_port: int = Field(0, ge=0, le=65535)
+    publish_mode: PublishMode = PublishMode.INGRESS
+
+    @property
+    def label(self) -> str:
+        """"8080/tcp", as messages name a published port."""
+        return f"{self.published_port}/{self.protocol}"
+
+
 class EndpointSpec(Model):
     mode: EndpointMode = EndpointMode.VIP
+    ports: tuple[PortConfig, ...] = ()
+
+    @field_validator("ports")
+    @classmethod
+    def _unique(cls, v: tuple[PortConfig, ...]) -> tuple[PortConfig, ...]:
+        # One listener per published port and protocol, whatever the mode:
+        # a node cannot both route a port through the mesh and hand it to a task.
+        seen: dict[tuple[PortProtocol, int], int] = {}
+        for i, p in enumerate(v):
+            if p.published_port == 0:
+                continue
+            key = (p.protocol, p.published_port)
+            if key in seen:
+                raise PydanticCustomError(
+                    "port_twice", "ports[{i}]: published port {port} is given twice (also ports[{j}])",
+                    {"i": i, "j": seen[key], "port": p.label})
+            seen[key] = i
+        return v
+
+    @property
+    def needs_ingress(self) -> bool:
+        """Whether the service's tasks must be on the ingress network: they
+        are when it publishes any port. The routing mesh reaches them there
+        (ingress mode), and a node learns which host-mode ports its tasks
+        take from their entries in the ingress network's endpoint table."""
+        return bool(self.ports)
 
 
 class VirtualIP(Model):
@@ -463,10 +533,64 @@ class VirtualIP(Model):
 
 
 class Endpoint(Model):
-    """What the allocator gave a service: one virtual IP per network (vip mode)."""
+    """What the allocator gave a service: one virtual IP per network (vip
+    mode), and its published ports with every published_port filled in."""
 
     spec: EndpointSpec = EndpointSpec()
     virtual_ips: tuple[VirtualIP, ...] = ()
+    ports: tuple[PortConfig, ...] = ()
+
+
+def held_ports(wanted: EndpointSpec, have: Endpoint) -> list[PortConfig | None]:
+    """For each port of `wanted`, the allocated port of `have` that serves it,
+    or None when it has none yet. A port with a fixed published port is
+    served by an allocated one equal to it (its name aside); a dynamic one
+    (published 0) by an allocated one with the same target, protocol and
+    mode whose published port no fixed port of `wanted` asks for. Each
+    allocated port serves at most one; those serving none are stale (the
+    spec no longer asks for them)."""
+    out: list[PortConfig | None] = [None] * len(wanted.ports)
+    free = list(have.ports)
+    fixed = {(p.protocol, p.published_port) for p in wanted.ports if p.published_port}
+    for i, w in enumerate(wanted.ports):
+        if w.published_port:
+            for j, h in enumerate(free):
+                if (h.protocol, h.published_port, h.target_port, h.publish_mode) == \
+                        (w.protocol, w.published_port, w.target_port, w.publish_mode):
+                    out[i] = free.pop(j)
+                    break
+    for i, w in enumerate(wanted.ports):
+        if not w.published_port:
+            for j, h in enumerate(free):
+                if (h.protocol, h.target_port, h.publish_mode) == (w.protocol, w.target_port, w.publish_mode) \
+                        and (h.protocol, h.published_port) not in fixed and h.published_port:
+                    out[i] = free.pop(j)
+                    break
+    return out
+
+
+def trim_endpoint(spec: EndpointSpec, have: Endpoint) -> Endpoint:
+    """`have` without the ports `spec` no longer asks for: what a spec change
+    leaves of a service's endpoint until the allocator has seen the change
+    (which fills in the new ports and drops unneeded VIPs)."""
+    kept = tuple(h for h in held_ports(spec, have) if h is not None)
+    return have if kept == have.ports else have.model_copy(update={"ports": kept})
+
+
+def port_claims(spec: EndpointSpec, have: Endpoint) -> tuple[tuple[PortProtocol, int, PublishMode], ...]:
+    """The published ports a service holds: (protocol, port, mode) for each
+    fixed port of its spec and each allocated port still serving a dynamic
+    one. Ingress-mode ports are the service's alone in the cluster; a
+    host-mode port may be held by other services in host mode too (the
+    scheduler keeps their tasks on different nodes). The store enforces this
+    (`manager.store.tables`), so two writers racing for a port cannot both win."""
+    out: list[tuple[PortProtocol, int, PublishMode]] = []
+    for w, h in zip(spec.ports, held_ports(spec, have)):
+        if w.published_port:
+            out.append((w.protocol, w.published_port, w.publish_mode))
+        elif h is not None:
+            out.append((h.protocol, h.published_port, h.publish_mode))
+    return tuple(out)
 
 
 def _attachment_config(v: Any) -> Any:
@@ -555,6 +679,25 @@ class Service(Model):
     endpoint: Endpoint = Endpoint()  # virtual IPs, set by the allocator
 
 
+def port_conflict(svc: Service, others: Iterable[Service]) -> tuple[PortProtocol, int, Service, PublishMode] | None:
+    """The first published port `svc` would hold that one of `others` holds
+    in a way that excludes it (either holds it in ingress mode), as
+    (protocol, port, that service, its mode); None when every port is free."""
+    mine = port_claims(svc.spec.endpoint_spec, svc.endpoint)
+    if not mine:
+        return None
+    held: dict[tuple[PortProtocol, int], list[tuple[str, Service, PublishMode]]] = {}
+    for o in others:
+        if o.id != svc.id:
+            for proto, port, mode in port_claims(o.spec.endpoint_spec, o.endpoint):
+                held.setdefault((proto, port), []).append((o.spec.name, o, mode))
+    for proto, port, mode in mine:
+        for _, o, other_mode in sorted(held.get((proto, port), ()), key=lambda x: (x[0], x[1].id)):
+            if mode == PublishMode.INGRESS or other_mode == PublishMode.INGRESS:
+                return proto, port, o, other_mode
+    return None
+
+
 class TaskStatus(Model):
     """Observed state, as last reported (or decided by a manager before the
     task reached a node)."""
@@ -588,7 +731,15 @@ class Task(Model):
     # Not "" for a network attachment: a plain container's place on attachable
     # networks (`orch container run --network`), named here. It has no service
     # and no container of its own; it ends when that container does.
+    # INGRESS_ATTACHMENT ("@ingress", never a container name) is a node's
+    # ingress sandbox: its place on the ingress network (the routing mesh).
     attachment: str = ""
+
+
+INGRESS_ATTACHMENT = "@ingress"
+"""`Task.attachment` of a node's ingress sandbox task: one per node while the
+cluster has an ingress network, made by the orchestrator. Container names
+cannot start with "@", so it never collides with a plain container's."""
 
 
 # -- Networks and the cluster ------------------------------------------------------
@@ -670,6 +821,10 @@ class NetworkSpec(Model):
     internal: bool = False  # no egress: containers get no default route out of the cluster
     ipam: tuple[IPAMConfig, ...] = Field((), max_length=1)  # () = a subnet from the cluster's pool
     options: LabelsField  # driver options: mtu, vni
+    # The routing mesh's network (`orch init` makes one named "ingress"; at
+    # most one per cluster): tasks of services publishing ports
+    # and every node's ingress sandbox are on it. Never attachable.
+    ingress: bool = False
 
     @field_validator("driver")
     @classmethod
@@ -692,6 +847,14 @@ class NetworkSpec(Model):
                                               {"hi": VNI_MAX, "v": val})
             else:
                 raise PydanticCustomError("option", "unknown network option '{k}' (known: mtu, vni)", {"k": k})
+        return v
+
+    @field_validator("ingress")
+    @classmethod
+    def _ingress(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and info.data.get("attachable"):
+            raise PydanticCustomError("ingress_attachable", "an ingress network cannot be attachable: "
+                                      "plain containers do not take part in the routing mesh")
         return v
 
     @property

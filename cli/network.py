@@ -36,17 +36,21 @@ def network() -> None:
 @click.option("--ip-range", default="", help="Give task addresses from this part of the subnet only.")
 @click.option("--attachable", is_flag=True, help="Let plain containers join (`orch container run --network`).")
 @click.option("--internal", is_flag=True, help="No egress: containers get no route out of the cluster.")
+@click.option("--ingress", is_flag=True,
+              help="The routing mesh's network (published ports); one per cluster, made by `orch init`.")
 @click.option("-o", "--opt", "opts", multiple=True, help="Driver option KEY=VALUE: mtu=N, vni=N (repeatable).")
 @click.option("-l", "--label", "labels", multiple=True, help="KEY=VALUE label (repeatable).")
 @FORMAT_OPTION
 @click.pass_obj
 def create(ep: Endpoint, name: str, driver: str, subnet: str, gateway: str, ip_range: str, attachable: bool,
-           internal: bool, opts: tuple[str, ...], labels: tuple[str, ...], fmt: str) -> None:
+           internal: bool, ingress: bool, opts: tuple[str, ...], labels: tuple[str, ...], fmt: str) -> None:
     """Create an overlay network NAME."""
     if (gateway or ip_range) and not subnet:
         fail("--gateway and --ip-range need --subnet")
+    if ingress and attachable:
+        fail("--ingress and --attachable exclude each other: plain containers do not take part in the routing mesh")
     spec: dict[str, Any] = {"name": name, "driver": driver, "attachable": attachable, "internal": internal,
-                            "options": _kv(opts, "--opt"), "labels": _kv(labels, "--label")}
+                            "ingress": ingress, "options": _kv(opts, "--opt"), "labels": _kv(labels, "--label")}
     if subnet:
         spec["ipam"] = [{"subnet": subnet, "gateway": gateway, "ip_range": ip_range}]
     obj = request(ep, "POST", "/v1/networks", spec)
@@ -78,7 +82,7 @@ def ls(ep: Endpoint, quiet: bool, fmt: str) -> None:
         for n in items:
             click.echo(n["id"])
         return
-    flags = lambda n: ",".join(f for f in ("attachable", "internal") if n["spec"].get(f)) or "-"  # noqa: E731
+    flags = lambda n: ",".join(f for f in ("ingress", "attachable", "internal") if n["spec"].get(f)) or "-"  # noqa: E731
     print_table(sorted(items, key=lambda n: n["spec"]["name"]), [
         ("ID", lambda n: n["id"]), ("NAME", lambda n: n["spec"]["name"]),
         ("DRIVER", lambda n: n["spec"]["driver"]), ("SUBNET", _subnet),
@@ -88,12 +92,37 @@ def ls(ep: Endpoint, quiet: bool, fmt: str) -> None:
     ])
 
 
+def pretty_network(n: dict[str, Any]) -> str:
+    """`network inspect --pretty`: the network, its VIPs, and its endpoints per node."""
+    spec = n["spec"]
+    al = n.get("allocation") or {}
+    flags = ",".join(f for f in ("ingress", "attachable", "internal") if spec.get(f)) or "-"
+    lines = [f"ID:       {n['id']}", f"Name:     {spec['name']}", f"Subnet:   {_subnet(n)}",
+             f"Gateway:  {al.get('gateway', '-')}", f"VNI:      {al.get('vni', '-')}", f"Flags:    {flags}"]
+    vips = [e for e in n.get("endpoints") or [] if e["kind"] == "vip"]
+    if vips:
+        lines.append("Virtual IPs:")
+        lines += [f"  {e['address']:<20}{e['service']}" for e in vips]
+    groups = n.get("nodes") or []
+    lines.append("Endpoints:" + ("" if groups else "  -"))
+    for g in groups:
+        lines.append(f"  node {g['node'] or '(not placed yet)'}" + (f" ({g['node_id'][:12]})" if g["node_id"] else ""))
+        for e in g["endpoints"]:
+            lines.append(f"    {e['address']:<20}{e['name']:<32}{e['kind']:<16}{e['state']}")
+    return "\n".join(lines)
+
+
 @network.command("inspect")
 @click.argument("refs", nargs=-1, required=True)
+@click.option("--pretty", is_flag=True, help="Human-readable, not JSON.")
 @click.pass_obj
-def inspect(ep: Endpoint, refs: tuple[str, ...]) -> None:
-    """Show networks by ID, ID prefix or name, with their endpoints."""
-    print_json([request(ep, "GET", f"/v1/networks/{r}") for r in refs])
+def inspect(ep: Endpoint, refs: tuple[str, ...], pretty: bool) -> None:
+    """Show networks by ID, ID prefix or name, with their endpoints (per node under "nodes")."""
+    items = [request(ep, "GET", f"/v1/networks/{r}") for r in refs]
+    if pretty:
+        click.echo("\n\n".join(pretty_network(n) for n in items))
+    else:
+        print_json(items)
 
 
 @network.command("rm")

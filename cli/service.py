@@ -19,7 +19,17 @@ from rich.live import Live
 
 from .client import Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
-from .specflags import parse_octal, parse_pairs, build_healthcheck, health_options, parse_duration, parse_mount, parse_size
+from .specflags import (
+    build_healthcheck,
+    health_options,
+    parse_duration,
+    parse_mount,
+    parse_octal,
+    parse_pairs,
+    parse_publish,
+    parse_publish_rm,
+    parse_size,
+)
 
 LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
 
@@ -125,7 +135,7 @@ def _apply(spec: dict[str, Any], o: dict[str, Any], ep: Endpoint | None = None) 
     if o.get("replicas") is not None:
         spec["replicas"] = o["replicas"]
     if o.get("endpoint_mode"):
-        spec["endpoint_spec"] = {"mode": o["endpoint_mode"]}
+        spec.setdefault("endpoint_spec", {})["mode"] = o["endpoint_mode"]
     if o.get("env"):
         env = dict(e.split("=", 1) for e in c.get("env", []) if "=" in e)
         env.update(parse_pairs(o["env"], "--env"))
@@ -206,6 +216,55 @@ def _apply(spec: dict[str, Any], o: dict[str, Any], ep: Endpoint | None = None) 
         rc["order"] = o["rollback_order"]
 
 
+def _port_key(p: dict[str, Any]) -> tuple[Any, ...]:
+    return (p["target_port"], p.get("protocol", "tcp"), p.get("publish_mode", "ingress"))
+
+
+def update_ports(spec: dict[str, Any], endpoint: dict[str, Any], add: list[dict[str, Any]],
+                 rm: list[tuple[int, str | None]]) -> list[dict[str, Any]]:
+    """The spec's ports after --publish-rm (PUBLISHED[/PROTOCOL]: a fixed port
+    of the spec, or the port the allocator gave a dynamic one) and then
+    --publish-add (replacing a port with the same published port and
+    protocol). A port the service does not publish is an error."""
+    ports = list((spec.get("endpoint_spec") or {}).get("ports") or [])
+    allocated = list((endpoint or {}).get("ports") or [])
+    for port, proto in rm:
+        def hit(p: dict[str, Any], port: int = port, proto: str | None = proto) -> bool:
+            return bool(p["published_port"] == port and (proto is None or p.get("protocol", "tcp") == proto))
+
+        drop = {i for i, p in enumerate(ports) if p["published_port"] and hit(p)}
+        for a in allocated:
+            if hit(a):
+                i = next((i for i, p in enumerate(ports) if not p["published_port"] and i not in drop
+                          and _port_key(p) == _port_key(a)), None)
+                if i is not None:
+                    drop.add(i)
+        if not drop:
+            raise click.BadParameter(f"{port}{'/' + proto if proto else ''}: the service publishes no such port",
+                                     param_hint="--publish-rm")
+        ports = [p for i, p in enumerate(ports) if i not in drop]
+    for p in add:
+        if p["published_port"]:
+            ports = [q for q in ports if (q["published_port"], q.get("protocol", "tcp")) !=
+                     (p["published_port"], p["protocol"])]
+        ports.append(p)
+    return ports
+
+
+def format_port(p: dict[str, Any]) -> str:
+    """As Swarm lists them: *:8080->80/tcp (ingress), 8080->80/tcp (host);
+    a port not allocated yet shows as ?."""
+    base = f"{p['published_port'] or '?'}->{p['target_port']}/{p.get('protocol', 'tcp')}"
+    return f"{base} (host)" if p.get("publish_mode") == "host" else f"*:{base}"
+
+
+def service_ports(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ports as allocated, or as the spec asks for them until they are."""
+    allocated = (s.get("endpoint") or {}).get("ports") or []
+    wanted = (s["spec"].get("endpoint_spec") or {}).get("ports") or []
+    return allocated if len(allocated) == len(wanted) else wanted
+
+
 def _converged(svc: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[bool, str]:
     spec = svc["spec"]
     live = [t for t in tasks if t["desired_state"] in LIVE]
@@ -277,17 +336,23 @@ def service() -> None:
 @click.option("--max-concurrent", type=click.IntRange(min=0), help="Jobs: tasks running at once.")
 @click.option("--network", "networks", multiple=True,
               help="Attach to an overlay network: NAME or name=NAME,alias=ALIAS (repeatable).")
+@click.option("-p", "--publish", "publish", multiple=True,
+              help="Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host], or "
+                   "8080:80[/udp], or 80 (a published port from 30000-32767) (repeatable).")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for convergence.")
 @_spec_options
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, networks: tuple[str, ...],
-           timeout: float, image: str, args: tuple[str, ...], detach: bool, quiet: bool, **o: Any) -> None:
+           publish: tuple[str, ...], timeout: float, image: str, args: tuple[str, ...], detach: bool, quiet: bool,
+           **o: Any) -> None:
     """Create a service running IMAGE [ARGS...]."""
     spec: dict[str, Any] = {"name": name, "mode": mode, "task": {"container": {"image": image}}}
     if networks:
         spec["task"]["networks"] = [parse_network(n) for n in networks]
+    if publish:
+        spec["endpoint_spec"] = {"ports": [parse_publish(p) for p in publish]}
     if args:
         spec["task"]["container"]["args"] = list(args)
     if max_concurrent is not None:
@@ -311,16 +376,24 @@ def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, netwo
 @click.option("--constraint-rm", multiple=True)
 @click.option("--network-add", multiple=True, help="Attach to a network: NAME or name=NAME,alias=ALIAS.")
 @click.option("--network-rm", multiple=True, help="Detach from a network (name or id).")
+@click.option("--publish-add", multiple=True, help="Publish a port (as --publish of create; repeatable).")
+@click.option("--publish-rm", multiple=True,
+              help="Stop publishing a port: PUBLISHED[/PROTOCOL] (no protocol: every protocol; repeatable).")
 @click.option("--timeout", type=float, default=600, show_default=True)
 @_spec_options
 @click.argument("ref")
 @click.pass_obj
 def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, env_rm: tuple[str, ...],
            constraint_rm: tuple[str, ...], network_add: tuple[str, ...], network_rm: tuple[str, ...],
-           timeout: float, ref: str, detach: bool, quiet: bool, **o: Any) -> None:
+           publish_add: tuple[str, ...], publish_rm: tuple[str, ...], timeout: float, ref: str, detach: bool,
+           quiet: bool, **o: Any) -> None:
     """Change a service; tasks are replaced as its update config says."""
+    add = [parse_publish(p, "--publish-add") for p in publish_add]
+    rm = [parse_publish_rm(p) for p in publish_rm]
     svc = request(ep, "GET", f"/v1/services/{ref}")
     spec = copy.deepcopy(svc["spec"])
+    if add or rm:
+        spec.setdefault("endpoint_spec", {})["ports"] = update_ports(spec, svc.get("endpoint") or {}, add, rm)
     if network_rm:
         drop = {request(ep, "GET", f"/v1/networks/{r}")["id"] for r in network_rm}
         spec["task"]["networks"] = [a for a in spec["task"].get("networks", []) if a["target"] not in drop]
@@ -412,6 +485,7 @@ def ls(ep: Endpoint, fmt: str, quiet: bool) -> None:
         ("MODE", lambda s: s["spec"]["mode"]),
         ("REPLICAS", _replicas),
         ("IMAGE", lambda s: s["spec"]["task"]["container"]["image"]),
+        ("PORTS", lambda s: ", ".join(format_port(p) for p in service_ports(s))),
     ])
 
 
@@ -430,6 +504,7 @@ def ps(ep: Endpoint, ref: str, fmt: str, all_: bool) -> None:
         return
     svc = request(ep, "GET", f"/v1/services/{ref}")
     nodes = {n["id"]: n["description"]["hostname"] for n in request(ep, "GET", "/v1/nodes")}
+    nets = {n["id"]: n["spec"]["name"] for n in request(ep, "GET", "/v1/networks")}
     name = svc["spec"]["name"]
     tasks.sort(key=lambda t: (t["slot"], t["node_id"], -t["created_at"]))
     print_table(tasks, [
@@ -439,9 +514,16 @@ def ps(ep: Endpoint, ref: str, fmt: str, all_: bool) -> None:
         ("NODE", lambda t: nodes.get(t["node_id"], t["node_id"][:12])),
         ("DESIRED STATE", lambda t: t["desired_state"].capitalize()),
         ("CURRENT STATE", lambda t: f"{t['status']['state'].capitalize()} {_ago(t['status']['timestamp'])}"),
+        ("ADDRESSES", lambda t: task_addresses(t, nets)),
         ("ERROR", lambda t: t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending"
                                                    else "")),
     ])
+
+
+def task_addresses(t: dict[str, Any], nets: dict[str, str]) -> str:
+    """10.0.0.5 (ingress), 10.0.1.3 (app): the task's address on each network."""
+    return ", ".join(f"{a.split('/')[0]} ({nets.get(att['network_id'], att['network_id'][:12])})"
+                     for att in t.get("networks") or [] for a in att.get("addresses") or [])
 
 
 def _ago(ts: float) -> str:
@@ -453,12 +535,36 @@ def _ago(ts: float) -> str:
     return f"{d / 3600:.0f} hours ago"
 
 
+def pretty_service(s: dict[str, Any]) -> str:
+    """`service inspect --pretty`: what the service is and where it is reached."""
+    spec = s["spec"]
+    mode = spec["mode"] + (f" ({spec['replicas']} replicas)" if spec["mode"] == "replicated" else "")
+    lines = [f"ID:             {s['id']}", f"Name:           {spec['name']}", f"Mode:           {mode}",
+             f"Image:          {spec['task']['container']['image']}",
+             f"Endpoint mode:  {(spec.get('endpoint_spec') or {}).get('mode', 'vip')}"]
+    vips = s.get("virtual_ips") or []
+    lines.append("Virtual IPs:" + ("" if vips else "    -"))
+    lines += [f"  {v['network']:<14}{v['addr']}" for v in vips]
+    ports = service_ports(s)
+    lines.append("Ports:" + ("" if ports else "          -"))
+    for p in ports:
+        lines.append(f"  {format_port(p):<26}published={p['published_port'] or '(allocating)'} "
+                     f"target={p['target_port']} protocol={p.get('protocol', 'tcp')} "
+                     f"mode={p.get('publish_mode', 'ingress')}" + (f" name={p['name']}" if p.get("name") else ""))
+    return "\n".join(lines)
+
+
 @service.command("inspect")
 @click.argument("refs", nargs=-1, required=True)
+@click.option("--pretty", is_flag=True, help="Human-readable, not JSON.")
 @click.pass_obj
-def inspect(ep: Endpoint, refs: tuple[str, ...]) -> None:
-    """Show services in detail."""
-    print_json([request(ep, "GET", f"/v1/services/{r}") for r in refs])
+def inspect(ep: Endpoint, refs: tuple[str, ...], pretty: bool) -> None:
+    """Show services in detail (virtual IPs per network and published ports included)."""
+    items = [request(ep, "GET", f"/v1/services/{r}") for r in refs]
+    if pretty:
+        click.echo("\n\n".join(pretty_service(s) for s in items))
+    else:
+        print_json(items)
 
 
 @service.command("rm")

@@ -142,3 +142,68 @@ def parse_pairs(items: tuple[str, ...], flag: str) -> dict[str, str]:
             raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint=flag)
         out[k] = v
     return out
+
+
+_PROTOCOLS = ("tcp", "udp")
+_PUBLISH_MODES = ("ingress", "host")
+
+
+def _port_number(v: str, what: str, s: str, flag: str, *, zero: bool = False) -> int:
+    if not v.isdigit() or not (0 if zero else 1) <= int(v) <= 65535:
+        if "-" in v:
+            raise click.BadParameter(f"{s!r}: port ranges are not supported; publish each port", param_hint=flag)
+        raise click.BadParameter(f"{s!r}: {what} {v!r} is not a port number ({0 if zero else 1}-65535)",
+                                 param_hint=flag)
+    return int(v)
+
+
+def _choice(v: str, choices: tuple[str, ...], what: str, s: str, flag: str) -> str:
+    if v.lower() not in choices:
+        raise click.BadParameter(f"{s!r}: {what} {v!r} is not one of {', '.join(choices)}", param_hint=flag)
+    return v.lower()
+
+
+def parse_publish(s: str, flag: str = "--publish") -> dict[str, Any]:
+    """--publish published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host],
+    or short: 8080:80, 8080:80/udp, 80 (target only: a published port is
+    allocated from 30000-32767). Returns a PortConfig in JSON form."""
+    out: dict[str, Any] = {"protocol": "tcp", "publish_mode": "ingress", "published_port": 0}
+    if "=" in s:
+        for part in s.split(","):
+            k, sep, v = part.partition("=")
+            k = k.strip().lower()
+            if not sep:
+                raise click.BadParameter(f"{s!r}: {part!r} is not KEY=VALUE (keys: published, target, protocol, "
+                                         "mode)", param_hint=flag)
+            if k == "published":
+                out["published_port"] = _port_number(v, "published port", s, flag, zero=True)
+            elif k == "target":
+                out["target_port"] = _port_number(v, "target port", s, flag)
+            elif k == "protocol":
+                out["protocol"] = _choice(v, _PROTOCOLS, "protocol", s, flag)
+            elif k == "mode":
+                out["publish_mode"] = _choice(v, _PUBLISH_MODES, "mode", s, flag)
+            else:
+                raise click.BadParameter(f"{s!r}: unknown key {k!r} (keys: published, target, protocol, mode)",
+                                         param_hint=flag)
+        if "target_port" not in out:
+            raise click.BadParameter(f"{s!r}: target= is required (the port inside the container)", param_hint=flag)
+        return out
+    ports, slash, proto = s.partition("/")
+    if slash:
+        out["protocol"] = _choice(proto, _PROTOCOLS, "protocol", s, flag)
+    parts = ports.split(":")
+    if len(parts) > 2:
+        raise click.BadParameter(f"{s!r}: publishing on one host address is not supported; "
+                                 "use PUBLISHED:TARGET[/PROTOCOL]", param_hint=flag)
+    if len(parts) == 2:
+        out["published_port"] = _port_number(parts[0], "published port", s, flag, zero=True)
+    out["target_port"] = _port_number(parts[-1], "target port", s, flag)
+    return out
+
+
+def parse_publish_rm(s: str, flag: str = "--publish-rm") -> tuple[int, str | None]:
+    """PUBLISHED[/PROTOCOL] -> (port, protocol or None for every protocol)."""
+    port, slash, proto = s.partition("/")
+    return (_port_number(port, "published port", s, flag),
+            _choice(proto, _PROTOCOLS, "protocol", s, flag) if slash else None)

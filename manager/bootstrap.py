@@ -6,8 +6,9 @@ stopping its manager); these functions are the store side of it, called
 once the daemon's manager leads:
 
 - `create_cluster` (`orch init`): the Cluster object (CA certificate and
-  key, one join secret per role) and this node as a manager, in one
-  transaction.
+  key, one join secret per role), this node as a manager, and the
+  `ingress` network (the routing mesh's; the leader's allocator gives it a
+  VNI and a subnet from the cluster's address pool), in one transaction.
 - `force_new_cluster` (`orch init --force-new-cluster`): every other
   manager is demoted to a worker in the store, since the Raft group now
   has this member only (they come back by a join or a promotion).
@@ -21,11 +22,14 @@ import secrets
 import time
 from typing import Any
 
+from api import codec
 from api.objects import (
     AddressPoolSpec,
     Cluster,
     ManagerStatus,
     Meta,
+    Network,
+    NetworkSpec,
     Node,
     NodeDescription,
     NodeRole,
@@ -56,8 +60,19 @@ async def create_cluster(raft: RaftNode, store: MemoryStore, *, cluster_id: str,
                 spec=NodeSpec(role=NodeRole.MANAGER), role=NodeRole.MANAGER,
                 description=NodeDescription.model_validate(description),
                 manager_status=ManagerStatus(raft_id=raft_id, addr=advertise_addr))
-    await commit(raft, store, [store_ops.Create("clusters", cluster), store_ops.Create("nodes", node)])
+    await commit(raft, store, [store_ops.Create("clusters", cluster), store_ops.Create("nodes", node),
+                               store_ops.Create("networks", ingress_network(now))])
     return join_tokens(cluster)
+
+
+INGRESS_NAME = "ingress"
+
+
+def ingress_network(now: float) -> Network:
+    """The network a new cluster publishes ports over, as
+    Swarm's: overlay, not attachable, a subnet from the address pool."""
+    return Network(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now),
+                   spec=NetworkSpec(name=INGRESS_NAME, ingress=True))
 
 
 async def force_new_cluster(raft: RaftNode, store: MemoryStore, *, node_id: str) -> dict[str, str]:

@@ -185,6 +185,10 @@ class ResourceFilter(NodeFilter):
 
 
 class HostPortFilter(NodeFilter):
+    """Host-mode published ports (protocol, port): a node where a task
+    already listens on one of them cannot take another (the reason names
+    the task)."""
+
     __slots__ = ("ports",)
 
     def __init__(self, ports: Sequence[tuple[str, int]]) -> None:
@@ -192,8 +196,9 @@ class HostPortFilter(NodeFilter):
 
     def reject(self, n: NodeInfo) -> str | None:
         for p in self.ports:
-            if p in n.host_ports:
-                return f"host port {p[1]}/{p[0]} in use"
+            holder = n.host_ports.get(p)
+            if holder is not None:
+                return f"host port {p[1]}/{p[0]} is in use by task {holder}"
         return None
 
 
@@ -309,12 +314,12 @@ class PlacementRules:
         return cls(cons, plats, spread, max_replicas, None, node_pipeline(cons, plats))
 
     def group(self, service_id: str, task_ids: list[str], *, reserve_cpu: int = 0, reserve_memory: int = 0,
-              host_ports: Sequence[tuple[str, int]] = ()) -> TaskGroup:
+              host_ports: Sequence[tuple[str, int]] = (), task_names: dict[str, str] | None = None) -> TaskGroup:
         """The scheduler's input for these tasks of the service."""
         return TaskGroup(service_id=service_id, task_ids=task_ids, constraints=list(self.constraints),
                          spread=list(self.spread), reserve_cpu=reserve_cpu, reserve_memory=reserve_memory,
                          max_replicas_per_node=self.max_replicas, host_ports=list(host_ports),
-                         platforms=list(self.platforms), node_filter=self.nodes)
+                         task_names=dict(task_names or {}), platforms=list(self.platforms), node_filter=self.nodes)
 
 
 class _Refuse(NodeFilter):

@@ -33,7 +33,8 @@ class NodeInfo:
     reserved_memory: int = 0
     service_tasks: Counter[str] = field(default_factory=Counter)
     total_tasks: int = 0
-    host_ports: set[tuple[str, int]] = field(default_factory=set)  # (protocol, port)
+    # (protocol, port) -> the task holding it on this node, as users name it ("web.2")
+    host_ports: dict[tuple[str, int], str] = field(default_factory=dict)
     recent_failures: Counter[str] = field(default_factory=Counter)  # service -> count
 
     def free_cpu(self) -> int:
@@ -54,7 +55,8 @@ class TaskGroup:
     reserve_cpu: int = 0
     reserve_memory: int = 0
     max_replicas_per_node: int = 0  # 0 = no limit
-    host_ports: list[tuple[str, int]] = field(default_factory=list)
+    host_ports: list[tuple[str, int]] = field(default_factory=list)  # (protocol, port), host mode
+    task_names: dict[str, str] = field(default_factory=dict)  # task id -> "web.2", for reasons
     platforms: list[tuple[str, str]] = field(default_factory=list)  # (os, arch); empty = any
     # The node pipeline already built from these constraints and platforms
     # (PlacementRules.group sets it); None: the scheduler builds it.

@@ -60,8 +60,6 @@ class _Leaf:
             n.reserved_memory += g.reserve_memory
             n.service_tasks[g.service_id] += 1
             n.total_tasks += 1
-            for p in g.host_ports:
-                n.host_ports.add(p)
             heapq.heapreplace(heap, self._key(n))
             self.count += 1
             return n
@@ -117,6 +115,8 @@ def schedule_group(g: TaskGroup, nodes: list[NodeInfo]) -> Placement:
             out.unplaced = list(tasks[i:])
             break
         out.assignments.append((tid, n.id))
+        for p in g.host_ports:  # before the next placement: its fit check must see them
+            n.host_ports[p] = g.task_names.get(tid, tid)
     if out.unplaced:
         _, full = fit.split(eligible)
         reasons.update(full)

@@ -11,7 +11,11 @@ and nothing is handed out twice while its holder exists.
 
 Holders: a Network holds its VNI and subnet (`Network.allocation`), a Task
 one address per network it is on (`Task.networks`), a Service one virtual
-IP per network in VIP mode (`Service.endpoint.virtual_ips`).
+IP per network in VIP mode (`Service.endpoint.virtual_ips`) and its
+published ports (`Service.endpoint.ports`, see `ports.py`).
+
+The ingress network: a service publishing any port gets a VIP on it (in
+VIP mode) and its tasks an address on it, first, as if the spec named it.
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ from api.objects import (
     Network,
     NetworkAllocation,
     NetworkAttachment,
+    NetworkAttachmentConfig,
+    PortConfig,
     Service,
     Task,
     VirtualIP,
+    held_ports,
+    port_claims,
 )
 
 from .ipam import AddressPool, AllocationError, SubnetPool, VNIPool, parse_iface
+from .ports import PublishedPorts
 
 __all__ = ["Allocator", "AllocationError", "Pending"]
 
@@ -47,6 +56,10 @@ class Pending:
     reason: str
 
 
+NO_INGRESS = ("the service publishes ports but the cluster has no ingress network: "
+              "create one with `orch network create --ingress ingress`")
+
+
 class Allocator:
     def __init__(self, pool: AddressPoolSpec | None = None) -> None:
         pool = pool or AddressPoolSpec()
@@ -54,6 +67,7 @@ class Allocator:
         self.vnis = VNIPool()
         self.pools: dict[str, AddressPool] = {}  # network id -> its addresses
         self._nets: dict[str, NetworkAllocation] = {}
+        self.ports = PublishedPorts()
 
     # -- restore -----------------------------------------------------------------
 
@@ -73,6 +87,7 @@ class Allocator:
         for s in services:
             for vip in s.endpoint.virtual_ips:
                 a._adopt_addr(vip.network_id, vip.addr, f"service {s.id}")
+            a._adopt_ports(s)
         for t in tasks:
             for att in t.networks:
                 for addr in att.addresses:
@@ -99,6 +114,20 @@ class Allocator:
         ip_range = IPv4Network(n.spec.ipam[0].ip_range) if user_subnet and n.spec.ipam[0].ip_range else None
         self.pools[n.id] = AddressPool(subnet, IPv4Address(al.gateway), ip_range)
         self._nets[n.id] = al
+
+    def _adopt_ports(self, s: Service) -> None:
+        claims = port_claims(s.spec.endpoint_spec, s.endpoint)
+        for c in claims:
+            other = self.ports.conflict(s.id, c)
+            if other is not None:  # the store refuses this: only a bug could have written it
+                log.error("service %s: stored published port %s/%s is also held by service %s",
+                          s.id, c[1], c[0], other)
+        self.ports.hold(s.id, claims)
+
+    def hold_ports(self, s: Service) -> None:
+        """Follow a write of `s` the allocator did not make (the control API
+        changed its spec): it now holds what its spec and endpoint say."""
+        self.ports.hold(s.id, port_claims(s.spec.endpoint_spec, s.endpoint))
 
     def _adopt_addr(self, network_id: str, addr: str, holder: str) -> None:
         pool = self.pools.get(network_id)
@@ -159,12 +188,21 @@ class Allocator:
 
     # -- services -------------------------------------------------------------------
 
-    def allocate_service(self, s: Service, networks: Mapping[str, Network]) -> Service | Pending:
+    def allocate_service(self, s: Service, networks: Mapping[str, Network],
+                         ingress: Network | None = None) -> Service | Pending:
         """`s` with one VIP per network its tasks are on (VIP mode; none in
-        dnsrr mode). VIPs of networks still wanted are kept; others are
-        released. Returns `s` itself when nothing changes."""
+        dnsrr mode), the ingress network first when it publishes ports, and
+        its published ports, each with its
+        published_port filled in. VIPs of networks and ports still wanted
+        are kept; others are released. Returns `s` itself when nothing changes."""
+        spec = s.spec.endpoint_spec
         want: list[str] = []
-        if s.spec.endpoint_spec.mode == EndpointMode.VIP:
+        if spec.needs_ingress:
+            if ingress is None:
+                return Pending(NO_INGRESS)
+            if spec.mode == EndpointMode.VIP:
+                want.append(ingress.id)
+        if spec.mode == EndpointMode.VIP:
             for att in s.spec.task.networks:
                 if att.target not in want:
                     want.append(att.target)
@@ -187,28 +225,73 @@ class Allocator:
             for v in new:
                 self._release_addr(v.network_id, v.addr)
             return Pending(f"no virtual IP: {e}")
+        ports = self._allocate_ports(s)
+        if isinstance(ports, Pending):
+            for v in new:
+                self._release_addr(v.network_id, v.addr)
+            return ports
         dropped = [v for nid, v in have.items() if nid not in want]
-        if not new and not dropped and s.endpoint.spec == s.spec.endpoint_spec:
+        if not new and not dropped and s.endpoint.spec == spec and ports == s.endpoint.ports:
             return s
         for v in dropped:
             self._release_addr(v.network_id, v.addr)
         by_net = {v.network_id: v for v in keep + new}
         vips = tuple(by_net[nid] for nid in want)
-        return s.model_copy(update={"endpoint": Endpoint(spec=s.spec.endpoint_spec, virtual_ips=vips)})
+        endpoint = Endpoint(spec=spec, virtual_ips=vips, ports=ports)
+        self.ports.hold(s.id, port_claims(spec, endpoint))
+        return s.model_copy(update={"endpoint": endpoint})
+
+    def _allocate_ports(self, s: Service) -> tuple[PortConfig, ...] | Pending:
+        """The service's ports as its spec asks for them: those it has kept,
+        fixed ones as given (the store let the spec claim them), dynamic ones
+        new from the pool. Not held yet: the caller holds them with its result."""
+        spec = s.spec.endpoint_spec
+        out: list[PortConfig] = []
+        taken: list[PortConfig] = []
+        for w, h in zip(spec.ports, held_ports(spec, s.endpoint)):
+            if h is not None:
+                out.append(h if h.name == w.name else h.model_copy(update={"name": w.name}))
+                continue
+            if w.published_port:
+                other = self.ports.conflict(s.id, (w.protocol, w.published_port, w.publish_mode))
+                if other is not None:  # the store refuses it; only a stale allocator sees this
+                    self._unused(taken)
+                    return Pending(f"published port {w.label} is held by service {other}")
+                out.append(w)
+                continue
+            try:
+                port = self.ports.allocate(w.protocol)
+            except AllocationError as e:
+                self._unused(taken)
+                return Pending(f"no published port: {e.message}")
+            p = w.model_copy(update={"published_port": port})
+            taken.append(p)
+            out.append(p)
+        return tuple(out)
+
+    def _unused(self, ports: Iterable[PortConfig]) -> None:
+        for p in ports:
+            self.ports.unused(p.protocol, p.published_port)
 
     def release_service(self, s: Service) -> None:
         for v in s.endpoint.virtual_ips:
             self._release_addr(v.network_id, v.addr)
+        self.ports.drop(s.id)
 
     # -- tasks -------------------------------------------------------------------------
 
-    def allocate_task(self, t: Task, networks: Mapping[str, Network]) -> Task | Pending:
-        """`t` with one address per network of its spec, all or none; `t`
-        itself when it has them already or is on no network."""
-        if t.networks or not t.spec.networks:
+    def allocate_task(self, t: Task, networks: Mapping[str, Network], ingress: str | None = None) -> Task | Pending:
+        """`t` with one address per network of its spec (and first one on
+        network `ingress`, when given: its service publishes ports), all or
+        none; `t` itself when it has them already or is on no
+        network."""
+        configs = list(t.spec.networks)
+        if ingress is not None and all(c.target != ingress for c in configs):
+            configs.insert(0, NetworkAttachmentConfig(target=ingress))
+        if t.networks or not configs:
             return t
         atts: list[NetworkAttachment] = []
-        for cfg in t.spec.networks:
+        for cfg in configs:
             n = networks.get(cfg.target)
             if n is None:
                 self._release_attachments(atts)
@@ -244,7 +327,7 @@ class Allocator:
     def counts(self) -> dict[str, int]:
         """What is in use, for tests and `cluster status`: VNIs, pool subnets,
         and addresses per network id (gateways excluded)."""
-        out = {"vnis": self.vnis.in_use, "pool_subnets": self.subnets.allocated()}
+        out = {"vnis": self.vnis.in_use, "pool_subnets": self.subnets.allocated(), "ports": self.ports.in_use()}
         for nid, pool in self.pools.items():
             out[f"addrs:{nid}"] = pool.in_use() - 1
         return out

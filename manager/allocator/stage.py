@@ -3,7 +3,10 @@
 `NetworkStage` implements the orchestrator's allocation hook
 (`manager.orchestrator.allocate.Allocator`) with the network allocator: in
 each pass it gives new networks their VNI and subnet, services their
-virtual IPs, and the pass's NEW tasks one address per network. Its writes
+virtual IPs and published ports, and the pass's NEW tasks one address per
+network (the ingress network's first for tasks of services publishing
+ports). A task whose service cannot be allocated yet waits
+with the service's reason. Its writes
 go into the pass, so every value is committed in the same transaction as
 the object that holds it.
 
@@ -15,6 +18,8 @@ not). Releases follow the store's own writes, fed in by the loop with
 whose addresses the stage cleared; events no newer than the view the allocator was restored
 from are already reflected in it and are ignored, so nothing is released
 twice (a stale release could free an address another holder has since got).
+A service written by someone else (the control API) holds the published
+ports its new version claims from that event on.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class NetworkStage:
                 if ev.action == "delete":
                     self._release(ev, lambda a, s=ev.obj: a.release_service(s))
                 else:
+                    self._release(ev, lambda a, s=ev.obj: a.hold_ports(s))
                     self._dirty_services.add(ev.obj.id)
             elif ev.table == "tasks":
                 if ev.action == "delete":
@@ -123,18 +129,22 @@ class NetworkStage:
             networks[nid] = done
             res.ops.append(store_ops.Update("networks", done))
         self._dirty_networks = {nid for nid in self._dirty_networks if nid in self.errors}
-        services = {t.service_id for t in tasks} | self._dirty_services
-        still: set[str] = set()
+        ingress = next((n for n in networks.values() if n.spec.ingress), None)
+        services = {t.service_id for t in tasks if t.service_id} | self._dirty_services
+        pending: dict[str, str] = {}  # service id -> why it waits (its tasks wait with it)
+        needs_ingress: set[str] = set()
         for sid in sorted(services):
             s = view.get("services", sid)
             if not isinstance(s, Service):
                 continue
-            got = a.allocate_service(s, networks)
+            if s.spec.endpoint_spec.needs_ingress:
+                needs_ingress.add(sid)
+            got = a.allocate_service(s, networks, ingress)
             if isinstance(got, Pending):
-                still.add(sid)
+                pending[sid] = got.reason
             elif got is not s:
                 res.ops.append(store_ops.Update("services", got))
-        self._dirty_services = still
+        self._dirty_services = set(pending)
         # Ended tasks give their addresses back (as Swarm does): the task stays
         # in the history without them. The addresses are released when that
         # write is applied (observe), never before: a batch that fails must
@@ -148,7 +158,11 @@ class NetworkStage:
             elif _ended(dead):
                 res.after.append(store_ops.Update("tasks", dead.model_copy(update={"networks": ()})))
         for t in tasks:
-            got_t = a.allocate_task(t, networks)
+            if t.service_id in pending:
+                res.waiting[t.id] = pending[t.service_id]
+                continue
+            via = ingress.id if ingress is not None and t.service_id in needs_ingress else None
+            got_t = a.allocate_task(t, networks, via)
             if isinstance(got_t, Pending):
                 res.waiting[t.id] = got_t.reason
             else:

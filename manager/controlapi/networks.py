@@ -8,6 +8,12 @@ reason (a VNI taken, the pool exhausted) instead of leaving a network that
 never gets one. A user's subnet may overlap other networks' (each is
 isolated) but not the host's routes or the nodes' own addresses: containers
 would lose the route to them.
+
+The ingress network (the routing mesh's, made at `orch init`) is one per
+cluster: another can be created only when none exists (the store refuses a
+second even to racing requests), and it cannot be removed while a service
+publishes a port. The nodes' ingress sandbox tasks on it are
+the orchestrator's: they go with the network and do not keep it in use.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from aiohttp import web
 
 from api import codec
 from api.errors import ValidationError
-from api.objects import Meta, Network, NetworkSpec, TaskState
+from api.objects import INGRESS_ATTACHMENT, Meta, Network, NetworkSpec, Task, TaskState
 from manager import store as store_ops
 from manager.allocator import AllocationError, Allocator
 from manager.allocator.routes import host_routes, overlapping_route
@@ -39,12 +45,26 @@ def network_users(store: MemoryStore, network_id: str) -> tuple[list[str], list[
                       if any(a.target == network_id for a in s.spec.task.networks))
     containers, tasks = [], []
     for t in view.find("tasks", "network", network_id):
+        if t.attachment == INGRESS_ATTACHMENT:
+            continue  # the orchestrator removes them with the network
         if t.attachment:
             node = view.get("nodes", t.node_id)
             containers.append(f"{t.attachment} on {node.description.hostname if node else t.node_id}")
         else:
             tasks.append(t.id)
     return services, sorted(containers), sorted(tasks)
+
+
+def ingress_users(store: MemoryStore) -> list[str]:
+    """Names of the services publishing ports (their tasks are on the
+    ingress network)."""
+    return sorted(s.spec.name for s in store.view().list("services") if s.spec.endpoint_spec.needs_ingress)
+
+
+def _endpoint_kind(t: Task) -> str:
+    if t.attachment == INGRESS_ATTACHMENT:
+        return "ingress-sandbox"
+    return "container" if t.attachment else "task"
 
 
 def endpoints(store: MemoryStore, net: Network) -> list[dict[str, Any]]:
@@ -60,12 +80,33 @@ def endpoints(store: MemoryStore, net: Network) -> list[dict[str, Any]]:
         for a in t.networks:
             if a.network_id == net.id and t.desired_state <= TaskState.RUNNING:
                 node = view.get("nodes", t.node_id) if t.node_id else None
-                out.append({"kind": "container" if t.attachment else "task", "task": t.id,
-                            **({"container": t.attachment} if t.attachment else {}), "service": names.get(t.service_id, t.service_id),
+                kind = _endpoint_kind(t)
+                if kind == "task":
+                    svc = names.get(t.service_id, t.service_id[:12])
+                    name = f"{svc}.{t.slot}" if t.slot else f"{svc}.{t.node_id[:12]}"
+                else:
+                    name = t.attachment
+                out.append({"kind": kind, "task": t.id, "name": name,
+                            **({"container": t.attachment} if kind == "container" else {}),
+                            "service": names.get(t.service_id, t.service_id),
                             "slot": t.slot, "node": node.description.hostname if node else t.node_id,
-                            "address": a.addresses[0] if a.addresses else "", "aliases": list(a.aliases),
-                            "state": t.status.state.name.lower()})
+                            "node_id": t.node_id, "address": a.addresses[0] if a.addresses else "",
+                            "aliases": list(a.aliases), "state": t.status.state.name.lower()})
     return out
+
+
+def by_node(eps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The task endpoints grouped per node (VIPs are on no node; tasks not
+    placed yet are under node ""), ordered by node name."""
+    groups: dict[str, dict[str, Any]] = {}
+    for e in eps:
+        if e["kind"] == "vip":
+            continue
+        g = groups.setdefault(e["node_id"], {"node_id": e["node_id"], "node": e["node"], "endpoints": []})
+        g["endpoints"].append({k: e[k] for k in ("kind", "name", "task", "service", "address", "state")})
+    for g in groups.values():
+        g["endpoints"].sort(key=lambda e: (e["kind"] != "ingress-sandbox", e["name"], e["task"]))
+    return sorted(groups.values(), key=lambda g: (g["node"], g["node_id"]))
 
 
 EGRESS_SUBNET = ipaddress.IPv4Network("172.18.0.0/16")
@@ -116,7 +157,8 @@ async def list_networks(request: web.Request) -> web.Response:
 async def get_network(request: web.Request) -> web.Response:
     m = await barrier(request)
     net = resolve(m.store, "networks", request.match_info["ref"])
-    return json_response({**codec.to_json(net), "endpoints": endpoints(m.store, net)})
+    eps = endpoints(m.store, net)
+    return json_response({**codec.to_json(net), "endpoints": eps, "nodes": by_node(eps)})
 
 
 async def create_network(request: web.Request) -> web.Response:
@@ -128,6 +170,11 @@ async def create_network(request: web.Request) -> web.Response:
     store = (await barrier(request)).store
     if store.view().get_by_name("networks", spec.name) is not None:
         raise conflict(f"a network named {spec.name} exists already")
+    if spec.ingress:
+        have = next((n for n in store.view().list("networks") if n.spec.ingress), None)
+        if have is not None:
+            raise conflict(f"the cluster has an ingress network already ({have.spec.name}); there is one per "
+                           f"cluster: remove it first (`orch network rm {have.spec.name}`) to replace it")
     _check_subnet(store, spec)
     now = time.time()
     net = Network(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec)
@@ -139,6 +186,12 @@ async def create_network(request: web.Request) -> web.Response:
 async def delete_network(request: web.Request) -> web.Response:
     store = (await barrier(request)).store
     net = resolve(store, "networks", request.match_info["ref"])
+    if net.spec.ingress:
+        publishing = ingress_users(store)
+        if publishing:
+            raise conflict(f"network {net.spec.name} is the routing mesh of service(s) {', '.join(publishing)}, "
+                           "which publish ports: remove them or their ports "
+                           "(`orch service update --publish-rm`) first")
     services, containers, tasks = network_users(store, net.id)
     if services:
         raise conflict(f"network {net.spec.name} is in use by service(s) {', '.join(services)}: "

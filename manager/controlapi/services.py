@@ -1,9 +1,19 @@
 """Control API: services and tasks.
 
-A service write is one store transaction. Changing the task template bumps
-`spec_version` (the orchestrator then rolls tasks over to it, following
-update_config) and keeps the previous spec for `rollback`; changing only
-replicas or other service-level fields does not restart anything.
+A service write is one store transaction. Changing the task template or
+the published ports bumps `spec_version` (the orchestrator then rolls tasks
+over to it, following update_config: as Swarm, a task listens on the ports
+and networks of the spec it was made from) and keeps the previous spec for
+`rollback`; changing only replicas or other service-level fields does not
+restart anything.
+
+Published ports: a port another service holds (any ingress-mode port, or a
+host-mode one held in ingress mode) is refused with 409 naming that service.
+The handler checks against what it reads; the store checks again when the
+write is applied (`manager.store.tables` claims), so of two requests racing
+for one port exactly one wins and the other writes nothing. A spec change
+drops the ports it no longer asks for from the service's endpoint in the
+same write; the allocator fills in new ones.
 """
 
 from __future__ import annotations
@@ -15,7 +25,19 @@ from aiohttp import web
 
 from api import codec
 from api.errors import ValidationError
-from api.objects import Meta, Service, ServiceSpec, TaskState, UpdateState, UpdateStatus, evolve
+from api.objects import (
+    EndpointMode,
+    Meta,
+    PublishMode,
+    Service,
+    ServiceSpec,
+    TaskState,
+    UpdateState,
+    UpdateStatus,
+    evolve,
+    port_conflict,
+    trim_endpoint,
+)
 from manager import store as store_ops
 from manager.store import MemoryStore
 from scheduler.constraints import ConstraintError, parse_constraint
@@ -55,7 +77,15 @@ def _counts(store: MemoryStore, svc: Service) -> dict[str, int]:
 
 
 def service_json(store: MemoryStore, svc: Service) -> dict[str, Any]:
-    return {**codec.to_json(svc), "replicas_status": _counts(store, svc)}
+    """The service as stored, its task counts, and its virtual IPs with
+    their networks' names (what `service inspect` shows)."""
+    view = store.view()
+    vips = []
+    for v in svc.endpoint.virtual_ips:
+        net = view.get("networks", v.network_id)
+        vips.append({"network_id": v.network_id, "network": net.spec.name if net is not None else v.network_id,
+                     "addr": v.addr})
+    return {**codec.to_json(svc), "replicas_status": _counts(store, svc), "virtual_ips": vips}
 
 
 async def list_services(request: web.Request) -> web.Response:
@@ -105,6 +135,9 @@ def _resolve_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSpec:
             net = resolve(store, "networks", att.target)
         except HTTPError as e:
             raise bad_request(f"{where}: {e.message}", field=where) from None
+        if net.spec.ingress:
+            raise bad_request(f"{where}: network {net.spec.name} is the ingress network: services join it by "
+                              "publishing a port (--publish), not with --network", field=where)
         if net.id in seen:
             raise bad_request(f"{where}: network {net.spec.name} is given twice", field=where)
         for other in seen:
@@ -117,6 +150,30 @@ def _resolve_networks(store: MemoryStore, spec: ServiceSpec) -> ServiceSpec:
     if not out:
         return spec
     return evolve(spec, task=evolve(spec.task, networks=tuple(out)))
+
+
+def _check_ports(store: MemoryStore, svc: Service) -> None:
+    """The published ports `svc` (as it is about to be written) would hold
+    are free, and they can be served (over the ingress network)."""
+    view = store.view()
+    spec = svc.spec.endpoint_spec
+    for i, p in enumerate(spec.ports):
+        if p.publish_mode == PublishMode.INGRESS and spec.mode == EndpointMode.DNSRR:
+            where = f"endpoint_spec.ports[{i}]"
+            raise bad_request(f"{where}: port {p.target_port}/{p.protocol} is published in ingress mode, which "
+                              "balances over the service's virtual IP: use endpoint mode vip, or publish it "
+                              "with mode=host", field=where)
+    if spec.needs_ingress and not any(n.spec.ingress for n in view.list("networks")):
+        raise conflict("endpoint_spec.ports: the service publishes ports but the cluster has no ingress "
+                       "network: create one (`orch network create --ingress ingress`)")
+    taken = port_conflict(svc, view.list("services"))
+    if taken is not None:
+        proto, port, other, other_mode = taken
+        at = next((i for i, p in enumerate(spec.ports) if (p.protocol, p.published_port) == (proto, port)), None)
+        where = f"endpoint_spec.ports[{at}]" if at is not None else "endpoint_spec.ports"
+        how = "" if other_mode == PublishMode.INGRESS else " in host mode"
+        raise conflict(f'{where}: published port {port}/{proto} is already used by service "{other.spec.name}"'
+                       f"{how}; publish another port, or leave the published port out to get a free one")
 
 
 async def _pin_image(request: web.Request, spec: ServiceSpec) -> tuple[ServiceSpec, str]:
@@ -139,10 +196,13 @@ async def create_service(request: web.Request) -> web.Response:
     store = (await barrier(request)).store
     _check_refs(store, spec)
     spec = _resolve_networks(store, spec)
-    spec, warning = await _pin_image(request, spec)
     now = time.time()
     svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
-    result = await commit(request, [store_ops.Create("services", svc)])
+    _check_ports(store, svc)  # before asking the registry: a taken port fails fast
+    spec, warning = await _pin_image(request, spec)
+    # The store judges the ports again when the write is applied: a service
+    # created meanwhile may have taken one (then this is a 409 too).
+    result = await commit(request, [store_ops.Create("services", evolve(svc, spec=spec))])
     out = service_json(store, result.events[0].obj)
     if warning:
         out["warnings"] = [warning]
@@ -169,12 +229,13 @@ async def update_service(request: web.Request) -> web.Response:
     warning = ""
     if spec.task.container.image != svc.spec.task.container.image:
         spec, warning = await _pin_image(request, spec)
-    changes: dict[str, Any] = {"spec": spec}
-    if spec.task != svc.spec.task:
+    changes: dict[str, Any] = {"spec": spec, "endpoint": trim_endpoint(spec.endpoint_spec, svc.endpoint)}
+    if spec.task != svc.spec.task or spec.endpoint_spec.ports != svc.spec.endpoint_spec.ports:
         changes.update(previous_spec=svc.spec, spec_version=svc.spec_version + 1,
                        update_status=UpdateStatus(state=UpdateState.UPDATING, started_at=time.time(),
                                                   message="update in progress"))
     new = evolve(svc, **changes)
+    _check_ports(store, new)
     result = await commit(request, [store_ops.Update("services", new)])
     out = service_json(store, result.events[0].obj)
     if warning:
@@ -188,8 +249,10 @@ async def rollback_service(request: web.Request) -> web.Response:
     if svc.previous_spec is None:
         raise conflict(f"service {svc.spec.name} has no previous spec to roll back to")
     new = evolve(svc, spec=svc.previous_spec, previous_spec=svc.spec, spec_version=svc.spec_version + 1,
+                 endpoint=trim_endpoint(svc.previous_spec.endpoint_spec, svc.endpoint),
                  update_status=UpdateStatus(state=UpdateState.ROLLBACK_STARTED, started_at=time.time(),
                                             message="manually requested rollback"))
+    _check_ports(store, new)
     result = await commit(request, [store_ops.Update("services", new)])
     return json_response(service_json(store, result.events[0].obj))
 

@@ -34,6 +34,15 @@ the old one stopped: there is no hidden progress to lose.
   (`scheduler.filters`), from rules parsed once per service (placement.py).
 - reaper: at most `task_history_retention_limit` ended tasks per slot, and
   the tasks of removed services once they stopped.
+- ingress sandboxes: while the cluster has an ingress network, every node
+  (whatever its availability or state) has one live task with
+  `attachment=INGRESS_ATTACHMENT` on it, allocated an address there and
+  assigned like a global service's task; one that ended is replaced (after
+  a short delay), and they go with their node or the network.
+- host-mode published ports: the scheduling stage keeps two tasks holding
+  the same host port off one node (tasks that have not ended hold theirs),
+  for global tasks as for the others; a task that fits nowhere stays PENDING
+  saying which task holds the port.
 """
 
 from __future__ import annotations
@@ -45,8 +54,13 @@ from typing import Any
 
 from api import codec
 from api.objects import (
+    INGRESS_ATTACHMENT,
     Cluster,
+    ContainerSpec,
     FailureAction,
+    Network,
+    NetworkAttachmentConfig,
+    PublishMode,
     Node,
     NodeAvailability,
     NodeState,
@@ -54,16 +68,19 @@ from api.objects import (
     Service,
     ServiceMode,
     Task,
+    TaskSpec,
     TaskState,
     TaskStatus,
     UpdateOrder,
     UpdateState,
     UpdateStatus,
     evolve,
+    port_conflict,
+    trim_endpoint,
 )
 from manager import store as store_ops
 from scheduler.constraints import normalize_arch, normalize_os
-from scheduler.filters import PlacementRules
+from scheduler.filters import HostPortFilter, PlacementRules
 from scheduler.model import NodeInfo
 from scheduler.scheduler import schedule_group
 
@@ -71,6 +88,10 @@ from .allocate import Allocator, NoAllocation
 from .placement import PlacementCache
 
 JOB_MODES = (ServiceMode.REPLICATED_JOB, ServiceMode.GLOBAL_JOB)
+
+INGRESS_RESTART_DELAY = 2.0
+"""Seconds before a node's ended ingress sandbox is replaced (a node that
+cannot build one must not be handed a new task in a tight loop)."""
 
 
 @dataclass
@@ -205,12 +226,15 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
             _attachments(tasks, nodes, out)
         elif sid not in services:
             _orphaned_service_tasks(tasks, out)
+    ingress = next((n for n in view.list("networks") if n.spec.ingress), None)
+    _ingress_sandboxes([t for t in by_service.get("", ()) if t.attachment == INGRESS_ATTACHMENT],
+                       nodes, ingress, now, out)
     for svc in services.values():
         tasks = by_service.get(svc.id, [])
         if svc.spec.mode in (ServiceMode.GLOBAL, ServiceMode.GLOBAL_JOB):
             _global(svc, tasks, ctx, now, out)
         else:
-            _replicated(svc, tasks, nodes, now, out)
+            _replicated(svc, tasks, nodes, now, out, services)
         _reap(tasks, nodes, history, out)
     placements.retain(services)
 
@@ -221,6 +245,9 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     # Stage 2, allocate: NEW -> PENDING, or NEW with the allocator's reason.
     to_allocate = [t for t in waiting if t.status.state == TaskState.NEW]
     allocated, alloc_ops, alloc_after = _allocate(view, to_allocate, allocator or NoAllocation(), writes, now)
+    for op in alloc_ops:
+        if isinstance(op, store_ops.Update) and isinstance(op.obj, Service):
+            services[op.obj.id] = op.obj  # its ports as allocated: the scheduler places by them
     # Stage 3, schedule: PENDING -> ASSIGNED, or PENDING with the scheduler's reason.
     pending = [allocated.get(t.id, t) for t in waiting
                if t.status.state == TaskState.PENDING or t.id in allocated]
@@ -250,10 +277,47 @@ def _attachments(tasks: list[Task], nodes: dict[str, Node], out: Pass) -> None:
     their node like other tasks (stages 2 and 3), removed once their container
     ended (the node reports it) or their node is gone."""
     for t in tasks:
-        if not t.attachment:
-            continue  # not ours to judge: no service and no attachment
+        if not t.attachment or t.attachment == INGRESS_ATTACHMENT:
+            continue  # not ours to judge: no service and no attachment, or an ingress sandbox
         if t.status.state > TaskState.RUNNING or t.desired_state > TaskState.RUNNING or t.node_id not in nodes:
             out.ops.append(store_ops.Delete("tasks", t.id))
+
+
+def _ingress_sandboxes(tasks: list[Task], nodes: dict[str, Node], ingress: Network | None, now: float,
+                       out: Pass) -> None:
+    """One live ingress sandbox task per node while there is an ingress
+    network. Ended ones are removed (their addresses go with them) and
+    replaced; extra live ones (a race of two leaders' passes) are removed,
+    the oldest one stays. The node reports the task RUNNING once its
+    sandbox is up."""
+    by_node: dict[str, list[Task]] = defaultdict(list)
+    for t in tasks:
+        on_ingress = ingress is not None and any(c.target == ingress.id for c in t.spec.networks)
+        if not on_ingress or t.node_id not in nodes:
+            out.ops.append(store_ops.Delete("tasks", t.id))  # its network or its node is gone
+        else:
+            by_node[t.node_id].append(t)
+    if ingress is None:
+        return
+    for nid in nodes:
+        ts = sorted(by_node.get(nid, ()), key=lambda x: (x.created_at, x.id))
+        alive = [t for t in ts if t.desired_state <= TaskState.RUNNING and not t.status.state.terminal]
+        for t in ts:
+            if t not in alive[:1]:
+                out.ops.append(store_ops.Delete("tasks", t.id))
+        if alive:
+            continue
+        ended = [t.status.timestamp for t in ts]
+        not_before = max(ended) + INGRESS_RESTART_DELAY if ended else 0.0
+        if not_before > now:
+            out.wake(not_before)
+        else:
+            not_before = 0.0
+        out.ops.append(store_ops.Create("tasks", Task(
+            id=codec.new_id(), node_id=nid, attachment=INGRESS_ATTACHMENT, created_at=now, not_before=not_before,
+            spec=TaskSpec(container=ContainerSpec(image="none"),
+                          networks=(NetworkAttachmentConfig(target=ingress.id),)),
+            status=TaskStatus(state=TaskState.NEW, timestamp=now, message="ingress sandbox"))))
 
 
 def _orphaned_service_tasks(tasks: list[Task], out: Pass) -> None:
@@ -264,7 +328,8 @@ def _orphaned_service_tasks(tasks: list[Task], out: Pass) -> None:
             out.ops.append(store_ops.Delete("tasks", t.id))
 
 
-def _replicated(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float, out: Pass) -> None:
+def _replicated(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: float, out: Pass,
+                services: dict[str, Service] | None = None) -> None:
     spec = svc.spec
     job = spec.mode == ServiceMode.REPLICATED_JOB
     slots: dict[int, list[Task]] = defaultdict(list)
@@ -330,11 +395,11 @@ def _replicated(svc: Service, tasks: list[Task], nodes: dict[str, Node], now: fl
                     out.ops.append(_shutdown(t, "scaled down"))
                 elif t.desired_state > TaskState.RUNNING and (t.status.state.terminal or not t.node_id):
                     out.ops.append(store_ops.Delete("tasks", t.id))  # a removed slot keeps no history
-    _rolling_update(svc, slots, nodes, now, out, handled)
+    _rolling_update(svc, slots, nodes, now, out, handled, services or {})
 
 
 def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str, Node], now: float,
-                    out: Pass, handled: set[str]) -> None:
+                    out: Pass, handled: set[str], services: dict[str, Service]) -> None:
     """Replace tasks of older spec versions, a batch at a time."""
     spec = svc.spec
     rolling_back = svc.update_status is not None and svc.update_status.state in (
@@ -372,20 +437,27 @@ def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str,
     failed = [t for t in new_tasks if t.status.state in (TaskState.FAILED, TaskState.REJECTED)
               and (status is None or t.created_at >= status.started_at)]
     if new_tasks and len(failed) / max(1, len(new_tasks)) > cfg.max_failure_ratio and failed:
+        why = f"task {failed[0].id[:12]} failed: {failed[0].status.err or failed[0].status.message}"
         if cfg.failure_action == FailureAction.ROLLBACK and not rolling_back and svc.previous_spec is not None:
-            out.ops.append(store_ops.Update("services", evolve(
+            back = evolve(
                 svc, spec=svc.previous_spec, previous_spec=svc.spec, spec_version=svc.spec_version + 1,
+                endpoint=trim_endpoint(svc.previous_spec.endpoint_spec, svc.endpoint),
                 update_status=UpdateStatus(state=UpdateState.ROLLBACK_STARTED, started_at=now,
-                                           message=f"update rolled back: task {failed[0].id[:12]} "
-                                                   f"failed: {failed[0].status.err or failed[0].status.message}"))))
-            return
+                                           message=f"update rolled back: {why}"))
+            # The store would refuse a rollback to ports another service took
+            # since (and with it the whole batch, pass after pass): pause instead.
+            taken = port_conflict(back, services.values())
+            if taken is None:
+                out.ops.append(store_ops.Update("services", back))
+                return
+            why += (f"; cannot roll back: published port {taken[1]}/{taken[0]} is used by service "
+                    f'"{taken[2].spec.name}" now')
         if cfg.failure_action in (FailureAction.PAUSE, FailureAction.ROLLBACK):
             out.ops.append(store_ops.Update("services", evolve(
                 svc, update_status=UpdateStatus(
                     state=UpdateState.ROLLBACK_PAUSED if rolling_back else UpdateState.PAUSED,
                     started_at=status.started_at if status else now,
-                    message=f"update paused: task {failed[0].id[:12]} failed: "
-                            f"{failed[0].status.err or failed[0].status.message}"))))
+                    message=f"update paused: {why}"))))
             return
     # The batch in flight: new tasks not yet running for `monitor` seconds.
     in_flight = [t for t in current if t.status.state != TaskState.RUNNING or
@@ -524,7 +596,10 @@ class _TaskWrites:
 def _waiting(by_service: dict[str, list[Task]], writes: _TaskWrites, now: float, out: Pass) -> list[Task]:
     """Tasks wanted running that are not yet assigned and are due now:
     earlier ones first (in store order), then this pass's new ones."""
-    changed = {op.obj.id for op in out.ops if isinstance(op, store_ops.Update) and op.table == "tasks"}
+    # Written or deleted by stage 1: not moved on in this pass (an address
+    # allocated to a task whose write is dropped would be held by nobody).
+    changed = {op.id if isinstance(op, store_ops.Delete) else op.obj.id for op in out.ops
+               if op.table == "tasks" and not isinstance(op, store_ops.Create)}
     candidates = [t for ts in by_service.values() for t in ts if t.id not in changed]
     waiting = []
     for t in candidates + writes.created():
@@ -563,19 +638,36 @@ def _allocate(view: Any, tasks: list[Task], allocator: Allocator, writes: _TaskW
     return allocated, list(res.ops), list(res.after)
 
 
+def _host_ports(svc: Service | None) -> list[tuple[str, int]]:
+    """(protocol, port) of the host-mode ports the service's tasks listen on."""
+    if svc is None:
+        return []
+    return [(p.protocol, p.published_port) for p in svc.endpoint.ports if p.publish_mode == PublishMode.HOST]
+
+
+def task_name(svc: Service | None, t: Task) -> str:
+    """A task as users name it: web.2 (slot 2), web.<node> (global)."""
+    name = svc.spec.name if svc is not None else t.service_id[:12]
+    return f"{name}.{t.slot}" if t.slot else f"{name}.{t.node_id[:12]}"
+
+
 def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],
               by_service: dict[str, list[Task]], writes: _TaskWrites, now: float) -> None:
     """PENDING -> ASSIGNED: global tasks to their node, the others where the
     scheduler places them; unplaceable ones stay PENDING with its reason."""
     nodes = ctx.nodes
     groups: dict[tuple[str, int], list[Task]] = defaultdict(list)
+    made_for_node: list[Task] = []
     for t in pending:
         if t.node_id:
+            made_for_node.append(t)
+        else:
+            groups[(t.service_id, t.spec_version)].append(t)
+    host = any(_host_ports(services.get(t.service_id)) for t in pending)
+    if not groups and not host:
+        for t in made_for_node:
             # Global tasks are made for a node that passed the node filters.
             writes.put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")))
-            continue
-        groups[(t.service_id, t.spec_version)].append(t)
-    if not groups:
         return
     infos = ctx.infos
     for ts in by_service.values():
@@ -589,6 +681,23 @@ def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],
                 ni.reserved_memory += res.memory_bytes
             elif t.node_id in infos and t.status.state == TaskState.FAILED and t.created_at > now - 300:
                 infos[t.node_id].recent_failures[t.service_id] += 1
+            if host and t.node_id in infos and TaskState.ASSIGNED <= t.status.state <= TaskState.RUNNING:
+                # On the node and not ended: it holds its host ports there.
+                svc = services.get(t.service_id)
+                for p in _host_ports(svc):
+                    infos[t.node_id].host_ports[p] = task_name(svc, t)
+    for t in made_for_node:
+        svc = services.get(t.service_id)
+        ports = _host_ports(svc)
+        info = infos.get(t.node_id)
+        if ports and info is not None:
+            refused = HostPortFilter(ports).reject(info)
+            if refused is not None:
+                _set_pending(t, refused, writes, now)
+                continue
+            for p in ports:
+                info.host_ports[p] = task_name(svc, t)
+        writes.put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")))
     node_list = sorted(infos.values(), key=lambda n: n.id)
     for (sid, _), ts in sorted(groups.items()):
         svc = services.get(sid)
@@ -600,7 +709,8 @@ def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],
                 _set_pending(t, rules.error, writes, now)
             continue
         res = svc.spec.task.resources.reservations
-        g = rules.group(sid, [t.id for t in ts], reserve_cpu=res.nano_cpus, reserve_memory=res.memory_bytes)
+        g = rules.group(sid, [t.id for t in ts], reserve_cpu=res.nano_cpus, reserve_memory=res.memory_bytes,
+                        host_ports=_host_ports(svc), task_names={t.id: task_name(svc, t) for t in ts})
         placed = schedule_group(g, node_list)
         by_id = {t.id: t for t in ts}
         for tid, nid in placed.assignments:

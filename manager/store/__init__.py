@@ -2,6 +2,7 @@
 
 from .errors import (
     AlreadyExists,
+    ClaimConflict,
     Conflict,
     InvalidTx,
     NotFound,
@@ -21,6 +22,7 @@ from .watch import Event, EventAction, Watch
 
 __all__ = [
     "AlreadyExists",
+    "ClaimConflict",
     "Conflict",
     "Create",
     "DEFAULT_MAX_TX_BYTES",

@@ -25,6 +25,12 @@ class Conflict(StoreError):
     """An update or delete expected a version the object no longer has."""
 
 
+class ClaimConflict(Conflict):
+    """A write would take a key another object holds (a published port, the
+    ingress role: see `tables` claims). Deciding again does not help; the
+    writer must choose another key or wait for the holder to give it up."""
+
+
 class InvalidTx(StoreError):
     """A transaction that cannot be applied as written: malformed entry,
     unknown table, invalid object."""

@@ -29,6 +29,7 @@ from api.errors import ValidationError
 
 from .errors import (
     AlreadyExists,
+    ClaimConflict,
     Conflict,
     InvalidTx,
     NotFound,
@@ -274,7 +275,44 @@ class MemoryStore:
                         names[(op.table, old_name)] = None
                 staged[(op.table, oid)] = new
                 events.append(Event(index, EventAction.UPDATE, op.table, new, cur))
+        self._check_claims(staged)
         return events, staged
+
+    def _check_claims(self, staged: dict[tuple[str, str], Any]) -> None:
+        """Claims as the transaction leaves them (see `tables`): an object
+        whose claims it changes may not take a key another object holds
+        exclusively, nor take exclusively a key another holds. Objects whose
+        claims did not change are not judged again. The holder named is the
+        least id, so every replica gives the same message."""
+        by_table: dict[str, dict[str, Any]] = {}
+        for (table, oid), new in staged.items():
+            if TABLES[table].claims is not None:
+                by_table.setdefault(table, {})[oid] = new
+        for table, rows in by_table.items():
+            t = self._tables[table]
+            claim = t.defn.claims
+            assert claim is not None
+            staged_holders: dict[str, dict[str, bool]] = {}
+            changed: list[tuple[str, tuple[tuple[str, bool], ...]]] = []
+            for oid, new in rows.items():
+                if new is _DELETED:
+                    continue
+                mine = claim(new)
+                for key, exclusive in mine:
+                    staged_holders.setdefault(key, {})[oid] = exclusive
+                old = t.rows.get(oid)
+                if old is None or claim(old) != mine:
+                    changed.append((oid, mine))
+            for oid, mine in changed:
+                for key, exclusive in mine:
+                    holders = {o: e for o, e in t.claims.get(key, {}).items() if o not in rows}
+                    holders.update(staged_holders.get(key, {}))
+                    others = sorted(o for o, e in holders.items() if o != oid and (e or exclusive))
+                    if others:
+                        holder = rows.get(others[0]) or t.rows[others[0]]
+                        name = name_of(t.defn, holder)
+                        by = f'{table.rstrip("s")} "{name}" ({table}/{holder.id})' if name else f"{table}/{holder.id}"
+                        raise ClaimConflict(f"{table}/{oid}: {key} is already used by {by}")
 
     # -- watches -------------------------------------------------------------------
 

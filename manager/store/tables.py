@@ -13,6 +13,13 @@ Per table:
   address on).
 - nodes: "role" (observed role), "availability".
 - services: "mode".
+
+Claims: keys an object holds against the others of its table, checked when a
+transaction is applied (so two writers racing for one cannot both win, as
+with names). A claim is exclusive (no other object may hold the key at all)
+or shared (others may hold it, shared too). Services claim their published
+ports (ingress mode exclusive, host mode shared: see
+`api.objects.port_claims`); networks the ingress role (exclusive).
 """
 
 from __future__ import annotations
@@ -21,9 +28,12 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from api.objects import TABLE_MODELS, Model
+from api.objects import TABLE_MODELS, Model, PublishMode, port_claims
 
 KeyFunc = Callable[[Any], tuple[Hashable, ...]]
+ClaimFunc = Callable[[Any], tuple[tuple[str, bool], ...]]
+"""An object's claims: (key, exclusive); the key is what users are told is
+taken, e.g. "published port 8080/tcp"."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +42,7 @@ class TableDef:
     model: type[Model]
     named: bool  # spec.name is unique (when non-empty)
     indexes: dict[str, KeyFunc]
+    claims: ClaimFunc | None = None
 
 
 def _labels(o: Any) -> tuple[Hashable, ...]:
@@ -43,6 +54,15 @@ def _label_keys(o: Any) -> tuple[Hashable, ...]:
 
 
 _LABELED = {"label": _labels, "label_key": _label_keys}
+
+
+def _service_claims(o: Any) -> tuple[tuple[str, bool], ...]:
+    return tuple((f"published port {port}/{proto}", mode == PublishMode.INGRESS)
+                 for proto, port, mode in port_claims(o.spec.endpoint_spec, o.endpoint))
+
+
+def _network_claims(o: Any) -> tuple[tuple[str, bool], ...]:
+    return (("the ingress role", True),) if o.spec.ingress else ()
 
 TABLES: dict[str, TableDef] = {
     "nodes": TableDef(
@@ -56,7 +76,8 @@ TABLES: dict[str, TableDef] = {
         },
     ),
     "services": TableDef(
-        "services", TABLE_MODELS["services"], True, {**_LABELED, "mode": lambda o: (o.spec.mode,)}
+        "services", TABLE_MODELS["services"], True, {**_LABELED, "mode": lambda o: (o.spec.mode,)},
+        _service_claims,
     ),
     "tasks": TableDef(
         "tasks",
@@ -71,7 +92,7 @@ TABLES: dict[str, TableDef] = {
             "network": lambda o: tuple(a.network_id for a in o.networks),
         },
     ),
-    "networks": TableDef("networks", TABLE_MODELS["networks"], True, dict(_LABELED)),
+    "networks": TableDef("networks", TABLE_MODELS["networks"], True, dict(_LABELED), _network_claims),
     "secrets": TableDef("secrets", TABLE_MODELS["secrets"], True, dict(_LABELED)),
     "configs": TableDef("configs", TABLE_MODELS["configs"], True, dict(_LABELED)),
     "clusters": TableDef("clusters", TABLE_MODELS["clusters"], True, dict(_LABELED)),
@@ -88,13 +109,14 @@ def name_of(defn: TableDef, obj: Any) -> str | None:
 class Table:
     """One table: rows by id plus the name and secondary indexes."""
 
-    __slots__ = ("defn", "rows", "by_name", "indexes", "packed")
+    __slots__ = ("defn", "rows", "by_name", "indexes", "claims", "packed")
 
     def __init__(self, defn: TableDef) -> None:
         self.defn = defn
         self.rows: dict[str, Any] = {}
         self.by_name: dict[str, str] = {}
         self.indexes: dict[str, dict[Hashable, dict[str, None]]] = {n: {} for n in defn.indexes}
+        self.claims: dict[str, dict[str, bool]] = {}  # claim key -> holder id -> exclusive
         # id -> the row's msgpack encoding, filled by snapshots and dropped on
         # writes, so a snapshot only encodes what changed since the last one.
         self.packed: dict[str, bytes] = {}
@@ -117,6 +139,13 @@ class Table:
                 del self.by_name[old_name]
             if new_name:
                 self.by_name[new_name] = oid
+        if self.defn.claims is not None:
+            new_claims = self.defn.claims(obj)
+            old_claims = self.defn.claims(old) if old is not None else ()
+            if new_claims != old_claims:
+                self._unclaim(oid, old_claims)
+                for key, exclusive in new_claims:
+                    self.claims.setdefault(key, {})[oid] = exclusive
         for iname, keys in self.defn.indexes.items():
             new_keys = keys(obj)
             if old is not None:
@@ -140,8 +169,18 @@ class Table:
             name = old.spec.name
             if name and self.by_name.get(name) == oid:
                 del self.by_name[name]
+        if self.defn.claims is not None:
+            self._unclaim(oid, self.defn.claims(old))
         for iname, keys in self.defn.indexes.items():
             self._unindex(iname, oid, keys(old), ())
+
+    def _unclaim(self, oid: str, claims: Iterable[tuple[str, bool]]) -> None:
+        for key, _ in claims:
+            holders = self.claims.get(key)
+            if holders is not None:
+                holders.pop(oid, None)
+                if not holders:
+                    del self.claims[key]
 
     def _unindex(
         self, iname: str, oid: str, old_keys: Iterable[Hashable], keep: tuple[Hashable, ...]

@@ -29,7 +29,7 @@ MiB = 1 << 20
 
 def test_each_filter_names_its_reason() -> None:
     n = NodeInfo(id="n1", hostname="h1", labels={"zone": "eu"}, cpu_nanos=10**9, memory_bytes=256 * MiB,
-                 host_ports={("tcp", 80)})
+                 host_ports={("tcp", 80): "web.2"})
     n.service_tasks["s"] = 2
     assert NodeReady().reject(n) is None and NodeActive().reject(n) is None
     assert NodeReady().reject(NodeInfo(id="x", ready=False)) == "node not ready"
@@ -43,7 +43,8 @@ def test_each_filter_names_its_reason() -> None:
     assert ResourceFilter(cpu=0, memory=512 * MiB).reject(n) == "lack 512 MiB memory"
     assert ResourceFilter(cpu=2 * 10**9, memory=0).reject(n) == "lack 2 CPUs"
     assert ResourceFilter(cpu=10**9, memory=256 * MiB).reject(n) is None
-    assert HostPortFilter([("udp", 80), ("tcp", 80)]).reject(n) == "host port 80/tcp in use"
+    assert HostPortFilter([("udp", 80), ("tcp", 80)]).reject(n) == "host port 80/tcp is in use by task web.2"
+    assert HostPortFilter([("udp", 80)]).reject(n) is None
     assert MaxReplicasFilter("s", 2).reject(n) == "max replicas per node (2) reached"
     assert MaxReplicasFilter("other", 1).reject(n) is None
 

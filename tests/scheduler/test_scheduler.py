@@ -129,8 +129,14 @@ def test_resources_are_reserved_as_tasks_land() -> None:
 def test_host_ports_and_max_replicas_and_availability() -> None:
     ns = nodes(3)
     ns[2].availability = "drain"
-    p = schedule_group(group(3, host_ports=[("tcp", 80)]), ns)
-    assert len(p.assignments) == 2 and "host port 80/tcp in use" in p.reason
+    g = group(3, host_ports=[("tcp", 80)])
+    g.task_names = {tid: f"web.{i + 1}" for i, tid in enumerate(g.task_ids)}
+    p = schedule_group(g, ns)
+    assert len(p.assignments) == 2 and p.unplaced == [g.task_ids[2]]
+    # Each placed task now holds the port on its node, and the reason names it.
+    assert {ns[0].host_ports[("tcp", 80)], ns[1].host_ports[("tcp", 80)]} == {"web.1", "web.2"}
+    assert "host port 80/tcp is in use by task web.1" in p.reason
+    assert "host port 80/tcp is in use by task web.2" in p.reason
     assert "node availability is drain" in p.reason
     p = schedule_group(group(5, "s9", max_replicas_per_node=2), nodes(2))
     assert len(p.assignments) == 4 and "max replicas per node (2) reached" in p.reason

@@ -76,7 +76,7 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
     r = o.orch(m1, "network", "create", "--subnet", "10.213.0.0/16", "bad", check=False)
     assert r.returncode != 0 and "overlaps the host's route 10.213.0.0/24" in r.stderr
     nets = {n["spec"]["name"]: n for n in o.json(m1, "network", "ls")}
-    assert set(nets) == {"app", "other"}
+    assert set(nets) == {"app", "other", "ingress"} and nets["ingress"]["spec"]["ingress"]  # ingress: made by init
 
     o.orch(m1, "service", "create", "--name", "web", "--replicas", "6", "--network", "app",
            "--stop-signal", "KILL", img, "sh", "-c", SERVE)
