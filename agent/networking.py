@@ -24,7 +24,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from api.objects import Network, Task
+from api.objects import INGRESS_ATTACHMENT, Network, Task
 from api.session import Endpoint as TableEntry
 from overlay_net.lb import Balancer, IngressPort, VirtualService
 from overlay_net.model import Endpoint, HostPort, NodeState, Peer
@@ -45,22 +45,19 @@ class NetworkSetupError(Exception):
     """A task's networks could not be set up; the message says why."""
 
 
-INGRESS_ATTACHMENT = "@ingress"
-"""`Task.attachment` of a node's ingress sandbox task: a namespace on the
-ingress network, with no container, that balances the routing mesh's
-published ports (see `balancers`)."""
-
-
 def task_netns_name(prefix: str, task_id: str) -> str:
     return f"{prefix}task-{task_id}"
 
 
 def is_ingress_sandbox(task: Task) -> bool:
+    """A node's ingress sandbox task: a namespace on the ingress network,
+    with no container, that balances the routing mesh's published ports
+    (see `balancers`)."""
     return task.attachment == INGRESS_ATTACHMENT
 
 
 def is_ingress(network: Network | None) -> bool:
-    return network is not None and bool(getattr(network.spec, "ingress", False))
+    return network is not None and network.spec.ingress
 
 
 def _ip(address: str) -> ipaddress.IPv4Address:

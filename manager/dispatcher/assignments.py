@@ -118,7 +118,7 @@ def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None
         if svc.spec.endpoint_spec.mode == EndpointMode.VIP:
             vip = next((v.addr for v in svc.endpoint.virtual_ips if v.network_id == network_id), "")
         net = view.get("networks", network_id)
-        if net is not None and getattr(net.spec, "ingress", False):
+        if net is not None and net.spec.ingress:
             ports = published_ports(svc)
     return Endpoint(network_id=network_id, task_id=task.id, service_id=task.service_id,
                     service_name=svc.spec.name if svc is not None else "", slot=task.slot,
@@ -131,7 +131,7 @@ def published_ports(svc: Any) -> tuple[PublishedPort, ...]:
     allocator has not given a number yet are left out)."""
     return tuple(PublishedPort(protocol=str(p.protocol), target=p.target_port, published=p.published_port,
                                mode=str(p.publish_mode))
-                 for p in getattr(svc.endpoint, "ports", ()) if p.published_port)
+                 for p in svc.endpoint.ports if p.published_port)
 
 
 def _same_for_node(a: Task, b: Task) -> bool:

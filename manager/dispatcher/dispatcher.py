@@ -660,4 +660,4 @@ class Dispatcher:
 
 def _endpoint_facts(svc: Any) -> tuple[Any, ...]:
     """What of a service its tasks' endpoint entries carry."""
-    return (svc.spec.name, svc.spec.endpoint_spec.mode, svc.endpoint.virtual_ips, getattr(svc.endpoint, "ports", ()))
+    return (svc.spec.name, svc.spec.endpoint_spec.mode, svc.endpoint.virtual_ips, svc.endpoint.ports)

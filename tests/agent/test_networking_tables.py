@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address
 
-from agent.networking import INGRESS_ATTACHMENT, balancers, desired, host_ports, name_table
+from agent.networking import balancers, desired, host_ports, name_table
 from api.objects import (
+    INGRESS_ATTACHMENT,
     ContainerSpec,
     Network,
     NetworkAllocation,
@@ -28,9 +29,7 @@ ME = "192.0.2.1"
 
 
 def net(id: str, name: str, subnet: str, *, ingress: bool = False) -> Network:
-    spec = NetworkSpec(name=name)
-    if ingress:
-        spec = spec.model_copy(update={"ingress": True})
+    spec = NetworkSpec(name=name, ingress=ingress)
     return Network(id=id, spec=spec, allocation=NetworkAllocation(vni=4096 + len(id), subnet=subnet,
                                                                    gateway=subnet.rsplit(".", 1)[0] + ".1"))
 

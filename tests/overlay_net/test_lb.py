@@ -179,4 +179,4 @@ def test_vip_balances_keeps_established_and_refuses_when_empty(pair: tuple[str, 
     asyncio.run(main())
     listing = subprocess.run(["nsenter", f"--net={cli}", "nft", "list", "table", "ip", "lbtestlb"],
                              capture_output=True, text=True, check=True).stdout
-    assert "ip daddr { 10.91.0.100 } reject" in listing
+    assert "ip daddr 10.91.0.100 reject" in listing
