@@ -18,6 +18,7 @@ before its container starts.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -175,6 +176,23 @@ def balancers(prefix: str, tasks: Iterable[Task], networks: Mapping[str, Network
     return out
 
 
+def _addresses(state: NodeState) -> set[ipaddress.IPv4Address]:
+    """Overlay addresses a node state makes reachable (peers and local endpoints)."""
+    return {p.ip for p in state.peers} | {e.address.ip for e in state.endpoints}
+
+
+def _only_backends(wanted: dict[str, Balancer], reachable: set[ipaddress.IPv4Address]) -> dict[str, Balancer]:
+    """The balancers with only the backends in `reachable`."""
+    out = {}
+    for ns, b in wanted.items():
+        out[ns] = dataclasses.replace(
+            b, vips=tuple(dataclasses.replace(v, backends=tuple(x for x in v.backends if x in reachable))
+                          for v in b.vips),
+            ports=tuple(dataclasses.replace(p, backends=tuple(x for x in p.backends if x[0] in reachable))
+                        for p in b.ports))
+    return out
+
+
 def host_ports(prefix: str, tasks: Iterable[Task], networks: Mapping[str, Network],
                tables: Mapping[str, Mapping[str, TableEntry]], ready: set[str]) -> tuple[HostPort, ...]:
     """Ports this node accepts on its own addresses: every routing-mesh port
@@ -303,18 +321,28 @@ class TaskNetworks:
                 log.warning("overlay networks: %s", e)
                 return
             state = desired(self.prefix, addr, tasks, networks, tables, local - stale)
+            wanted = balancers(self.prefix, tasks, networks, tables, local - stale)
             now = asyncio.get_running_loop().time()
             if stale or self._applied != state or now - self._applied_at >= REPAIR_EVERY:
+                if self._applied is not None:
+                    # Backends that leave go before their peer entries do: a
+                    # connection balanced to an address with no neighbour
+                    # entry would have its SYNs (and their retransmits, pinned
+                    # by conntrack) dropped. New backends wait for theirs.
+                    await self._write(dp, _only_backends(wanted, _addresses(self._applied)))
                 done = await dp.apply(state)
                 self._applied, self._applied_at = state, now
                 if done:
                     log.debug("overlay networks: %d changes", len(done))
-            await self._balance(dp, tasks, networks, tables, local - stale)
+            await self._write(dp, wanted)
 
     async def _balance(self, dp: NetworkDataplane, tasks: Iterable[Task], networks: Mapping[str, Network],
                        tables: Mapping[str, Mapping[str, TableEntry]], ready: set[str]) -> None:
-        problems = await dp.balance(balancers(self.prefix, tasks, networks, tables, ready))
-        for p in problems:
+        await self._write(dp, balancers(self.prefix, tasks, networks, tables, ready))
+
+    @staticmethod
+    async def _write(dp: NetworkDataplane, wanted: dict[str, Balancer]) -> None:
+        for p in await dp.balance(wanted):
             log.warning("load balancing: %s", p)
 
     async def release(self, task_id: str) -> None:

@@ -199,6 +199,7 @@ class NetworkDataplane:
             results = await asyncio.gather(*(loop.run_in_executor(self._lb_pool, write, ns, b)
                                              for ns, b in changed.items()))
             problems = []
+            log.debug("load balancing tables written: %s", ", ".join(changed))
             for (ns, b), err in zip(changed.items(), results):
                 if err is None:
                     self._lb_cache.mark(ns, b)

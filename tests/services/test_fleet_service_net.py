@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import re
 import socket
 import subprocess
@@ -264,3 +265,112 @@ def test_recovery_after_kill9_and_after_a_drain(of: tuple[OrchFleet, str]) -> No
             c.close()
     finally:
         o.orch(m1, "node", "update", "--availability", "active", "w2")
+
+
+_GETS = """
+import collections, os, socket, sys, time
+host, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+stop = sys.argv[4] if len(sys.argv) > 4 else None  # with a stop file: until it exists
+seen = collections.Counter()
+i = 0
+while (i < n) if stop is None else not os.path.exists(stop):
+    i += 1
+    if stop is not None:
+        time.sleep(0.02)
+    try:
+        with socket.create_connection((host, port), timeout=3) as c:
+            c.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+        seen[data.split(b"\\r\\n\\r\\n", 1)[-1].decode().strip() or "EMPTY"] += 1
+    except OSError as e:
+        seen[type(e).__name__] += 1
+        print(f"{time.time():.3f} {type(e).__name__}", file=sys.stderr)
+print(" ".join(f"{k}={v}" for k, v in seen.items()))
+"""
+
+
+def get_from_underlay(o: OrchFleet, host_addr: str, port: int, n: int) -> dict[str, int]:
+    """n HTTP GETs from the fleet's underlay (the registry host, no orch
+    daemon there) to a node's address; what answered, counted."""
+    out = o.fleet["reg"].run([sys.executable, "-c", _GETS, host_addr, str(port), str(n)], timeout=60,
+                             check=True).stdout.split()
+    return {k: int(v) for k, v in (item.rsplit("=", 1) for item in out)}
+
+
+def test_published_ports_routing_mesh_and_host_mode(of: tuple[OrchFleet, str]) -> None:
+    o, reg = of
+    m1 = o.fleet["m1"]
+    img = f"{reg}/library/busybox-multi:latest"
+    addrs = {h: o.fleet[h].addr for h in ("m1", "w1", "w2")}
+    # Ingress mode: two replicas (on w1, w2 at most), yet every node answers,
+    # m1 too, which runs no task.
+    o.orch(m1, "service", "create", "--name", "pub", "--replicas", "2", "-p", "8080:8000",
+           "--constraint", "node.hostname!=m1", img, "sh", "-c", HTTPD)
+    pub = wait_running(o, "pub", 2)
+    names = {t["status"]["container_id"] for t in pub}
+    ls = o.orch(m1, "service", "ls").stdout
+    assert "*:8080->8000/tcp" in ls, ls
+    for h, a in addrs.items():
+        got = get_from_underlay(o, a, 8080, 20)
+        assert sum(got.values()) == 20 and len(got) == 2 and all(len(k) >= 6 for k in got), (h, got)
+    # A port given as 0 gets one from the dynamic range, shown by inspect.
+    o.orch(m1, "service", "create", "--name", "dyn", "-p", "8000", img, "sh", "-c", HTTPD)
+    wait_running(o, "dyn", 1)
+    out = json.loads(o.orch(m1, "service", "inspect", "dyn").stdout)
+    (port,) = (out[0] if isinstance(out, list) else out)["endpoint"]["ports"]
+    assert 30000 <= port["published_port"] <= 32767
+    assert sum(get_from_underlay(o, addrs["m1"], port["published_port"], 3).values()) == 3
+    # A conflict is an error at create, and nothing is made.
+    r = o.orch(m1, "service", "create", "--name", "clash", "-p", "8080:80", img, "sleep", "1000", check=False)
+    assert r.returncode != 0 and 'published port 8080/tcp is already used by service "pub"' in r.stderr, r.stderr
+    assert "clash" not in o.orch(m1, "service", "ls").stdout
+
+    # Host mode: only the node running the task answers.
+    o.orch(m1, "service", "create", "--name", "hst", "--publish", "published=9090,target=8000,mode=host",
+           "--constraint", "node.hostname==w2", img, "sh", "-c", HTTPD)
+    wait_running(o, "hst", 1)
+    assert sum(get_from_underlay(o, addrs["w2"], 9090, 5).values()) == 5
+    got = get_from_underlay(o, addrs["w1"], 9090, 2)
+    assert set(got) <= {"ConnectionRefusedError", "TimeoutError"}, got
+    # A second host-mode service on the same port can only go elsewhere; with
+    # nowhere else to go it stays pending and says why.
+    o.orch(m1, "service", "create", "--name", "hst2", "--detach", "--publish",
+           "published=9090,target=8000,mode=host", "--constraint", "node.hostname==w2", img, "sh", "-c", HTTPD)
+    deadline = time.monotonic() + 20
+    while True:
+        ps = o.json(m1, "service", "ps", "hst2")
+        msg = " ".join(t["status"]["message"] + " " + t["status"]["err"] for t in ps)
+        if "host port 9090/tcp is in use" in msg:
+            break
+        assert time.monotonic() < deadline, ps
+        time.sleep(0.3)
+    assert all(t["status"]["state"] == "pending" for t in ps)
+    o.orch(m1, "service", "update", "--constraint-rm", "node.hostname==w2", "--detach", "hst2")
+    (t2,) = wait_running(o, "hst2", 1)
+    assert hosts(o)[t2["node_id"]] != "w2"
+
+    # The mesh follows a rolling update under load: no failed request.
+    for svc in ("dyn", "hst", "hst2"):
+        o.orch(m1, "service", "rm", svc)
+    stop = os.path.join(o.fleet["reg"].dir, "stop-loop")
+    loop = subprocess.Popen(_nsenter_argv(o.fleet["reg"].netns_path, [sys.executable, "-c", _GETS, addrs["m1"],
+                                                                     "8080", "0", stop]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        o.orch(m1, "service", "update", "--env", "V=3", "--update-parallelism", "1", "pub", timeout=180)
+        after = {t["status"]["container_id"] for t in wait_running(o, "pub", 2)}
+        assert not after & names
+        time.sleep(1)
+    finally:
+        open(stop, "w").close()
+        out, err = loop.communicate(timeout=60)
+    got = {k: int(v) for k, v in (item.rsplit("=", 1) for item in out.split())}
+    assert sum(got.values()) > 50 and not err.strip(), (got, err)
+    assert sum(got.values()) > 50 and not any(k.endswith("Error") or k == "EMPTY" for k in got), got
+
+
+def _nsenter_argv(netns_path: str, argv: list[str]) -> list[str]:
+    return ["nsenter", f"--net={netns_path}", *argv]
