@@ -175,7 +175,7 @@ async def _print_logs(ep: Endpoint, ref: str, follow: bool, tail: int | None) ->
     return code
 
 
-@container.command("run", context_settings={"ignore_unknown_options": True})
+@container.command("run", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="Print the id and return; do not wait.")
 @click.option("--name")
 @click.option("-e", "--env", "env", multiple=True, help="KEY=VALUE")
@@ -290,7 +290,7 @@ def container_logs(ep: Endpoint, follow: bool, tail: int | None, ref: str) -> No
     asyncio.run(_print_logs(ep, ref, follow, tail))
 
 
-@container.command("exec", context_settings={"ignore_unknown_options": True})
+@container.command("exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("-u", "--user")
 @click.argument("ref")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)

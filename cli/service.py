@@ -329,7 +329,7 @@ def service() -> None:
     """Manage services (on a manager)."""
 
 
-@service.command("create", context_settings={"ignore_unknown_options": True})
+@service.command("create", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--name", required=True)
 @click.option("--mode", type=click.Choice(["replicated", "global", "replicated-job", "global-job"]),
               default="replicated", show_default=True)
