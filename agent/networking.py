@@ -215,6 +215,12 @@ def host_ports(prefix: str, tasks: Iterable[Task], networks: Mapping[str, Networ
         if t.id not in ready or not wants_network(t):
             continue
         path = os.path.join(NETNS_DIR, task_netns_name(prefix, t.id))
+        nets = [networks[a.network_id] for a in t.networks if a.network_id in networks]
+        if all(n.spec.internal for n in nets):
+            # Only a namespace with an egress interface can be reached from the
+            # node; an internal ingress network is refused by the managers.
+            log.warning("task %s publishes ports but is on internal networks only; not published", t.id)
+            continue
         if is_ingress_sandbox(t):
             for p in ingress_ports(networks, tables):
                 claim(HostPort(p.protocol, p.published, path, p.published))
@@ -290,7 +296,9 @@ class TaskNetworks:
                 # ready and take this task's broken state into every later sync.
                 await asyncio.to_thread(_remove_netns, name)
                 raise NetworkSetupError(f"attaching to its networks failed: {e}") from e
-            self._applied = None  # the node's state changed: the next sync applies
+            # The node's state changed: the next sync applies (and still knows
+            # which addresses the last one made reachable).
+            self._applied_at = float("-inf")
             # Its virtual IPs work from its first packet.
             await self._balance(dp, tasks, networks, tables, self._local_netns())
             if not is_ingress_sandbox(task):

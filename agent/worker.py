@@ -354,8 +354,8 @@ class Worker:
     def _report(self, tid: str, state: TaskState, message: str = "", err: str = "",
                 exit_code: int | None = None, container_id: str = "") -> None:
         prev = self.state.get(tid)
-        if prev is not None and prev.state >= state:
-            return
+        if prev is not None and (prev.state > state or prev.state == state and prev.message == message):
+            return  # forward only; the same state again only to say something new
         u = StatusUpdate(id=tid, state=state, message=message, err=err, timestamp=time.time(),
                          exit_code=exit_code, container_id=container_id or (prev.container_id if prev else ""))
         self.state[tid] = u

@@ -70,6 +70,7 @@ __all__ = [
     "EndpointMode",
     "EndpointSpec",
     "DYNAMIC_PORT_MAX",
+    "VXLAN_PORT",
     "DYNAMIC_PORT_MIN",
     "INGRESS_ATTACHMENT",
     "PortConfig",
@@ -750,6 +751,8 @@ VNI_MIN = 4096
 VNI_MAX = (1 << 24) - 1
 MTU_MIN = 68
 MTU_MAX = 65535
+VXLAN_PORT = 4789
+"""The UDP port every node's overlay networks use (IANA's VXLAN port)."""
 DEFAULT_MTU = 1450
 """An overlay's MTU when none is given: a 1500-byte underlay minus VXLAN's 50 bytes."""
 
@@ -855,6 +858,9 @@ class NetworkSpec(Model):
         if v and info.data.get("attachable"):
             raise PydanticCustomError("ingress_attachable", "an ingress network cannot be attachable: "
                                       "plain containers do not take part in the routing mesh")
+        if v and info.data.get("internal"):
+            raise PydanticCustomError("ingress_internal", "an ingress network cannot be internal: the routing "
+                                      "mesh reaches tasks from every node's own addresses")
         return v
 
     @property

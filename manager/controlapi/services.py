@@ -26,6 +26,7 @@ from aiohttp import web
 from api import codec
 from api.errors import ValidationError
 from api.objects import (
+    VXLAN_PORT,
     EndpointMode,
     Meta,
     PublishMode,
@@ -157,7 +158,13 @@ def _check_ports(store: MemoryStore, svc: Service) -> None:
     are free, and they can be served (over the ingress network)."""
     view = store.view()
     spec = svc.spec.endpoint_spec
+    reserved = _reserved_ports(view)
     for i, p in enumerate(spec.ports):
+        why = reserved.get((str(p.protocol), p.published_port))
+        if why is not None:
+            where = f"endpoint_spec.ports[{i}]"
+            raise conflict(f"{where}: port {p.published_port}/{p.protocol} is {why} on the nodes; publishing it "
+                           "would take it over on every node: choose another")
         if p.publish_mode == PublishMode.INGRESS and spec.mode == EndpointMode.DNSRR:
             where = f"endpoint_spec.ports[{i}]"
             raise bad_request(f"{where}: port {p.target_port}/{p.protocol} is published in ingress mode, which "
@@ -174,6 +181,18 @@ def _check_ports(store: MemoryStore, svc: Service) -> None:
         how = "" if other_mode == PublishMode.INGRESS else " in host mode"
         raise conflict(f'{where}: published port {port}/{proto} is already used by service "{other.spec.name}"'
                        f"{how}; publish another port, or leave the published port out to get a free one")
+
+
+def _reserved_ports(view: Any) -> dict[tuple[str, int], str]:
+    """Ports the cluster itself uses on the nodes' addresses: VXLAN's, and
+    each manager's (Raft, control API and agent sessions)."""
+    out = {("udp", VXLAN_PORT): "the overlay networks' VXLAN port"}
+    for n in view.list("nodes"):
+        addr = n.manager_status.addr if n.manager_status is not None else ""
+        port = addr.rsplit(":", 1)[-1] if ":" in addr else ""
+        if port.isdigit():
+            out[("tcp", int(port))] = f"the manager port of {n.description.hostname or n.id}"
+    return out
 
 
 async def _pin_image(request: web.Request, spec: ServiceSpec) -> tuple[ServiceSpec, str]:

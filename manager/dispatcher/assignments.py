@@ -99,11 +99,11 @@ def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None
     placed and wanted running, from ASSIGNED until it ends, and its node's
     address is known. Peers learn it before the task starts, so it is
     reachable the moment it runs; it becomes a load-balancing backend
-    (`serving`) when it runs, and the entry goes as soon as the task is
-    wanted stopped, before its node stops it (drain, then stop)."""
-    if task.desired_state > TaskState.RUNNING or not task.node_id:
-        return None
-    if not TaskState.ASSIGNED <= task.status.state <= TaskState.RUNNING:
+    (`serving`) when it runs and stops being one as soon as it is wanted
+    stopped, before its node stops it (drain, then stop). The entry itself
+    stays until the task has stopped: connections already open to it keep
+    their path (peer entries) to the end."""
+    if not task.node_id or not TaskState.ASSIGNED <= task.status.state <= TaskState.RUNNING:
         return None
     att = next((a for a in task.networks if a.network_id == network_id), None)
     if att is None or not att.addresses:
@@ -123,7 +123,8 @@ def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None
     return Endpoint(network_id=network_id, task_id=task.id, service_id=task.service_id,
                     service_name=svc.spec.name if svc is not None else "", slot=task.slot,
                     node_id=task.node_id, node_addr=node.status.addr, address=att.addresses[0],
-                    aliases=att.aliases, serving=task.status.state == TaskState.RUNNING, vip=vip, ports=ports)
+                    aliases=att.aliases, vip=vip, ports=ports,
+                    serving=task.status.state == TaskState.RUNNING and task.desired_state <= TaskState.RUNNING)
 
 
 def published_ports(svc: Any) -> tuple[PublishedPort, ...]:

@@ -173,3 +173,23 @@ async def test_service_json_names_the_networks_of_its_vips(api: tuple[TestClient
     assert body["virtual_ips"] == [{"network_id": net["id"], "network": "ingress", "addr": "10.0.0.2/24"}]
     assert body["endpoint"]["ports"] == [{"name": "", "protocol": "tcp", "target_port": 80, "published_port": 8080,
                                           "publish_mode": "ingress"}]
+
+
+async def test_the_clusters_own_ports_cannot_be_published(api: tuple[TestClient, ManagerContext]) -> None:
+    from api.objects import ManagerStatus, Node, NodeDescription, NodeRole, NodeSpec
+    from manager import store as store_ops
+    from manager.tx import commit
+
+    client, m = api
+    assert (await post(client, "/v1/networks", {"name": "ingress", "ingress": True}))[0] == 201
+    await commit(m.raft, m.store, [store_ops.Create("nodes", Node(
+        id="mgr1", spec=NodeSpec(role=NodeRole.MANAGER), description=NodeDescription(hostname="m1"),
+        manager_status=ManagerStatus(raft_id=1, addr="10.0.0.1:4242")))])
+    version = m.store.index
+    st, body = await post(client, "/v1/services", spec("vx", p(80, 4789, protocol="udp")))
+    assert st == 409 and "4789/udp is the overlay networks' VXLAN port" in body["error"]["message"], body
+    st, body = await post(client, "/v1/services", spec("mg", p(80, 4242, publish_mode="host")))
+    assert st == 409 and "4242/tcp is the manager port of m1" in body["error"]["message"], body
+    assert names(m) == [] and m.store.index == version
+    # The same numbers with the other protocol are free.
+    assert (await post(client, "/v1/services", spec("ok", p(80, 4789), p(53, 4242, protocol="udp"))))[0] == 201

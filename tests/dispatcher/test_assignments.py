@@ -374,8 +374,12 @@ def test_a_network_goes_with_its_first_task_and_brings_its_endpoint_table() -> N
     w.tx(Update("tasks", evolve(w.get("tasks", "peer"), status=TaskStatus(state=TaskState.RUNNING,
                                                                          timestamp=5.0))))
     assert w.clist(a1, endpoints=["peer"]) == []
-    # It is wanted stopped: peers forget it before it stops.
+    # It is wanted stopped: it stops being a backend before it stops, and
+    # keeps its entry (the path of open connections) until it has stopped.
     w.tx(Update("tasks", evolve(w.get("tasks", "peer"), desired_state=TaskState.SHUTDOWN)))
+    ch = w.clist(a1, endpoints=["peer"])
+    assert [type(c).__name__ for c in ch] == ["EndpointUpdate"] and not ch[0].endpoint.serving
+    w.tx(Update("tasks", evolve(w.get("tasks", "peer"), status=TaskStatus(state=TaskState.SHUTDOWN))))
     ch = w.clist(a1, endpoints=["peer"])
     assert ch == [EndpointRemove(network_id="app", task_id="peer")]
     # An endpoint on a network this node is not on concerns it not at all.
