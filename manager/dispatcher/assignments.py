@@ -48,7 +48,8 @@ from api.session import (
     TaskUpdate,
 )
 
-__all__ = ["DepKey", "NodeAssignments", "OpenSecret", "StoreView", "dependencies", "endpoint_of", "in_set",
+__all__ = ["DepKey", "NodeAssignments", "OpenSecret", "StoreView", "dependencies", "endpoint_facts", "endpoint_of",
+           "in_set",
            "needs_dependencies"]
 
 DepKey = tuple[str, str]
@@ -125,6 +126,12 @@ def endpoint_of(view: StoreView, task: Task, network_id: str) -> Endpoint | None
                     node_id=task.node_id, node_addr=node.status.addr, address=att.addresses[0],
                     aliases=att.aliases, vip=vip, ports=ports,
                     serving=task.status.state == TaskState.RUNNING and task.desired_state <= TaskState.RUNNING)
+
+
+def endpoint_facts(svc: Any) -> tuple[Any, ...]:
+    """What of a service `endpoint_of` puts in its tasks' entries: when
+    these change, every entry of its tasks must be sent again."""
+    return (svc.spec.name, svc.spec.endpoint_spec.mode, svc.endpoint.virtual_ips, svc.endpoint.ports)
 
 
 def published_ports(svc: Any) -> tuple[PublishedPort, ...]:

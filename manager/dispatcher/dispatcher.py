@@ -81,7 +81,7 @@ from manager.store.errors import WatchError
 from manager.store.watch import Event
 from manager.tx import TxFailed, commit
 
-from .assignments import DepKey, NodeAssignments
+from .assignments import DepKey, NodeAssignments, endpoint_facts
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class Dispatcher:
             elif ev.table == "services":
                 # Its virtual IPs, endpoint mode, name and published ports are
                 # in its tasks' endpoint entries.
-                if ev.old is None or _endpoint_facts(ev.old) != _endpoint_facts(ev.obj):
+                if ev.old is None or endpoint_facts(ev.old) != endpoint_facts(ev.obj):
                     for t in self.store.view().find("tasks", "service_id", ev.obj.id):
                         for att in t.networks:
                             tasks_by_net.setdefault(att.network_id, set()).add(t.id)
@@ -656,8 +656,3 @@ class Dispatcher:
                 pass  # a node changed meanwhile; the next check sees it again
             except RaftError as e:
                 log.warning("could not mark nodes down: %s", e)
-
-
-def _endpoint_facts(svc: Any) -> tuple[Any, ...]:
-    """What of a service its tasks' endpoint entries carry."""
-    return (svc.spec.name, svc.spec.endpoint_spec.mode, svc.endpoint.virtual_ips, svc.endpoint.ports)
