@@ -429,3 +429,39 @@ def test_a_peer_whose_node_moves_to_a_new_address_is_sent_again() -> None:
     w.tx(Update("nodes", evolve(n2, status=NodeStatus(addr="192.0.2.22"))))
     ch = w.clist(a, endpoints=["remote"])
     assert len(ch) == 1 and isinstance(ch[0], EndpointUpdate) and ch[0].endpoint.node_addr == "192.0.2.22"
+
+
+def test_entries_carry_the_services_vip_and_on_ingress_its_published_ports() -> None:
+    from api.objects import Endpoint as ServiceEndpoint
+    from api.objects import EndpointMode, EndpointSpec, Network, NetworkAllocation, NetworkSpec, PortConfig, VirtualIP
+    from api.session import PublishedPort
+    from manager.dispatcher.assignments import endpoint_facts, endpoint_of
+
+    w = World()
+    _node(w, "n1", "192.0.2.1")
+    _net(w, "app", 4096)
+    w.tx(Create("networks", Network(id="ing", spec=NetworkSpec(name="ingress", ingress=True),
+                                    allocation=NetworkAllocation(vni=4097, subnet="10.0.0.0/24", gateway="10.0.0.1"))))
+    t = mktask("t1", state=TaskState.RUNNING)
+    t = evolve(t, networks=_on(t, "app", "10.0.9.5/24").networks + _on(t, "ing", "10.0.0.5/24").networks)
+    w.tx(Create("tasks", t))
+    svc = w.get("services", "svc")
+    before = endpoint_facts(svc)
+    w.tx(Update("services", evolve(svc, endpoint=ServiceEndpoint(
+        virtual_ips=(VirtualIP(network_id="app", addr="10.0.9.2/24"), VirtualIP(network_id="ing", addr="10.0.0.2/24")),
+        ports=(PortConfig(target_port=80, published_port=8080), PortConfig(target_port=81, published_port=0))))))
+    assert endpoint_facts(w.get("services", "svc")) != before
+    view = w.store.view()
+    app, ing = endpoint_of(view, t, "app"), endpoint_of(view, t, "ing")
+    assert app is not None and ing is not None
+    assert app.vip == "10.0.9.2/24" and app.ports == () and app.serving
+    # Only allocated ports, and only on the ingress network.
+    assert ing.ports == (PublishedPort(target=80, published=8080),)
+    # dnsrr: no VIP in the entries.
+    svc = w.get("services", "svc")
+    w.tx(Update("services", evolve(svc, spec=evolve(svc.spec, endpoint_spec=EndpointSpec(mode=EndpointMode.DNSRR)))))
+    assert endpoint_of(w.store.view(), t, "app").vip == ""  # type: ignore[union-attr]
+    # Wanted stopped: still an entry (open connections keep their path), not a backend.
+    w.tx(Update("tasks", evolve(w.get("tasks", "t1"), desired_state=TaskState.SHUTDOWN)))
+    gone = endpoint_of(w.store.view(), w.get("tasks", "t1"), "app")
+    assert gone is not None and not gone.serving
