@@ -3,7 +3,7 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay cluster-up cluster-down
+.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay cluster-up cluster-down demo
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -23,6 +23,9 @@ bench-raft:         ## Raft write benchmark against etcd
 
 cluster-up:         ## a local fleet: 3 managers + 2 workers, each host a network namespace (state in .fleet/)
 	$(PY) -m tests.harness.fleet_cluster up
+
+demo:               ## the local fleet (cluster-up) running stack.example.yml: a front end on port 8080 of every node
+	$(PY) -m tests.harness.fleet_cluster demo
 
 cluster-down:       ## stop the fleet and remove everything it made
 	$(PY) -m tests.harness.fleet_cluster down

@@ -207,7 +207,7 @@ def _up(managers: int, workers: int) -> None:
         of.init_and_join(hosts[:managers], hosts[managers:])
         of.wait_nodes(hosts[0], {h.name: "ready" for h in hosts})
         (STATE / "info.json").write_text(json.dumps({
-            "owner": os.getpid(), "registry": reg_addr,
+            "owner": os.getpid(), "registry": reg_addr, "client_netns": fleet["reg"].netns_path,
             "hosts": [{"name": h.name, "addr": h.addr, "socket": str(h.socket_path)} for h in hosts],
         }, indent=1))
         status.write("ok")
@@ -262,6 +262,47 @@ def _down() -> None:
     print("fleet removed")
 
 
+def _demo(stack: str = "demo") -> None:
+    """`make demo`: the fleet (brought up if it is not), stack.example.yml
+    deployed on it, every node asked for the front end's page."""
+    if not (STATE / "info.json").exists():
+        _up(3, 2)
+    info = json.loads((STATE / "info.json").read_text())
+    m1 = info["hosts"][0]["socket"]
+    env = {**os.environ, "REGISTRY": info["registry"], "ORCH_SOCKET": m1, "PYTHONPATH": str(REPO)}
+    orch = [sys.executable, "-m", "cli.main"]
+    print(f"\nDeploying {REPO / 'stack.example.yml'} as stack {stack!r} (images from {info['registry']}):")
+    t0 = time.monotonic()
+    r = subprocess.run([*orch, "stack", "deploy", "-c", str(REPO / "stack.example.yml"), stack], env=env, cwd=REPO)
+    if r.returncode != 0:
+        raise SystemExit(f"stack deploy failed ({r.returncode})")
+    print(f"deployed in {time.monotonic() - t0:.1f} s\n")
+    subprocess.run([*orch, "stack", "services", stack], env=env, cwd=REPO)
+    client = info.get("client_netns", "")
+    print("\nThe front end answers on port 8080 of every node (the routing mesh), asked from the fleet's underlay:")
+    for h in info["hosts"]:
+        url = f"http://{h['addr']}:8080/"
+        got = ""
+        for _ in range(20):
+            c = subprocess.run(["nsenter", f"--net={client}", "busybox", "wget", "-qO-", "-T", "3", url],
+                               capture_output=True, text=True)
+            got = c.stdout.strip()
+            if c.returncode == 0 and got:
+                break
+            time.sleep(0.5)
+        print(f"  {h['name']:3} {url:28} {got or '(no answer)'}")
+    print(f"""
+Try it yourself (the fleet's addresses live in their own network namespaces):
+  export ORCH_SOCKET={m1}
+  nsenter --net={client} busybox wget -qO- http://{info['hosts'][-1]['addr']}:8080/
+  orch stack ps {stack}
+  orch service logs {stack}_worker
+  orch service scale {stack}_api=4
+  orch stack deploy -c stack.example.yml --dry-run {stack}      # after editing the file: what would change
+  REGISTRY={info['registry']} orch stack rm {stack}
+  make cluster-down                                              # removes the whole fleet""")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -269,9 +310,12 @@ def main() -> None:
     up.add_argument("--managers", type=int, default=3)
     up.add_argument("--workers", type=int, default=2)
     sub.add_parser("down")
+    sub.add_parser("demo")
     a = ap.parse_args()
     if a.cmd == "up":
         _up(a.managers, a.workers)
+    elif a.cmd == "demo":
+        _demo()
     else:
         _down()
 
