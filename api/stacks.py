@@ -34,7 +34,7 @@ from .validation import Bytes, Name
 __all__ = [
     "IMAGE_LABEL", "LOGICAL_LABEL", "DIGEST_LABEL", "NAMESPACE_LABEL", "ORCH_STACK_LABEL",
     "ResolveImage", "StackServiceRequest", "StackNetworkRequest", "StackBlobRequest", "StackVolumeRequest",
-    "StackRequest", "build_request",
+    "StackRequest", "build_request", "unapplied",
     "FieldChange", "PlanAction", "PlanEntry", "StackPlan", "field_changes", "stack_labels",
 ]
 
@@ -198,6 +198,20 @@ def build_request(specs: StackSpecs, *, read_file: Callable[[str], bytes], compo
                                          driver_opts=dict(v.driver_opts), labels=dict(v.labels))
                       for v in specs.volumes),
         compose=compose, prune=prune, resolve_image=ResolveImage(resolve_image), check_version=check_version)
+
+
+def unapplied(specs: StackSpecs, places: SourceMap | None = None) -> list[Diagnostic]:
+    """One warning per compose field the parser accepted that orch's
+    service model cannot carry yet (`StackService.extras`: privileged,
+    devices, sysctls, ulimits, ...): the deploy goes on without them."""
+    places = places or SourceMap()
+    out = []
+    for s in specs.services:
+        for k in s.extras:
+            head = k.split(".")[0].split("[")[0]
+            out.append(Diagnostic(places.find(("services", s.key, head)), f"services.{s.key}.{k}",
+                                  "not applied: orch's services have no such setting yet; deployed without it"))
+    return out
 
 
 # -- the plan ----------------------------------------------------------------------

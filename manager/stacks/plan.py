@@ -205,22 +205,28 @@ class _Usage:
     tasks that have not ended, by object id."""
 
     services: dict[str, set[str]] = field(default_factory=dict)  # id -> service names
+    rollbacks: dict[str, set[str]] = field(default_factory=dict)  # id -> services whose rollback spec uses it
     tasks: dict[str, int] = field(default_factory=dict)  # id -> live tasks
 
     def reason(self, oid: str) -> str:
         parts = []
         if self.services.get(oid):
             parts.append(f"service(s) {', '.join(sorted(self.services[oid]))}")
+        if self.rollbacks.get(oid):
+            parts.append(f"the rollback spec of {', '.join(sorted(self.rollbacks[oid]))}")
         if self.tasks.get(oid):
             parts.append(f"{self.tasks[oid]} task(s) not yet stopped")
-        return " and ".join(parts)
+        return ", ".join(parts)
 
 
 def _usage(services: Iterable[Service], tasks: Iterable[Task], kind: StackResourceKind) -> _Usage:
     u = _Usage()
     for s in services:
-        for oid in _refs(s.spec, kind) | _refs(s.previous_spec, kind):
+        now = _refs(s.spec, kind)
+        for oid in now:
             u.services.setdefault(oid, set()).add(s.spec.name)
+        for oid in _refs(s.previous_spec, kind) - now:
+            u.rollbacks.setdefault(oid, set()).add(s.spec.name)
     for t in tasks:
         if _live(t):
             for oid in _task_refs(t, kind):
@@ -738,7 +744,7 @@ class _Planner:
             why = usage[res.kind].reason(res.id)
             if why:
                 self.garbage.append(res)
-                later = f"removed once nothing uses it (now: {why})"
+                later = f"removed once nothing uses it (used by {why})"
             else:
                 self.deletes.append(store_ops.Delete(res.kind.table, res.id))
                 later = "removed"
@@ -849,7 +855,7 @@ def plan_remove(stack: str, view: View) -> Plan:
             note = ""
             if why:
                 garbage.append(res)
-                note = f"removed once nothing uses it (now: {why})"
+                note = f"removed once nothing uses it (used by {why})"
             else:
                 plan.ops.append(store_ops.Delete(table, o.id))
             plan.entries.append(PlanEntry(kind=kind.value, name=o.spec.labels.get(LOGICAL_LABEL, o.spec.name),
