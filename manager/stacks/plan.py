@@ -399,7 +399,7 @@ class _Planner:
                     f"{where}: {c.path} cannot change ({_show(c.old)} -> {_show(c.new)}) while network {n.name} is "
                     f"in use (by {users}): a network is never rebuilt under running tasks. Remove what uses it "
                     "first, or give the network another name in the file", where)
-            # Nobody uses it: replace it (same name, new id) in the same transaction.
+            # No task is on it: replace it (same name, new id) in the same transaction.
             net = Network(id=self.new_id(), meta=Meta(created_at=self.now, updated_at=self.now), spec=spec)
             self.early.append(store_ops.Delete("networks", have.id))
             self.plan.ops.append(store_ops.Create("networks", net))
@@ -415,8 +415,12 @@ class _Planner:
             self.leftover(res, have.spec.name)
 
     def network_users(self, nid: str) -> str:
+        """Who keeps a network from being rebuilt: tasks with an address on
+        it, services outside the stack (the stack's own are pointed at the
+        new network in the same transaction)."""
         services = sorted(s.spec.name for s in self.view.list("services")
-                          if nid in _refs(s.spec, StackResourceKind.NETWORK))
+                          if nid in _refs(s.spec, StackResourceKind.NETWORK)
+                          and s.spec.labels.get(NAMESPACE_LABEL) != self.ns)
         tasks = [t for t in self.view.find("tasks", "network", nid) if _live(t)]
         parts = ([f"service(s) {', '.join(services)}"] if services else []) + (
             [f"{len(tasks)} task(s) with an address on it"] if tasks else [])
