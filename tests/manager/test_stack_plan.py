@@ -86,7 +86,7 @@ def test_first_deploy_makes_everything_in_one_transaction() -> None:
     assert [(a.target, a.aliases) for a in api.spec.task.networks] == [(back.id, ("api",)), (default.id, ("api",))]
     assert [(a.target, a.aliases) for a in web.spec.task.networks] == [(default.id, ("web",))]
     assert [(r.secret_id, r.secret_name, r.target) for r in web.spec.task.container.secrets] == [
-        (secret.id, secret.spec.name, "db_password")]
+        (secret.id, secret.spec.name, "/run/secrets/db_password")]
     assert web.spec.task.container.configs[0].config_id == config.id
     assert web.spec.labels[NAMESPACE_LABEL] == "s" and web.spec.labels[IMAGE_LABEL] == "busybox" + PIN
     assert [(p.target_port, p.published_port) for p in web.spec.endpoint_spec.ports] == [(80, 8080)]
@@ -168,7 +168,7 @@ def test_changed_secret_content_makes_a_new_version_and_switches_the_services() 
     for name in ("s_web", "s_api"):
         s = c.get("services", name)
         (ref,) = s.spec.task.container.secrets
-        assert ref.secret_name == sec.object and ref.secret_id == sec.id and ref.target == "db_password"
+        assert ref.secret_name == sec.object and ref.secret_id == sec.id and ref.target == "/run/secrets/db_password"
         assert s.spec_version == 2  # they roll to it
         assert changes(p, name)[-1] == ("task.container.secrets[0].secret_name", v1.secret_name, sec.object)
     # The old version stays while a task mounts it or a rollback would return to it.
@@ -211,7 +211,7 @@ def test_prune_removes_what_the_file_no_longer_names() -> None:
     web = next(e for e in p.entries if e.name == "s_web")
     assert changes(p, "s_web") == [("task.container.secrets", [
         {"gid": "0", "mode": 292, "secret_name": c.get("services", "s_web").spec.task.container.secrets[0].secret_name,
-         "target": "db_password", "uid": "0"}], [])] and web.action == "update"
+         "target": "/run/secrets/db_password", "uid": "0"}], [])] and web.action == "update"
     # With --prune: api goes now (its 2 tasks stop), back waits for them, the secret goes
     # once web's rollback spec no longer needs it.
     p = c.deploy(request(small, prune=True))
