@@ -796,12 +796,16 @@ def _with_depends_on(spec: ServiceSpec, s: StackServiceRequest, stack: str) -> S
     """THE one place `depends_on` of the file reaches the service spec.
 
     The orchestrator's depends_on gate (issue 12 item 4) is built beside
-    this; until ServiceSpec has a `depends_on` field, the dependencies are
-    kept in the Stack object only (`Stack.depends_on`)."""
+    this and adds `ServiceSpec.depends_on` (dependencies by service name,
+    {name: condition} accepted); until that field exists the dependencies
+    are kept in the Stack object only (`Stack.depends_on`)."""
     if "depends_on" not in ServiceSpec.model_fields or not s.depends_on:
         return spec
-    deps = {f"{stack}_{k}": cond for k, cond in s.depends_on.items()}  # pragma: no cover - until the field exists
-    return spec.model_copy(update={"depends_on": deps})  # pragma: no cover
+    deps = {f"{stack}_{k}": cond for k, cond in sorted(s.depends_on.items())}
+    try:
+        return ServiceSpec.model_validate({**spec.model_dump(), "depends_on": deps})
+    except PydanticValidationError as e:
+        raise InvalidStack(f"services.{s.key}: {ValidationError.from_pydantic(e)}", f"services.{s.key}") from None
 
 
 def _show(v: Any) -> str:
