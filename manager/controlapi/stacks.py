@@ -46,7 +46,7 @@ from pki.secretbox import seal
 
 from .common import ManagerContext, Route, barrier, json_body
 from .errors import HTTPError, http_error, json_response, not_found
-from .networks import _check_allocatable, _check_subnet
+from .networks import check_allocatable, check_subnet
 from .services import service_json
 
 DEPLOY_ATTEMPTS = 5
@@ -105,10 +105,10 @@ def _check_networks(store: MemoryStore, req: StackRequest, plan: Plan) -> None:
             continue
         where = f"networks.{n.key}"
         try:
-            _check_subnet(store, n.spec)
+            check_subnet(store, n.spec)
             for op in plan.ops:
                 if isinstance(op, store_ops.Create) and isinstance(op.obj, Network) and op.obj.spec.name == n.name:
-                    _check_allocatable(store, op.obj)
+                    check_allocatable(store, op.obj)
         except HTTPError as e:
             raise HTTPError(e.status, e.code, f"{where}: {e.message}", field=where) from None
 
