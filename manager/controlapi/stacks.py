@@ -41,7 +41,7 @@ from manager.stacks.plan import (
     plan_deploy,
     plan_remove,
 )
-from manager.store import ClaimConflict, Conflict, MemoryStore, StoreError, TxResult
+from manager.store import AlreadyExists, ClaimConflict, Conflict, MemoryStore, StoreError, TxResult
 from pki.secretbox import seal
 
 from .common import ManagerContext, Route, barrier, json_body
@@ -153,12 +153,14 @@ async def deploy_stack(request: web.Request) -> web.Response:
 
 async def _commit(m: ManagerContext, ops: list[store_ops.Op], *, last: bool) -> TxResult | None:
     """Commit a planned transaction; None when it lost a race and should be
-    planned again: a version conflict means something the plan read has
-    changed (a port taken is not one: planning again cannot free it)."""
+    planned again: a version conflict, or a name taken meanwhile (another
+    deploy of the same stack), means something the plan read has changed
+    (a port taken is not one: planning again cannot free it)."""
     try:
         return await tx.commit(m.raft, m.store, ops)
     except tx.TxFailed as e:
-        if not last and isinstance(e.cause, Conflict) and not isinstance(e.cause, ClaimConflict):
+        raced = isinstance(e.cause, (Conflict, AlreadyExists)) and not isinstance(e.cause, ClaimConflict)
+        if raced and not last:
             return None
         raise http_error(e) from None
     except (RaftError, StoreError, ValidationError) as e:

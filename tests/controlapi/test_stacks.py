@@ -5,6 +5,7 @@ secret content changes, images resolved as asked, listing and removal."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -219,3 +220,31 @@ async def test_remove_a_stack(api: tuple[TestClient, ManagerContext]) -> None:
     assert names(m, "stacks") == []
     r = await client.delete("/v1/stacks/app")
     assert r.status == 404 and "no stack named app" in (await r.json())["error"]["message"]
+
+
+async def test_racing_deploys_are_decided_by_the_transaction(api: tuple[TestClient, ManagerContext]) -> None:
+    client, m = api
+    arrived = 0
+    go = asyncio.Event()
+
+    async def slow_registry(ref: str) -> str:
+        # Both deploys have read the store (the stack at version 0) before
+        # either writes: only the transaction can tell them apart.
+        nonlocal arrived
+        arrived += 1
+        if arrived == 2:
+            go.set()
+        await go.wait()
+        return f"docker.io/library/{ref}:latest@sha256:" + "7" * 64
+
+    racing = await serve(lambda: ManagerContext(m.raft, m.store, lambda: KEY, slow_registry))
+    try:
+        a, b = await asyncio.gather(post(racing, "/v1/stacks/app/deploy", body(pin="", check_version=0)),
+                                    post(racing, "/v1/stacks/app/deploy", body(pin="", check_version=0)))
+    finally:
+        await racing.close()
+    assert sorted([a[0], b[0]]) == [200, 409], (a, b)
+    lost = a[1] if a[0] == 409 else b[1]
+    assert "stack app is at version 1, not 0" in lost["error"]["message"]
+    assert m.store.view().get_by_name("stacks", "app").version == 1
+    assert names(m, "services") == ["app_api", "app_web"] and len(names(m, "secrets")) == 1
