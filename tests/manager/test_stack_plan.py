@@ -318,3 +318,23 @@ def test_remove_waits_for_tasks_and_the_reaper_finishes() -> None:
     assert c.names("networks") == ["ingress"] and c.names("secrets") == []
     with pytest.raises(MissingObject, match="no stack named s"):
         plan_remove("s", c.view)
+
+
+def test_what_a_service_outside_the_stack_uses_is_neither_pruned_nor_removed() -> None:
+    c = Cluster()
+    c.deploy(request(app(), files=FILES))
+    back = c.get("networks", "s_back")
+    c.apply([Create("services", Service(id="o1", spec=ServiceSpec(
+        name="other", task=TaskSpec(container=ContainerSpec(image="x"), networks=(back.id,)))))])
+    only_web = app().split("  api:")[0] + app().split("deploy: {replicas: 2}\n")[1].replace(
+        "networks:\n  back: {driver: overlay, ipam: {config: [{subnet: 10.99.0.0/24}]}}\n", "")
+    index = c.index
+    with pytest.raises(StackConflict, match=r"networks: network s_back is no longer in the file but service\(s\) "
+                                            r"other outside stack s use it"):
+        c.plan(request(only_web, files=FILES, prune=True))
+    kept = next(e for e in c.plan(request(only_web, files=FILES)).entries if e.name == "s_back")
+    assert kept.action == PlanAction.UNCHANGED and "kept (deploy with --prune to remove it)" in kept.note
+    with pytest.raises(StackConflict, match=r"network s_back of stack s is used by service\(s\) other outside the "
+                                            r"stack"):
+        plan_remove("s", c.view)
+    assert c.index == index
