@@ -17,7 +17,7 @@ side); `field_changes` is the field-level diff both sides use.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator

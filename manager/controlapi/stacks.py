@@ -157,7 +157,8 @@ async def _commit(m: ManagerContext, ops: list[store_ops.Op], *, last: bool) -> 
     deploy of the same stack), means something the plan read has changed
     (a port taken is not one: planning again cannot free it)."""
     try:
-        return await tx.commit(m.raft, m.store, ops)
+        result: TxResult = await tx.commit(m.raft, m.store, ops)
+        return result
     except tx.TxFailed as e:
         raced = isinstance(e.cause, (Conflict, AlreadyExists)) and not isinstance(e.cause, ClaimConflict)
         if raced and not last:

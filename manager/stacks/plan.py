@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,7 +49,6 @@ from api.objects import (
     EndpointMode,
     Meta,
     Network,
-    NetworkSpec,
     NodeAvailability,
     NodeState,
     PublishMode,
@@ -272,7 +272,7 @@ def images_to_resolve(req: StackRequest, stack: str, view: View) -> set[str]:
     return out
 
 
-def _pin(image: str, mode: ResolveImage, have: Service | None, resolved: Mapping[str, str]) -> str:
+def _pin(image: str, have: Service | None, resolved: Mapping[str, str]) -> str:
     """The image a service runs: the registry's digest when it was asked
     (`resolved`), else what the service runs now if it asked for the same
     image, else the image as written."""
@@ -502,7 +502,7 @@ class _Planner:
             digest = config_digest(b.data)
         stored = f"{b.name}-{digest}"
         labels = {**b.labels, **self.labels, LOGICAL_LABEL: b.name, DIGEST_LABEL: digest}
-        model = SecretSpec if kind == StackResourceKind.SECRET else ConfigSpec
+        model: type[SecretSpec] | type[ConfigSpec] = SecretSpec if kind == StackResourceKind.SECRET else ConfigSpec
         try:
             spec = model(name=stored, labels=labels, data=b.data)
         except PydanticValidationError as e:
@@ -531,9 +531,10 @@ class _Planner:
         else:
             oid = self.new_id()
             meta = Meta(created_at=self.now, updated_at=self.now)
-            if kind == StackResourceKind.SECRET:
+            obj: Secret | Config
+            if isinstance(spec, SecretSpec):
                 assert self.secret_key is not None
-                obj: Any = Secret(id=oid, meta=meta, spec=evolve(spec, data=self.secret_key.seal(
+                obj = Secret(id=oid, meta=meta, spec=evolve(spec, data=self.secret_key.seal(
                     self.secret_key.key, oid, b.data)))
             else:
                 obj = Config(id=oid, meta=meta, spec=spec)
@@ -670,7 +671,7 @@ class _Planner:
                 raise InvalidStack(f"{where}: task.placement.preferences[{i}]: spread over node.labels.NAME "
                                    f"(got {p!r})", f"{where}.task.placement.preferences[{i}]")
         have = self.view.get_by_name("services", spec.name)
-        image = _pin(c.image, self.req.resolve_image, have, self.images)
+        image = _pin(c.image, have, self.images)
         container = evolve(c, image=image, secrets=secrets, configs=configs)
         labels = {**spec.labels, **self.labels, IMAGE_LABEL: c.image}
         spec = evolve(spec, labels=labels, task=evolve(spec.task, container=container, networks=tuple(nets)))
@@ -778,8 +779,8 @@ class _Planner:
         deps = tuple(StackDependency(service=s.key, on=on, condition=cond)
                      for s in self.req.services for on, cond in sorted(s.depends_on.items()))
         spec = StackSpec(name=self.ns, labels={**self.req.labels, **self.labels}, compose=self.req.compose)
-        fields = dict(spec=spec, version=self.plan.version + 1, resources=tuple(self.resources),
-                      garbage=tuple(garbage), removing=False, depends_on=deps)
+        fields: dict[str, Any] = dict(spec=spec, version=self.plan.version + 1, resources=tuple(self.resources),
+                                      garbage=tuple(garbage), removing=False, depends_on=deps)
         if self.stack is None:
             st = Stack(id=self.new_id(), meta=Meta(created_at=self.now, updated_at=self.now), **fields)
             op: store_ops.Op = store_ops.Create("stacks", st)
@@ -809,8 +810,6 @@ def _with_depends_on(spec: ServiceSpec, s: StackServiceRequest, stack: str) -> S
 
 
 def _show(v: Any) -> str:
-    import json
-
     return json.dumps(v) if not isinstance(v, str) else v
 
 
