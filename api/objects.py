@@ -11,7 +11,8 @@ observed side have `status` (written from agents' reports). `TABLE` names the
 store table that holds each kind.
 
 Config and Secret are complete; Node, Service, Task, Network and Cluster hold
-the minimal fields the first components need and grow with them.
+the minimal fields the first components need and grow with them. A Stack
+records what one `orch stack deploy` made and owns.
 """
 
 from __future__ import annotations
@@ -102,6 +103,11 @@ __all__ = [
     "SecretSpec",
     "Service",
     "ServiceMode",
+    "Stack",
+    "StackDependency",
+    "StackResource",
+    "StackResourceKind",
+    "StackSpec",
     "ServiceSpec",
     "StoredObject",
     "TABLE_MODELS",
@@ -944,11 +950,71 @@ class Cluster(Model):
         return self.model_dump(mode="json", exclude={"root_ca": {"ca_key", "worker_secret", "manager_secret"}})
 
 
-StoredObject = Node | Service | Task | Network | Secret | Config | Cluster
+# -- Stacks ------------------------------------------------------------------------
+
+
+class StackResourceKind(enum.StrEnum):
+    SERVICE = "service"
+    NETWORK = "network"
+    SECRET = "secret"
+    CONFIG = "config"
+
+    @property
+    def table(self) -> str:
+        return f"{self.value}s"
+
+
+class StackResource(Model):
+    """One object a stack owns: its kind, id and name, and its key in the
+    compose file (a secret's key names all its versions)."""
+
+    kind: StackResourceKind
+    id: ObjectId
+    name: Name
+    key: str = ""
+
+
+class StackDependency(Model):
+    """`depends_on` of the compose file: service `service` (a key of the
+    file) waits for `on` to satisfy `condition`."""
+
+    service: str
+    on: str
+    condition: str = "service_started"
+
+
+class StackSpec(Model):
+    name: Name
+    labels: LabelsField
+    # The normalised compose file of the last deploy (`orch stack config`'s
+    # text): what the stack was deployed from, for `stack inspect` and audits.
+    compose: str = ""
+
+
+class Stack(Model):
+    """What `orch stack deploy` made: the objects it owns (named STACK_x and
+    labelled com.docker.stack.namespace=STACK) and a version counting its
+    deploys. Objects it no longer wants but something still uses (a
+    network tasks are still on, an old version of a secret a task still
+    mounts) wait in `garbage` until the leader's stack reaper removes them;
+    a stack being removed (`removing`) goes once that list is empty."""
+
+    TABLE: ClassVar[str] = "stacks"
+    id: ObjectId
+    meta: Meta = Meta()
+    spec: StackSpec
+    version: int = Field(0, ge=0)  # deploys so far: 1 after the first
+    resources: tuple[StackResource, ...] = ()
+    garbage: tuple[StackResource, ...] = ()
+    removing: bool = False
+    depends_on: tuple[StackDependency, ...] = ()
+
+
+StoredObject = Node | Service | Task | Network | Secret | Config | Cluster | Stack
 
 TABLE_MODELS: dict[str, type[Model]] = {
     m.TABLE: m  # type: ignore[attr-defined]
-    for m in (Node, Service, Task, Network, Secret, Config, Cluster)
+    for m in (Node, Service, Task, Network, Secret, Config, Cluster, Stack)
 }
 """Store table name -> the model of the objects it holds."""
 

@@ -23,10 +23,10 @@ def cli(ctx: click.Context, host: str | None, socket: str | None, tls_dir: str |
 
 
 def _register() -> None:
-    from . import cluster, config, daemon, network, service, swarm
+    from . import cluster, config, daemon, network, service, stack, swarm
 
     cli.add_command(daemon.daemon)
-    for c in swarm.COMMANDS + service.COMMANDS:
+    for c in swarm.COMMANDS + service.COMMANDS + stack.COMMANDS:
         cli.add_command(c)
     cli.add_command(cluster.cluster)
     cli.add_command(network.network)

@@ -16,6 +16,7 @@ from typing import Any
 import click
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 
 from .client import Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
@@ -303,25 +304,45 @@ def _converged(svc: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[bool, 
 
 
 def wait_converged(ep: Endpoint, sid: str, timeout: float, *, rollback_is_failure: bool = False) -> None:
+    wait_all_converged(ep, [sid], timeout, rollback_is_failure=rollback_is_failure)
+
+
+def wait_all_converged(ep: Endpoint, sids: list[str], timeout: float, *, rollback_is_failure: bool = False) -> None:
+    """Wait until every service of `sids` converged, showing one live line
+    per service; then print each one's state. A paused update (or, with
+    `rollback_is_failure`, a rollback) is a failure with its reason, as is
+    a service that did not converge in `timeout` seconds."""
     console = Console(stderr=True)
     deadline = time.monotonic() + timeout
-    msg = ""
+    state: dict[str, tuple[bool, str, dict[str, Any]]] = {}
     with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:
         while True:
-            svc = request(ep, "GET", f"/v1/services/{sid}")
-            tasks = request(ep, "GET", f"/v1/tasks?service={sid}")
-            ok, msg = _converged(svc, tasks)
-            live.update(f"[bold]{svc['spec']['name']}[/]: {msg}", refresh=True)
-            if ok:
+            for sid in sids:
+                if state.get(sid, (False,))[0]:
+                    continue
+                svc = request(ep, "GET", f"/v1/services/{sid}")
+                tasks = request(ep, "GET", f"/v1/tasks?service={sid}")
+                ok, msg = _converged(svc, tasks)
+                state[sid] = (ok, msg, svc)
+            live.update("\n".join(f"[bold]{escape(svc['spec']['name'])}[/]: {escape(msg)}"
+                                   for _, msg, svc in state.values()), refresh=True)
+            if all(ok for ok, _, _ in state.values()):
                 break
             if time.monotonic() > deadline:
-                fail(f"service {svc['spec']['name']} did not converge in {timeout:.0f} s: {msg}")
+                late = [f"{svc['spec']['name']}: {msg}" for ok, msg, svc in state.values() if not ok]
+                fail(f"service{'s' if len(late) > 1 else ''} did not converge in {timeout:.0f} s: "
+                     + "; ".join(late))
             time.sleep(0.2)
-    us = svc.get("update_status") or {}
-    if us.get("state") in ("paused", "rollback_paused") or (
-            rollback_is_failure and us.get("state") in ("rollback_started", "rollback_completed")):
-        fail(f"service {svc['spec']['name']}: {us.get('message')}")
-    click.echo(f"{svc['spec']['name']}: {msg}: converged", err=True)
+    failures = []
+    for _, msg, svc in state.values():
+        us = svc.get("update_status") or {}
+        if us.get("state") in ("paused", "rollback_paused") or (
+                rollback_is_failure and us.get("state") in ("rollback_started", "rollback_completed")):
+            failures.append(f"service {svc['spec']['name']}: {us.get('message')}")
+        else:
+            click.echo(f"{svc['spec']['name']}: {msg}: converged", err=True)
+    if failures:
+        fail("; ".join(failures))
 
 
 @click.group()

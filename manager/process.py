@@ -83,6 +83,9 @@ class ManagerProcess:
         from .orchestrator.loop import Orchestrator
 
         self.orchestrator = Orchestrator(self.raft, self.store)
+        from .stacks.reaper import StackReaper
+
+        self.stack_reaper = StackReaper(self.raft, self.store)
         self._runner: web.AppRunner | None = None
         self.leadership: Supervisor | None = None  # made in start()
 
@@ -198,7 +201,8 @@ class ManagerProcess:
         # Leader-only work follows the driver's leader changes; listening
         # before the driver starts means no election goes unseen.
         self.leadership = Supervisor(self.raft.id, [
-            ("dispatcher", self.dispatcher), ("roles", self.roles), ("orchestrator", self.orchestrator)])
+            ("dispatcher", self.dispatcher), ("roles", self.roles), ("orchestrator", self.orchestrator),
+            ("stacks", self.stack_reaper)])
         self.raft.add_leader_listener(self.leadership.leader_changed)
         self.leadership.start()
         await self.raft.start()

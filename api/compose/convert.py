@@ -362,8 +362,12 @@ class _Converter:
         table = self.p.secrets if kind == "secret" else self.p.configs
         obj = table.get(ref.source)
         name = self.scoped(ref.source, obj.name, obj.external) if obj else f"{self.stack}_{ref.source}"
-        default_target = ref.source if kind == "secret" else "/" + ref.source
-        out: dict[str, Any] = {f"{kind}_id": name, f"{kind}_name": name, "target": ref.target or default_target}
+        # As Swarm: a secret's relative target is under /run/secrets, a
+        # config's under /; nodes take targets as absolute paths.
+        target = ref.target or ref.source
+        if not target.startswith("/"):
+            target = (SECRETS_DIR if kind == "secret" else "/") + target
+        out: dict[str, Any] = {f"{kind}_id": name, f"{kind}_name": name, "target": target}
         if ref.uid is not None:
             out["uid"] = ref.uid
         if ref.gid is not None:

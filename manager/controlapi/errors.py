@@ -21,6 +21,7 @@ from pydantic import ValidationError as PydanticValidationError
 from api.errors import ValidationError
 from pki import CAError, PeerRejected, TokenError
 from manager.raft.driver import NoLeader, NotLeader, RaftError, Stopped, Timeout
+from manager.stacks.plan import InvalidStack, MissingObject, StackConflict, StackError
 from manager.store import AlreadyExists, Conflict, NotFound, StoreError, TxTooLarge
 from manager.tx import TxFailed
 from scheduler.constraints import ConstraintError
@@ -84,6 +85,11 @@ ERROR_TABLE: tuple[ErrorRule, ...] = (
     ErrorRule(ValidationError, 400, "invalid_argument"),
     ErrorRule(PydanticValidationError, 400, "invalid_argument"),
     ErrorRule(ConstraintError, 400, "invalid_argument"),
+    # A stack deploy or removal refused by the planner, with the reason.
+    ErrorRule(MissingObject, 404, "not_found"),
+    ErrorRule(StackConflict, 409, "conflict"),
+    ErrorRule(InvalidStack, 400, "invalid_argument"),
+    ErrorRule(StackError, 400, "invalid_argument"),
     # The CA refused: a rejected peer is an authorization failure, anything
     # else (token, CSR, certificate) is bad input.
     ErrorRule(PeerRejected, 403, "permission_denied"),
@@ -115,6 +121,8 @@ def http_error(e: Exception, field: str | None = None) -> HTTPError:
         where = cause.errors[0][0] if cause.errors else None
         return HTTPError(rule.status, rule.code, str(cause), **({"field": where} if where else {}))
     message = str(cause)
+    if isinstance(cause, StackError) and cause.field and not field:
+        return HTTPError(rule.status, rule.code, message, field=cause.field)
     if isinstance(cause, NotLeader):
         message = f"{message} (leader: {cause.leader or 'unknown'})"
     if field:

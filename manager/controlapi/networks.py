@@ -113,7 +113,7 @@ EGRESS_SUBNET = ipaddress.IPv4Network("172.18.0.0/16")
 """The nodes' egress bridges' range (overlay_net's default): containers route out through it."""
 
 
-def _check_subnet(store: MemoryStore, spec: NetworkSpec) -> None:
+def check_subnet(store: MemoryStore, spec: NetworkSpec) -> None:
     if not spec.ipam:
         return
     subnet = ipaddress.IPv4Network(spec.ipam[0].subnet)
@@ -135,7 +135,7 @@ def _check_subnet(store: MemoryStore, spec: NetworkSpec) -> None:
                               f"{n.description.hostname or n.id}; choose another subnet", field="ipam.0.subnet")
 
 
-def _check_allocatable(store: MemoryStore, net: Network) -> None:
+def check_allocatable(store: MemoryStore, net: Network) -> None:
     view = store.view()
     c = cluster_of(store)
     trial = Allocator.restore(c.default_addr_pool if c else None, view.list("networks"), (), ())
@@ -175,10 +175,10 @@ async def create_network(request: web.Request) -> web.Response:
         if have is not None:
             raise conflict(f"the cluster has an ingress network already ({have.spec.name}); there is one per "
                            f"cluster: remove it first (`orch network rm {have.spec.name}`) to replace it")
-    _check_subnet(store, spec)
+    check_subnet(store, spec)
     now = time.time()
     net = Network(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec)
-    _check_allocatable(store, net)
+    check_allocatable(store, net)
     result = await commit(request, [store_ops.Create("networks", net)])
     return json_response(codec.to_json(result.events[0].obj), 201)
 

@@ -1,11 +1,11 @@
 """Assembles the control API from its handler modules: which routes an
 application serves, and the manager's own application.
 
-Each handler module (cluster, nodes, services, secrets, configs, join,
-openapi) owns its handlers and exports a `ROUTES` table; the shared plumbing
-is in `common` and the error table in `errors`. No handler module imports
-this one. Handlers reach the manager through the `ManagerOf` provider given
-here, so the same routes serve the manager's TCP port (always its manager)
+Each handler module (cluster, nodes, services, networks, secrets, configs,
+stacks, join, openapi) owns its handlers and exports a `ROUTES` table; the
+shared plumbing is in `common` and the error table in `errors`. No handler
+module imports this one. Handlers reach the manager through the `ManagerOf`
+provider given here, so the same routes serve the manager's TCP port (always its manager)
 and the node daemon's local socket (whichever manager the node runs now).
 """
 
@@ -15,12 +15,13 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from . import cluster, configs, join, networks, nodes, openapi, secrets, services
+from . import cluster, configs, join, networks, nodes, openapi, secrets, services, stacks
 from .common import MANAGER_OF, MAX_BODY, ManagerOf, Route
 from .errors import error_middleware
 
 CONTROL_ROUTES: tuple[Route, ...] = (
     cluster.ROUTES + nodes.ROUTES + services.ROUTES + networks.ROUTES + secrets.ROUTES + configs.ROUTES
+    + stacks.ROUTES
     + join.ROUTES + openapi.ROUTES
 )
 """What the CLI calls, on the TCP port (managers only) and the local socket."""

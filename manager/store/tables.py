@@ -12,6 +12,7 @@ Per table:
   "slot" (`(service_id, slot)`), "network" (ids of the networks it has an
   address on).
 - nodes: "role" (observed role), "availability".
+- stacks: by name and labels only.
 - services: "mode".
 
 Claims: keys an object holds against the others of its table, checked when a
@@ -96,6 +97,7 @@ TABLES: dict[str, TableDef] = {
     "secrets": TableDef("secrets", TABLE_MODELS["secrets"], True, dict(_LABELED)),
     "configs": TableDef("configs", TABLE_MODELS["configs"], True, dict(_LABELED)),
     "clusters": TableDef("clusters", TABLE_MODELS["clusters"], True, dict(_LABELED)),
+    "stacks": TableDef("stacks", TABLE_MODELS["stacks"], True, dict(_LABELED)),
 }
 TABLE_NAMES: tuple[str, ...] = tuple(sorted(TABLES))
 

@@ -128,7 +128,7 @@ def test_unpack_garbage_is_a_validation_error() -> None:
 
 def test_every_table_has_a_model() -> None:
     assert set(TABLE_MODELS) == {
-        "nodes", "services", "tasks", "networks", "secrets", "configs", "clusters",
+        "nodes", "services", "tasks", "networks", "secrets", "configs", "clusters", "stacks",
     }
 
 

@@ -146,7 +146,7 @@ def test_the_container_spec() -> None:
         (MountType.TMPFS, "", "/var/run", False, 1 << 20, 0o1777),
     ]
     assert [(r.secret_name, r.secret_id, r.target, r.uid, r.gid, r.mode) for r in c.secrets] == [
-        ("shop_tls_key", "shop_tls_key", "tls_key", "0", "0", 0o444),
+        ("shop_tls_key", "shop_tls_key", "/run/secrets/tls_key", "0", "0", 0o444),
         ("shop_tls_key", "shop_tls_key", "/etc/ssl/key.pem", "101", "101", 0o400),
     ]
     assert [(r.config_name, r.target) for r in c.configs] == [("shop_site", "/site"),

@@ -15,6 +15,7 @@ from api.errors import ValidationError
 from api.objects import ConfigSpec
 from pki import CAError, CertError, PeerRejected, TokenError
 from manager.controlapi.errors import ERROR_TABLE, error_middleware, http_error
+from manager.stacks.plan import InvalidStack, MissingObject, StackConflict
 from manager.raft.driver import NoLeader, NotLeader, RaftError, Stopped, Timeout
 from manager.store import AlreadyExists, Conflict, InvalidTx, NotFound, TxTooLarge
 from manager.tx import TxFailed
@@ -49,6 +50,9 @@ CASES: list[tuple[Exception, int, str]] = [
     (TokenError("not an orch join token"), 400, "invalid_argument"),
     (CertError("not a PEM certificate request"), 400, "invalid_argument"),
     (CAError("refused"), 400, "invalid_argument"),
+    (MissingObject("networks.x: external network x does not exist"), 404, "not_found"),
+    (StackConflict("stack s is at version 3, not 2"), 409, "conflict"),
+    (InvalidStack("services.web: name must be s_web"), 400, "invalid_argument"),
     (RuntimeError("a bug"), 500, "internal"),
     (TxFailed(RuntimeError("too many concurrent updates")), 500, "internal"),
 ]

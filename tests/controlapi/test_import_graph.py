@@ -10,7 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 PKG = "manager.controlapi"
-HANDLER_MODULES = {"cluster", "configs", "join", "networks", "nodes", "openapi", "secrets", "services"}
+HANDLER_MODULES = {"cluster", "configs", "join", "networks", "nodes", "openapi", "secrets", "services", "stacks"}
 
 
 def module_path(name: str) -> Path | None:

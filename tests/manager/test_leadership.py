@@ -341,7 +341,7 @@ async def test_three_managers_orchestrate_across_transfer_and_leader_loss(tmp_pa
             return next(m for m in running if m.leadership.leading)
 
         first = await the_leader()
-        expected = {"dispatcher": 1, "roles": 1, "orchestrator": 1}
+        expected = {"dispatcher": 1, "roles": 1, "orchestrator": 1, "stacks": 1}
         await eventually(lambda: first.leadership.starts == expected, "each component starts once")
         assert all(m.leadership.starts == {} for m in running if m is not first)
 
