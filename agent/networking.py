@@ -422,11 +422,18 @@ def name_table(networks: Mapping[str, Network], tables: Mapping[str, Mapping[str
         services: dict[str, str] = {}
         for e in tables.get(nid, {}).values():
             try:
+                aliases = e.aliases
                 if e.service_name:
                     services.setdefault(e.service_name, e.vip)
+                    if e.vip:
+                        # As Swarm: a service's network aliases are names of the
+                        # service, so in vip mode they answer its virtual IP.
+                        for a in aliases:
+                            services.setdefault(a, e.vip)
+                        aliases = ()
                 if e.serving:
                     table.add_endpoint(NameEndpoint(network_id=nid, task_id=e.task_id, address=e.address,
-                                                    service_name=e.service_name, slot=e.slot, aliases=e.aliases))
+                                                    service_name=e.service_name, slot=e.slot, aliases=aliases))
             except ValueError as err:
                 log.warning("endpoint %s on network %s has no usable name: %s", e.task_id, nid, err)
         for name, vip in services.items():

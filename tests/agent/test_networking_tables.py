@@ -45,10 +45,10 @@ def task(id: str, *nets: tuple[str, str], attachment: str = "") -> Task:
 
 
 def ep(net: str, tid: str, address: str, *, svc: str = "web", serving: bool = True, vip: str = "",
-       node: str = "192.0.2.2", ports: tuple[PublishedPort, ...] = ()) -> Endpoint:
+       node: str = "192.0.2.2", ports: tuple[PublishedPort, ...] = (), aliases: tuple[str, ...] = ()) -> Endpoint:
     return Endpoint(network_id=net, task_id=tid, service_id=svc and "s-" + svc, service_name=svc, slot=1,
                     node_id="n2" if node != ME else "n1", node_addr=node, address=address, serving=serving,
-                    vip=vip, ports=ports)
+                    vip=vip, ports=ports, aliases=aliases)
 
 
 def path(tid: str) -> str:
@@ -105,15 +105,18 @@ def test_the_ingress_sandbox_balances_published_ports_and_the_node_forwards_them
 
 def test_names_answer_vips_in_vip_mode_and_serving_tasks_in_dnsrr_mode() -> None:
     tables = {"app": {
-        "w1": ep("app", "w1", "10.1.0.5/24", vip="10.1.0.2/24"),
-        "w2": ep("app", "w2", "10.1.0.6/24", vip="10.1.0.2/24", serving=False),
-        "d1": ep("app", "d1", "10.1.0.8/24", svc="db"),
-        "d2": ep("app", "d2", "10.1.0.9/24", svc="db", serving=False),
+        "w1": ep("app", "w1", "10.1.0.5/24", vip="10.1.0.2/24", aliases=("front",)),
+        "w2": ep("app", "w2", "10.1.0.6/24", vip="10.1.0.2/24", serving=False, aliases=("front",)),
+        "d1": ep("app", "d1", "10.1.0.8/24", svc="db", aliases=("store",)),
+        "d2": ep("app", "d2", "10.1.0.9/24", svc="db", serving=False, aliases=("store",)),
     }, "ing": {"w1": ep("ing", "w1", "10.0.0.5/24")}}
     t = name_table(NETS, tables)
     a = t.resolve(["app"], "web")
     assert a.addrs == (IPv4Address("10.1.0.2"),)
+    # A vip-mode service's alias is a name of the service: its VIP (as Swarm).
+    assert t.resolve(["app"], "front").addrs == (IPv4Address("10.1.0.2"),)
     assert t.resolve(["app"], "tasks.web").addrs == (IPv4Address("10.1.0.5"),)
     assert t.resolve(["app"], "db").addrs == (IPv4Address("10.1.0.8"),)
+    assert t.resolve(["app"], "store").addrs == (IPv4Address("10.1.0.8"),)  # dnsrr: its serving tasks
     # Nothing is named on the ingress network.
     assert t.resolve(["ing"], "tasks.web").name == "NXDOMAIN"  # type: ignore[union-attr]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -194,6 +195,9 @@ def _up(managers: int, workers: int) -> None:
         return
     os.close(r)
     os.setsid()
+    # A fleet that was torn down (or lost with its machine) left its hosts'
+    # data: a new fleet starts from nothing, not from an old cluster's state.
+    shutil.rmtree(STATE / "hosts", ignore_errors=True)
     fleet = Fleet("dev", names, base_dir=STATE / "hosts")
     status = os.fdopen(w, "w")
     try:
@@ -284,8 +288,10 @@ def _demo(stack: str = "demo") -> None:
         url = f"http://{h['addr']}:8080/"
         got = ""
         for _ in range(20):
-            c = subprocess.run(["nsenter", f"--net={client}", "busybox", "wget", "-qO-", "-T", "3", url],
-                               capture_output=True, text=True)
+            c = subprocess.run(["nsenter", f"--net={client}", sys.executable, "-c",
+                                "import sys, urllib.request; "
+                                "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())",
+                                url], capture_output=True, text=True)
             got = c.stdout.strip()
             if c.returncode == 0 and got:
                 break
@@ -294,7 +300,7 @@ def _demo(stack: str = "demo") -> None:
     print(f"""
 Try it yourself (the fleet's addresses live in their own network namespaces):
   export ORCH_SOCKET={m1}
-  nsenter --net={client} busybox wget -qO- http://{info['hosts'][-1]['addr']}:8080/
+  nsenter --net={client} curl -s http://{info['hosts'][-1]['addr']}:8080/
   orch stack ps {stack}
   orch service logs {stack}_worker
   orch service scale {stack}_api=4
