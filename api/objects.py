@@ -16,10 +16,11 @@ the minimal fields the first components need and grow with them.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import ipaddress
-from collections.abc import Iterable
-from typing import Annotated, Any, ClassVar, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -61,6 +62,10 @@ __all__ = [
     "ConfigReference",
     "ConfigSpec",
     "ContainerSpec",
+    "DependsCondition",
+    "DependsOnProblem",
+    "ServiceDependency",
+    "depends_on_problems",
     "HealthcheckSpec",
     "MountSpec",
     "MountType",
@@ -639,6 +644,34 @@ class UpdateConfig(Model):
     order: UpdateOrder = UpdateOrder.STOP_FIRST
 
 
+class DependsCondition(enum.StrEnum):
+    """What a service waits for in a dependency (compose's `depends_on` conditions)."""
+
+    SERVICE_STARTED = "service_started"  # one of its tasks RUNNING
+    SERVICE_HEALTHY = "service_healthy"  # one of its tasks RUNNING, which means healthy when it has a check
+    SERVICE_COMPLETED_SUCCESSFULLY = "service_completed_successfully"  # one of its tasks COMPLETE, none failing
+
+
+class ServiceDependency(Model):
+    """One entry of `ServiceSpec.depends_on`: the service's tasks are not
+    scheduled until service `service` (a NAME, so that services created
+    together in one transaction can refer to each other) satisfies
+    `condition`. Order of start only: tasks that started keep running if the
+    dependency goes down later."""
+
+    service: Name
+    condition: DependsCondition = DependsCondition.SERVICE_STARTED
+
+
+def _dependencies(v: Any) -> Any:
+    # Also {name: condition} (as compose writes it) and bare names.
+    if isinstance(v, Mapping):
+        return [{"service": k, "condition": c} for k, c in v.items()]
+    if isinstance(v, (list, tuple)):
+        return [{"service": d} if isinstance(d, str) else d for d in v]
+    return v
+
+
 class ServiceSpec(Model):
     name: Name
     labels: LabelsField
@@ -650,6 +683,23 @@ class ServiceSpec(Model):
     update_config: UpdateConfig = UpdateConfig()
     rollback_config: UpdateConfig = UpdateConfig(failure_action=FailureAction.PAUSE)
     endpoint_spec: EndpointSpec = EndpointSpec()
+    # Services whose condition must hold before this one's tasks are scheduled
+    # ([{service, condition}], {name: condition} or [name]); the names are
+    # checked against the other services by the control API
+    # (`depends_on_problems`), not here.
+    depends_on: Annotated[tuple[ServiceDependency, ...], BeforeValidator(_dependencies)] = ()
+
+    @field_validator("depends_on")
+    @classmethod
+    def _one_each(cls, v: tuple[ServiceDependency, ...]) -> tuple[ServiceDependency, ...]:
+        seen: dict[str, int] = {}
+        for i, d in enumerate(v):
+            if d.service in seen:
+                raise PydanticCustomError(
+                    "dependency_twice", 'depends_on[{i}].service: service "{name}" is given twice (also depends_on[{j}])',
+                    {"i": i, "j": seen[d.service], "name": d.service})
+            seen[d.service] = i
+        return v
 
 
 class UpdateState(enum.StrEnum):
@@ -695,6 +745,77 @@ def port_conflict(svc: Service, others: Iterable[Service]) -> tuple[PortProtocol
         for _, o, other_mode in sorted(held.get((proto, port), ()), key=lambda x: (x[0], x[1].id)):
             if mode == PublishMode.INGRESS or other_mode == PublishMode.INGRESS:
                 return proto, port, o, other_mode
+    return None
+
+
+class DependsOnProblem(NamedTuple):
+    """What is wrong with one dependency: the service (name) that has it,
+    the field path in that service's spec, and why."""
+
+    service: str
+    field: str
+    message: str
+
+
+def depends_on_problems(specs: Mapping[str, ServiceSpec],
+                        existing: Mapping[str, ServiceSpec]) -> list[DependsOnProblem]:
+    """The problems with the `depends_on` of `specs` (name -> spec: the
+    services written together in one transaction, created or updated) given
+    the services stored besides them (`existing`, name -> spec; one also in
+    `specs` counts as its new spec). A dependency must name another service
+    of either set, and the dependencies of both sets together must not form
+    a cycle through any service of `specs` (each cycle is reported once, at
+    the first service of `specs` on it: `a -> b -> a`). Pure; the control
+    API and the stack deploy answer the first problem with a 400."""
+    known = {**existing, **specs}
+    out: list[DependsOnProblem] = []
+    for name, spec in specs.items():
+        for i, d in enumerate(spec.depends_on):
+            where = f"depends_on[{i}].service"
+            if d.service == name:
+                out.append(DependsOnProblem(name, where, "a service cannot depend on itself"))
+            elif d.service not in known:
+                close = difflib.get_close_matches(d.service, sorted(known), n=1, cutoff=0.6)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                out.append(DependsOnProblem(name, where, f'no service named "{d.service}"{hint}'))
+
+    def edges(n: str) -> list[str]:
+        spec = known.get(n)
+        return [d.service for d in spec.depends_on if d.service in known and d.service != n] if spec is not None else []
+
+    order = {n: i for i, n in enumerate(specs)}
+    seen: set[frozenset[str]] = set()
+    for name in specs:
+        cyc = _shortest_cycle(name, edges)
+        if cyc is None or frozenset(cyc) in seen:
+            continue
+        seen.add(frozenset(cyc))
+        start = min((i for i, n in enumerate(cyc) if n in specs), key=lambda i: order[cyc[i]])
+        cyc = cyc[start:] + cyc[:start]
+        i = next(i for i, d in enumerate(known[cyc[0]].depends_on) if d.service == cyc[1 % len(cyc)])
+        out.append(DependsOnProblem(cyc[0], f"depends_on[{i}].service",
+                                    "depends_on forms a cycle: " + " -> ".join([*cyc, cyc[0]])))
+    return out
+
+
+def _shortest_cycle(start: str, edges: Any) -> list[str] | None:
+    """The shortest path from `start` back to itself, as [start, ...]
+    (breadth first over `edges(name)`), or None."""
+    parent: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for n in frontier:
+            for d in edges(n):
+                if d == start:
+                    path = [n]
+                    while path[-1] != start:
+                        path.append(parent[path[-1]])
+                    return path[::-1]
+                if d not in parent:
+                    parent[d] = n
+                    nxt.append(d)
+        frontier = nxt
     return None
 
 
