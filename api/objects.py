@@ -779,28 +779,79 @@ def depends_on_problems(specs: Mapping[str, ServiceSpec],
                 hint = f' (did you mean "{close[0]}"?)' if close else ""
                 out.append(DependsOnProblem(name, where, f'no service named "{d.service}"{hint}'))
 
-    def edges(n: str) -> list[str]:
-        spec = known.get(n)
-        return [d.service for d in spec.depends_on if d.service in known and d.service != n] if spec is not None else []
+    graph: dict[str, list[str]] = {}
 
+    def edges(n: str) -> list[str]:
+        e = graph.get(n)
+        if e is None:
+            spec = known.get(n)
+            e = graph[n] = [d.service for d in spec.depends_on if d.service in known and d.service != n] \
+                if spec is not None else []
+        return e
+
+    # A service is on a cycle when its strongly connected component has
+    # another member; one cycle per component is reported (linear overall,
+    # whatever the number of services written together).
     order = {n: i for i, n in enumerate(specs)}
-    seen: set[frozenset[str]] = set()
-    for name in specs:
-        cyc = _shortest_cycle(name, edges)
-        if cyc is None or frozenset(cyc) in seen:
+    for comp in _components(list(specs), edges):
+        mine = [n for n in comp if n in specs]
+        if len(comp) < 2 or not mine:
             continue
-        seen.add(frozenset(cyc))
-        start = min((i for i, n in enumerate(cyc) if n in specs), key=lambda i: order[cyc[i]])
-        cyc = cyc[start:] + cyc[:start]
-        i = next(i for i, d in enumerate(known[cyc[0]].depends_on) if d.service == cyc[1 % len(cyc)])
-        out.append(DependsOnProblem(cyc[0], f"depends_on[{i}].service",
-                                    "depends_on forms a cycle: " + " -> ".join([*cyc, cyc[0]])))
+        first = min(mine, key=order.__getitem__)
+        members = set(comp)
+        cyc = _shortest_cycle(first, lambda n: [d for d in edges(n) if d in members])
+        i = next(i for i, d in enumerate(known[first].depends_on) if d.service == cyc[1])
+        out.append(DependsOnProblem(first, f"depends_on[{i}].service",
+                                    "depends_on forms a cycle: " + " -> ".join([*cyc, first])))
     return out
 
 
-def _shortest_cycle(start: str, edges: Any) -> list[str] | None:
+def _components(roots: list[str], edges: Any) -> list[list[str]]:
+    """The strongly connected components reachable from `roots` (Tarjan's
+    algorithm, iterative: a long chain must not hit the recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in roots:
+        if root in index:
+            continue
+        work = [(root, iter(edges(root)))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            n, it = work[-1]
+            d = next(it, None)
+            if d is not None:
+                if d not in index:
+                    index[d] = low[d] = len(index)
+                    stack.append(d)
+                    on_stack.add(d)
+                    work.append((d, iter(edges(d))))
+                elif d in on_stack:
+                    low[n] = min(low[n], index[d])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[n])
+            if low[n] == index[n]:
+                comp = []
+                while True:
+                    m = stack.pop()
+                    on_stack.discard(m)
+                    comp.append(m)
+                    if m == n:
+                        break
+                out.append(comp)
+    return out
+
+
+def _shortest_cycle(start: str, edges: Any) -> list[str]:
     """The shortest path from `start` back to itself, as [start, ...]
-    (breadth first over `edges(name)`), or None."""
+    (breadth first over `edges(name)`); `start` must be on a cycle."""
     parent: dict[str, str] = {}
     frontier = [start]
     while frontier:
@@ -816,7 +867,7 @@ def _shortest_cycle(start: str, edges: Any) -> list[str] | None:
                     parent[d] = n
                     nxt.append(d)
         frontier = nxt
-    return None
+    raise ValueError(f"{start} is on no cycle")
 
 
 class TaskStatus(Model):
