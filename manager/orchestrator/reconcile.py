@@ -259,8 +259,8 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     gate = DependsGate(services, by_service)
     ready = []
     for t in pending:
-        svc = services.get(t.service_id)
-        why = gate.reason(svc) if svc is not None else None
+        owner = services.get(t.service_id)
+        why = gate.reason(owner) if owner is not None else None
         if why is None:
             ready.append(t)
         else:
