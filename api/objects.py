@@ -17,10 +17,11 @@ records what one `orch stack deploy` made and owns.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import ipaddress
-from collections.abc import Iterable
-from typing import Annotated, Any, ClassVar, TypeVar
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, ClassVar, NamedTuple, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -62,6 +63,10 @@ __all__ = [
     "ConfigReference",
     "ConfigSpec",
     "ContainerSpec",
+    "DependsCondition",
+    "DependsOnProblem",
+    "ServiceDependency",
+    "depends_on_problems",
     "HealthcheckSpec",
     "MountSpec",
     "MountType",
@@ -646,6 +651,34 @@ class UpdateConfig(Model):
     order: UpdateOrder = UpdateOrder.STOP_FIRST
 
 
+class DependsCondition(enum.StrEnum):
+    """What a service waits for in a dependency (compose's `depends_on` conditions)."""
+
+    SERVICE_STARTED = "service_started"  # one of its tasks RUNNING
+    SERVICE_HEALTHY = "service_healthy"  # one of its tasks RUNNING, which means healthy when it has a check
+    SERVICE_COMPLETED_SUCCESSFULLY = "service_completed_successfully"  # one of its tasks COMPLETE, none failing
+
+
+class ServiceDependency(Model):
+    """One entry of `ServiceSpec.depends_on`: the service's tasks are not
+    scheduled until service `service` (a NAME, so that services created
+    together in one transaction can refer to each other) satisfies
+    `condition`. Order of start only: tasks that started keep running if the
+    dependency goes down later."""
+
+    service: Name
+    condition: DependsCondition = DependsCondition.SERVICE_STARTED
+
+
+def _dependencies(v: Any) -> Any:
+    # Also {name: condition} (as compose writes it) and bare names.
+    if isinstance(v, Mapping):
+        return [{"service": k, "condition": c} for k, c in v.items()]
+    if isinstance(v, (list, tuple)):
+        return [{"service": d} if isinstance(d, str) else d for d in v]
+    return v
+
+
 class ServiceSpec(Model):
     name: Name
     labels: LabelsField
@@ -657,6 +690,23 @@ class ServiceSpec(Model):
     update_config: UpdateConfig = UpdateConfig()
     rollback_config: UpdateConfig = UpdateConfig(failure_action=FailureAction.PAUSE)
     endpoint_spec: EndpointSpec = EndpointSpec()
+    # Services whose condition must hold before this one's tasks are scheduled
+    # ([{service, condition}], {name: condition} or [name]); the names are
+    # checked against the other services by the control API
+    # (`depends_on_problems`), not here.
+    depends_on: Annotated[tuple[ServiceDependency, ...], BeforeValidator(_dependencies)] = ()
+
+    @field_validator("depends_on")
+    @classmethod
+    def _one_each(cls, v: tuple[ServiceDependency, ...]) -> tuple[ServiceDependency, ...]:
+        seen: dict[str, int] = {}
+        for i, d in enumerate(v):
+            if d.service in seen:
+                raise PydanticCustomError(
+                    "dependency_twice", 'depends_on[{i}].service: service "{name}" is given twice (also depends_on[{j}])',
+                    {"i": i, "j": seen[d.service], "name": d.service})
+            seen[d.service] = i
+        return v
 
 
 class UpdateState(enum.StrEnum):
@@ -703,6 +753,128 @@ def port_conflict(svc: Service, others: Iterable[Service]) -> tuple[PortProtocol
             if mode == PublishMode.INGRESS or other_mode == PublishMode.INGRESS:
                 return proto, port, o, other_mode
     return None
+
+
+class DependsOnProblem(NamedTuple):
+    """What is wrong with one dependency: the service (name) that has it,
+    the field path in that service's spec, and why."""
+
+    service: str
+    field: str
+    message: str
+
+
+def depends_on_problems(specs: Mapping[str, ServiceSpec],
+                        existing: Mapping[str, ServiceSpec]) -> list[DependsOnProblem]:
+    """The problems with the `depends_on` of `specs` (name -> spec: the
+    services written together in one transaction, created or updated) given
+    the services stored besides them (`existing`, name -> spec; one also in
+    `specs` counts as its new spec). A dependency must name another service
+    of either set, and the dependencies of both sets together must not form
+    a cycle through any service of `specs` (each cycle is reported once, at
+    the first service of `specs` on it: `a -> b -> a`). Pure; the control
+    API and the stack deploy answer the first problem with a 400."""
+    known = {**existing, **specs}
+    out: list[DependsOnProblem] = []
+    for name, spec in specs.items():
+        for i, d in enumerate(spec.depends_on):
+            where = f"depends_on[{i}].service"
+            if d.service == name:
+                out.append(DependsOnProblem(name, where, "a service cannot depend on itself"))
+            elif d.service not in known:
+                close = difflib.get_close_matches(d.service, sorted(known), n=1, cutoff=0.6)
+                hint = f' (did you mean "{close[0]}"?)' if close else ""
+                out.append(DependsOnProblem(name, where, f'no service named "{d.service}"{hint}'))
+
+    graph: dict[str, list[str]] = {}
+
+    def edges(n: str) -> list[str]:
+        e = graph.get(n)
+        if e is None:
+            spec = known.get(n)
+            e = graph[n] = [d.service for d in spec.depends_on if d.service in known and d.service != n] \
+                if spec is not None else []
+        return e
+
+    # A service is on a cycle when its strongly connected component has
+    # another member; one cycle per component is reported (linear overall,
+    # whatever the number of services written together).
+    order = {n: i for i, n in enumerate(specs)}
+    for comp in _components(list(specs), edges):
+        mine = [n for n in comp if n in specs]
+        if len(comp) < 2 or not mine:
+            continue
+        first = min(mine, key=order.__getitem__)
+        members = set(comp)
+        cyc = _shortest_cycle(first, lambda n: [d for d in edges(n) if d in members])
+        i = next(i for i, d in enumerate(known[first].depends_on) if d.service == cyc[1])
+        out.append(DependsOnProblem(first, f"depends_on[{i}].service",
+                                    "depends_on forms a cycle: " + " -> ".join([*cyc, first])))
+    return out
+
+
+def _components(roots: list[str], edges: Any) -> list[list[str]]:
+    """The strongly connected components reachable from `roots` (Tarjan's
+    algorithm, iterative: a long chain must not hit the recursion limit)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    out: list[list[str]] = []
+    for root in roots:
+        if root in index:
+            continue
+        work = [(root, iter(edges(root)))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            n, it = work[-1]
+            d = next(it, None)
+            if d is not None:
+                if d not in index:
+                    index[d] = low[d] = len(index)
+                    stack.append(d)
+                    on_stack.add(d)
+                    work.append((d, iter(edges(d))))
+                elif d in on_stack:
+                    low[n] = min(low[n], index[d])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[n])
+            if low[n] == index[n]:
+                comp = []
+                while True:
+                    m = stack.pop()
+                    on_stack.discard(m)
+                    comp.append(m)
+                    if m == n:
+                        break
+                out.append(comp)
+    return out
+
+
+def _shortest_cycle(start: str, edges: Any) -> list[str]:
+    """The shortest path from `start` back to itself, as [start, ...]
+    (breadth first over `edges(name)`); `start` must be on a cycle."""
+    parent: dict[str, str] = {}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for n in frontier:
+            for d in edges(n):
+                if d == start:
+                    path = [n]
+                    while path[-1] != start:
+                        path.append(parent[path[-1]])
+                    return path[::-1]
+                if d not in parent:
+                    parent[d] = n
+                    nxt.append(d)
+        frontier = nxt
+    raise ValueError(f"{start} is on no cycle")
 
 
 class TaskStatus(Model):

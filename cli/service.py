@@ -25,11 +25,13 @@ from .specflags import (
     health_options,
     parse_duration,
     parse_mount,
+    parse_depends_on,
     parse_octal,
     parse_pairs,
     parse_publish,
     parse_publish_rm,
     parse_size,
+    update_depends_on,
 )
 
 LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
@@ -360,16 +362,21 @@ def service() -> None:
 @click.option("-p", "--publish", "publish", multiple=True,
               help="Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host], or "
                    "8080:80[/udp], or 80 (a published port from 30000-32767) (repeatable).")
+@click.option("--depends-on", "depends_on", multiple=True, metavar="SERVICE[:CONDITION]",
+              help="Start only once SERVICE satisfies CONDITION: service_started (default), service_healthy or "
+                   "service_completed_successfully (short: started, healthy, completed) (repeatable).")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for convergence.")
 @_spec_options
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, networks: tuple[str, ...],
-           publish: tuple[str, ...], timeout: float, image: str, args: tuple[str, ...], detach: bool, quiet: bool,
-           **o: Any) -> None:
+           publish: tuple[str, ...], depends_on: tuple[str, ...], timeout: float, image: str, args: tuple[str, ...],
+           detach: bool, quiet: bool, **o: Any) -> None:
     """Create a service running IMAGE [ARGS...]."""
     spec: dict[str, Any] = {"name": name, "mode": mode, "task": {"container": {"image": image}}}
+    if depends_on:
+        spec["depends_on"] = update_depends_on([], [parse_depends_on(d) for d in depends_on], ())
     if networks:
         spec["task"]["networks"] = [parse_network(n) for n in networks]
     if publish:
@@ -400,19 +407,25 @@ def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, netwo
 @click.option("--publish-add", multiple=True, help="Publish a port (as --publish of create; repeatable).")
 @click.option("--publish-rm", multiple=True,
               help="Stop publishing a port: PUBLISHED[/PROTOCOL] (no protocol: every protocol; repeatable).")
+@click.option("--depends-on-add", multiple=True, metavar="SERVICE[:CONDITION]",
+              help="Add a dependency (as --depends-on of create), or change its condition (repeatable).")
+@click.option("--depends-on-rm", multiple=True, metavar="SERVICE", help="Remove a dependency (repeatable).")
 @click.option("--timeout", type=float, default=600, show_default=True)
 @_spec_options
 @click.argument("ref")
 @click.pass_obj
 def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, env_rm: tuple[str, ...],
            constraint_rm: tuple[str, ...], network_add: tuple[str, ...], network_rm: tuple[str, ...],
-           publish_add: tuple[str, ...], publish_rm: tuple[str, ...], timeout: float, ref: str, detach: bool,
-           quiet: bool, **o: Any) -> None:
+           publish_add: tuple[str, ...], publish_rm: tuple[str, ...], depends_on_add: tuple[str, ...],
+           depends_on_rm: tuple[str, ...], timeout: float, ref: str, detach: bool, quiet: bool, **o: Any) -> None:
     """Change a service; tasks are replaced as its update config says."""
     add = [parse_publish(p, "--publish-add") for p in publish_add]
     rm = [parse_publish_rm(p) for p in publish_rm]
+    deps_add = [parse_depends_on(d, "--depends-on-add") for d in depends_on_add]
     svc = request(ep, "GET", f"/v1/services/{ref}")
     spec = copy.deepcopy(svc["spec"])
+    if deps_add or depends_on_rm:
+        spec["depends_on"] = update_depends_on(spec.get("depends_on") or [], deps_add, depends_on_rm)
     if add or rm:
         spec.setdefault("endpoint_spec", {})["ports"] = update_ports(spec, svc.get("endpoint") or {}, add, rm)
     if network_rm:
@@ -514,9 +527,11 @@ def ls(ep: Endpoint, fmt: str, quiet: bool) -> None:
 @click.argument("ref")
 @FORMAT_OPTION
 @click.option("-a", "--all", "all_", is_flag=True, help="Include the task history.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten ids.")
 @click.pass_obj
-def ps(ep: Endpoint, ref: str, fmt: str, all_: bool) -> None:
-    """List a service's tasks."""
+def ps(ep: Endpoint, ref: str, fmt: str, all_: bool, no_trunc: bool) -> None:
+    """List a service's tasks; a task not placed yet says why it waits (the
+    scheduler's reason, or the dependency it waits for)."""
     tasks = request(ep, "GET", f"/v1/tasks?service={ref}")
     if not all_:
         tasks = [t for t in tasks if t["desired_state"] in LIVE or t["status"]["state"] in LIVE]
@@ -528,17 +543,29 @@ def ps(ep: Endpoint, ref: str, fmt: str, all_: bool) -> None:
     nets = {n["id"]: n["spec"]["name"] for n in request(ep, "GET", "/v1/networks")}
     name = svc["spec"]["name"]
     tasks.sort(key=lambda t: (t["slot"], t["node_id"], -t["created_at"]))
+    cut = None if no_trunc else 12
     print_table(tasks, [
-        ("ID", lambda t: t["id"][:12]),
-        ("NAME", lambda t: f"{name}.{t['slot']}" if t["slot"] else f"{name}.{t['node_id'][:12]}"),
+        ("ID", lambda t: t["id"][:cut]),
+        ("NAME", lambda t: f"{name}.{t['slot']}" if t["slot"] else f"{name}.{t['node_id'][:cut]}"),
         ("IMAGE", lambda t: t["spec"]["container"]["image"]),
-        ("NODE", lambda t: nodes.get(t["node_id"], t["node_id"][:12])),
+        ("NODE", lambda t: nodes.get(t["node_id"], t["node_id"][:cut])),
         ("DESIRED STATE", lambda t: t["desired_state"].capitalize()),
         ("CURRENT STATE", lambda t: f"{t['status']['state'].capitalize()} {_ago(t['status']['timestamp'])}"),
         ("ADDRESSES", lambda t: task_addresses(t, nets)),
-        ("ERROR", lambda t: t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending"
-                                                   else "")),
+        ("ERROR", task_error),
     ])
+
+
+def task_error(t: dict[str, Any]) -> str:
+    """`service ps`'s ERROR column: why the task failed, or why one that is
+    not placed yet waits (allocation, the scheduler's reason, a dependency),
+    in full."""
+    st = t["status"]
+    if st.get("err"):
+        return str(st["err"])
+    if st["state"] in ("new", "pending") and st.get("message") not in (None, "", "created", "allocated"):
+        return str(st["message"])
+    return ""
 
 
 def task_addresses(t: dict[str, Any], nets: dict[str, str]) -> str:
@@ -566,6 +593,9 @@ def pretty_service(s: dict[str, Any]) -> str:
     vips = s.get("virtual_ips") or []
     lines.append("Virtual IPs:" + ("" if vips else "    -"))
     lines += [f"  {v['network']:<14}{v['addr']}" for v in vips]
+    deps = spec.get("depends_on") or []
+    lines.append("Depends on:" + ("" if deps else "     -"))
+    lines += [f"  {d['service']:<14}{d.get('condition', 'service_started')}" for d in deps]
     ports = service_ports(s)
     lines.append("Ports:" + ("" if ports else "          -"))
     for p in ports:

@@ -1,5 +1,6 @@
 """Parsing of the container flags `container run` and `service create` share
-(--mount, -v, --tmpfs, --health-*), named as in Docker. Each parser returns
+(--mount, -v, --tmpfs, --health-*), named as in Docker, and of the service
+flags that take structured values (--publish, --depends-on). Each parser returns
 the API's JSON shape and raises click.BadParameter naming the flag."""
 
 from __future__ import annotations
@@ -207,3 +208,45 @@ def parse_publish_rm(s: str, flag: str = "--publish-rm") -> tuple[int, str | Non
     port, slash, proto = s.partition("/")
     return (_port_number(port, "published port", s, flag),
             _choice(proto, _PROTOCOLS, "protocol", s, flag) if slash else None)
+
+
+DEPENDS_CONDITIONS = ("service_started", "service_healthy", "service_completed_successfully")
+_CONDITION_ALIASES = {"started": "service_started", "healthy": "service_healthy",
+                      "completed": "service_completed_successfully",
+                      "completed_successfully": "service_completed_successfully"}
+
+
+def parse_depends_on(s: str, flag: str = "--depends-on") -> dict[str, str]:
+    """SERVICE[:CONDITION] -> {"service", "condition"}; the condition is one of
+    service_started (default), service_healthy, service_completed_successfully,
+    or started, healthy, completed for short."""
+    name, sep, cond = s.partition(":")
+    if not name:
+        raise click.BadParameter(f"{s!r}: expected SERVICE[:CONDITION]", param_hint=flag)
+    if not sep:
+        return {"service": name, "condition": "service_started"}
+    c = cond.strip().lower().replace("-", "_")
+    c = _CONDITION_ALIASES.get(c, c)
+    if c not in DEPENDS_CONDITIONS:
+        raise click.BadParameter(f"{s!r}: condition {cond!r} is not one of {', '.join(DEPENDS_CONDITIONS)} "
+                                 "(or started, healthy, completed)", param_hint=flag)
+    return {"service": name, "condition": c}
+
+
+def update_depends_on(deps: list[dict[str, str]], add: list[dict[str, str]], rm: tuple[str, ...],
+                      flag_rm: str = "--depends-on-rm") -> list[dict[str, str]]:
+    """The dependencies after --depends-on-rm SERVICE (one the service does not
+    have is an error) and then --depends-on-add (replacing the condition of a
+    service already there, in its place)."""
+    out = list(deps)
+    for name in rm:
+        if not any(d["service"] == name for d in out):
+            raise click.BadParameter(f"{name!r}: the service does not depend on it", param_hint=flag_rm)
+        out = [d for d in out if d["service"] != name]
+    for d in add:
+        at = next((i for i, x in enumerate(out) if x["service"] == d["service"]), None)
+        if at is None:
+            out.append(d)
+        else:
+            out[at] = d
+    return out

@@ -19,6 +19,7 @@ same write; the allocator fills in new ones.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +36,7 @@ from api.objects import (
     TaskState,
     UpdateState,
     UpdateStatus,
+    depends_on_problems,
     evolve,
     port_conflict,
     trim_endpoint,
@@ -110,6 +112,26 @@ def _check_refs(store: MemoryStore, spec: ServiceSpec) -> None:
         if view.get("configs", r.config_id) is None:
             where = f"task.container.configs[{i}]"
             raise bad_request(f"{where}: no config with id {r.config_id} ({r.config_name})", field=where)
+
+
+def check_depends_on(specs: Mapping[str, ServiceSpec], existing: Mapping[str, ServiceSpec]) -> None:
+    """400 naming the field of the first bad dependency among `specs` (name
+    -> spec, the services one transaction writes: one for a create or an
+    update, a whole stack for a deploy), checked against the services stored
+    besides them (`existing`, name -> spec; see `api.objects.depends_on_problems`):
+    a dependency on itself or on an unknown name, or a cycle. With several
+    specs the message says which service it is about."""
+    problems = depends_on_problems(specs, existing)
+    if not problems:
+        return
+    p = problems[0]
+    who = f'service "{p.service}": ' if len(specs) > 1 else ""
+    raise HTTPError(400, "invalid_argument", f"{who}{p.field}: {p.message}", field=p.field, service=p.service)
+
+
+def stored_specs(store: MemoryStore) -> dict[str, ServiceSpec]:
+    """Every stored service's spec by name (`existing` of `check_depends_on`)."""
+    return {s.spec.name: s.spec for s in store.view().list("services")}
 
 
 def _subnets_overlap(a: Any, b: Any) -> bool:
@@ -214,6 +236,8 @@ async def create_service(request: web.Request) -> web.Response:
     spec = parse_spec(await json_body(request))
     store = (await barrier(request)).store
     _check_refs(store, spec)
+    if spec.depends_on:
+        check_depends_on({spec.name: spec}, stored_specs(store))
     spec = _resolve_networks(store, spec)
     now = time.time()
     svc = Service(id=codec.new_id(), meta=Meta(created_at=now, updated_at=now), spec=spec, spec_version=1)
@@ -245,6 +269,8 @@ async def update_service(request: web.Request) -> web.Response:
         raise bad_request("spec.name: a service cannot be renamed", field="spec.name")
     if spec.mode != svc.spec.mode:
         raise bad_request("spec.mode: the mode of a service cannot change", field="spec.mode")
+    if spec.depends_on:
+        check_depends_on({spec.name: spec}, stored_specs(store))
     warning = ""
     if spec.task.container.image != svc.spec.task.container.image:
         spec, warning = await _pin_image(request, spec)

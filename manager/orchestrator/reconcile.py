@@ -30,6 +30,9 @@ the old one stopped: there is no hidden progress to lose.
   scheduler, grouped per (service, spec version). Unplaceable ones stay
   PENDING with the scheduler's reason. One pass takes a task through every
   stage it can pass and writes it once, in its final state.
+- depends_on: the scheduling stage leaves the tasks of a service whose
+  dependencies do not hold yet PENDING with the reason (depends.py); order
+  of start only, as compose.
 - placement: global services and the scheduler use the same node filters
   (`scheduler.filters`), from rules parsed once per service (placement.py).
 - reaper: at most `task_history_retention_limit` ended tasks per slot, and
@@ -85,6 +88,7 @@ from scheduler.model import NodeInfo
 from scheduler.scheduler import schedule_group
 
 from .allocate import Allocator, NoAllocation
+from .depends import DependsGate
 from .placement import PlacementCache
 
 JOB_MODES = (ServiceMode.REPLICATED_JOB, ServiceMode.GLOBAL_JOB)
@@ -251,7 +255,17 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     # Stage 3, schedule: PENDING -> ASSIGNED, or PENDING with the scheduler's reason.
     pending = [allocated.get(t.id, t) for t in waiting
                if t.status.state == TaskState.PENDING or t.id in allocated]
-    _schedule(pending, ctx, services, by_service, writes, now)
+    # Tasks of services whose dependencies do not hold yet stay PENDING with the reason.
+    gate = DependsGate(services, by_service)
+    ready = []
+    for t in pending:
+        owner = services.get(t.service_id)
+        why = gate.reason(owner) if owner is not None else None
+        if why is None:
+            ready.append(t)
+        else:
+            _set_pending(t, why, writes, now)
+    _schedule(ready, ctx, services, by_service, writes, now)
 
     out.ops.extend(retire_replaced(view))
     out.ops = _dedupe(alloc_ops + out.ops + alloc_after)
