@@ -794,13 +794,10 @@ class _Planner:
 
 
 def _with_depends_on(spec: ServiceSpec, s: StackServiceRequest, stack: str) -> ServiceSpec:
-    """THE one place `depends_on` of the file reaches the service spec.
-
-    The orchestrator's depends_on gate (issue 12 item 4) is built beside
-    this and adds `ServiceSpec.depends_on` (dependencies by service name,
-    {name: condition} accepted); until that field exists the dependencies
-    are kept in the Stack object only (`Stack.depends_on`)."""
-    if "depends_on" not in ServiceSpec.model_fields or not s.depends_on:
+    """THE one place `depends_on` of the file reaches the service spec
+    (`ServiceSpec.depends_on`, by the services' full names), validated; the
+    orchestrator's gate holds the service's tasks until they are met."""
+    if not s.depends_on:
         return spec
     deps = {f"{stack}_{k}": cond for k, cond in sorted(s.depends_on.items())}
     try:
