@@ -3,7 +3,7 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay cluster-up cluster-down demo
+.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay bench-service-net cluster-up cluster-down demo
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -44,3 +44,6 @@ bench-service:      ## service create/scale/update of 100 tasks: orch vs Docker 
 
 bench-overlay:      ## overlay networks on the netns fleet: iperf3 orch vs underlay vs Docker Swarm, new-task reachability
 	$(PY) bench/overlay.py
+
+bench-service-net:  ## service names, VIPs, routing mesh and rolling updates on the netns fleet: orch vs Docker Swarm (dnsrr, host mode: no IPVS here)
+	$(PY) bench/service_net.py
