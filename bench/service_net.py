@@ -6,71 +6,78 @@ One run, everything real:
 
 - orch: three `orch daemon`s (o1 manager, o2 and o3 workers), an overlay
   network `benchnet`, a client task on o1 (`sleep`), and busybox httpd
-  services (`sh -c 'busybox httpd -f -p 8000 ...'`, each task serving its
-  hostname): `web` (6 replicas on o2/o3, `-p 8080:8000`, so on the routing
-  mesh) and `one` (1 replica on o2).
+  services (`sh -c '... exec busybox httpd -f -p 8000'`, each task serving
+  its hostname): `web` (6 replicas on o2/o3, `-p 8080:8000`: on the routing
+  mesh), `one` (1 replica on o2) and `webh` (1 replica on o2, published in
+  host mode on 8082).
 - Docker Swarm: a private dockerd (Debian's docker.io; own data/exec root,
   socket, cgroup parent; no docker0) in fleet hosts s1 (manager), s2, s3
   (workers), the same services on an overlay network. This kernel has no
-  IPVS (CONFIG_IP_VS unset): Swarm's VIPs and its routing mesh (ingress) are
-  built on IPVS, so the run first tries both (a VIP-mode service and an
-  ingress-published one) and prints what it saw; the comparison then uses
-  Swarm's `--endpoint-mode dnsrr` (the name resolves to the task addresses)
-  and host-mode publishing (`--publish mode=host`, only on nodes with a
-  task). Swarm's dockerds run with iptables on (inside their fleet hosts'
-  namespaces only): host-mode ports are iptables DNAT rules.
-- Both sides get the same image (busybox, built here from the host's static
-  busybox) from one registry on fleet host `reg`; the same flags where both
-  have them (`--stop-signal KILL`: busybox httpd as PID 1 ignores SIGTERM;
-  update parallelism 1, delay 0).
-- Clients: the host's python entered into a namespace with nsenter (the
-  client task's namespace, found at /run/netns/<prefix>task-<id> for orch and
-  through the container's pid for Swarm; fleet host `ul` for the underlay,
-  a host with no daemon). Names are asked of 127.0.0.11 in the client's
-  namespace (dnslib), as a container's libc would. The load generator is the
-  same for both sides: asyncio, raw HTTP/1.0 GET (one connection per
-  request), N connections in a closed loop (or paced to a rate), bounded by
-  time and by a request count; a request fails on any error, a timeout
-  (2 s) or a status other than 200.
+  IPVS (CONFIG_IP_VS unset), and Swarm's VIPs and its routing mesh (ingress)
+  are built on IPVS: the run first tries both (a VIP-mode service, an
+  ingress-published one) and prints what it saw and what dockerd logged; the
+  comparison then uses Swarm's `--endpoint-mode dnsrr` (the name resolves to
+  the task addresses) and host-mode publishing (`--publish mode=host`: only
+  nodes with a task answer). Swarm's dockerds run with iptables on (rules
+  inside their fleet hosts' namespaces only): host-mode ports are iptables
+  DNAT rules there.
+- Both sides get the same image (one layer: the host's static busybox) from
+  one registry on fleet host `reg`, and the same flags where both have them
+  (`--stop-signal KILL`: busybox httpd as PID 1 ignores SIGTERM; update
+  parallelism 1, delay 0; the rest defaults).
+- Clients: the host's python. Names are asked of 127.0.0.11 in the client
+  task's namespace (dnslib), as the task's libc would (orch: the namespace at
+  /run/netns/<prefix>task-<id>; Swarm: the container's, through its pid).
+  The load generator is the same for both sides: asyncio, raw HTTP/1.0 GET,
+  one connection per request, N connections in a closed loop (or paced to a
+  rate), bounded by time and by a request count; a request fails on any
+  error, a 2 s timeout or a status other than 200. It runs in fleet host
+  `ul` (on the underlay, no daemon) and makes the sockets of a path that
+  starts in a client task in that task's namespace (setns around socket()).
 
 Figures:
 
-(a) discovery: 20 services of 1 replica (on o2/o3, resp. s2/s3) created one
-    at a time with `service create -d` (returns when the service is
-    accepted), orch and Swarm alternating who goes first. From the CLI
-    returning, a probe in the client's namespace on the other host asks the
-    name every 10 ms until it resolves, then GETs the address it got every
-    10 ms (connect timeout 100 ms) until a 200: p50/p99 of both. Goals: orch
-    p99 of the first 200 <= 1 s, and <= 1/3 of Swarm's.
-(b) requests/s through the name (orch: the VIP; Swarm dnsrr: the task
-    addresses, resolved once, used round-robin) against straight to one task
-    address, from the client's namespace: for `one` (1 replica: the same
-    single backend both ways, so the ratio is the VIP's own cost; the goal,
-    >= 0.9) and for `web` (6 replicas, shown beside).
-(c) the same from the underlay (host `ul`) to a node's address: orch's
-    routing mesh on port 8080 through o1 (no task) and o2 (tasks); Swarm's
-    host-mode port on s2 (a node without a task refuses); against the same
-    busybox httpd run straight in a node's namespace on the underlay (port
-    8001: no container, no NAT, no overlay). Goal: mesh >= 0.8 x direct.
+(a) discovery: --services services of 1 replica (on o2/o3, resp. s2/s3),
+    created one at a time with `service create -d` (returns once the service
+    is accepted), orch and Swarm taking turns going first. From the CLI
+    returning, a probe in the client task's namespace on o1 (s1) asks the name
+    every 10 ms until it resolves, then GETs the address it got every 10 ms
+    (connect timeout 100 ms) until a 200. p50/p99 of both, and the task's own
+    RUNNING timestamp for the breakdown. Goals: orch p99 to the first 200 <=
+    1 s, and <= 1/3 of Swarm's.
+(b) requests/s from the client task through the name (orch: its VIP; Swarm
+    dnsrr: the task addresses, resolved once, used round-robin) against
+    straight to one task's address: for `one` (1 replica: both ways reach the
+    same single backend, so the ratio is the VIP's own cost; goal >= 0.9) and
+    for `web` (6 replicas, shown beside).
+(c) the same from the underlay (host ul) to a node's address: orch's routing
+    mesh on 8080 through o1 (no task) and o2 (3 tasks), host mode on both
+    sides (o2:8082, s2:8082); against "direct": the same busybox httpd run
+    straight in o2's (s2's) own namespace on port 8001 (no container, no NAT,
+    no overlay). Goal: mesh >= 0.8 x direct (both nodes). The mesh over (b)'s
+    task-to-task direct is printed too.
 (d) failed requests during a rolling update of `web` (6 replicas, one at a
-    time) under load: paced GETs (resolving the name before each, so Swarm's
-    dnsrr clients see task changes) from the client's namespace, and (orch)
-    through the mesh from the underlay. Goal: 0 (Swarm's reported).
+    time) under paced load (200 requests/s per client, resolving the name
+    before each request, so Swarm's dnsrr clients follow the task changes),
+    from the client task, and (orch) through the mesh from the underlay via
+    o1. --update-rounds updates per side, sides taking turns. Goal: 0
+    (Swarm's reported).
 
-(b) and (c) run --rounds rounds of --seconds per path; each round alternates
-which side goes first and rotates the paths; figures are medians. Every load
-run also records how busy the machine's CPUs were just before it (others on
-the machine), and a load run that is CPU-bound says so: on a 2-core machine
-the client, the servers and the kernel share the cores, so requests/s is a
-CPU-cost comparison.
+(b) and (c): every path of both sides runs in one load generator, taking
+turns in --slice slices until each had --seconds, each round starting the
+cycle elsewhere; --rounds rounds; figures are medians over rounds. Others
+using the machine's CPUs then weigh on all paths alike; how busy the CPUs
+were just before each round (this run idle) is printed. On a 2-core machine
+the client, the servers and the kernel share the cores (busy ~100% during a
+round): requests/s compares the CPU each path costs per request.
 
 Everything the run makes (fleet namespaces, daemons, containers, mounts,
 cgroups, dockerd state, temp dirs) is removed at the end, also on Ctrl-C or
 SIGTERM; a final check lists anything left.
 
     python3 bench/service_net.py                          # ~10 min on 2 cores
-    python3 bench/service_net.py --services 10 --rounds 2 --seconds 2 --json
-    python3 bench/service_net.py --skip-swarm
+    python3 bench/service_net.py --services 10 --rounds 3 --seconds 2 --update-rounds 1 --json
+    python3 bench/service_net.py --skip-swarm --skip d
 """
 
 from __future__ import annotations
@@ -78,6 +85,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import errno
 import json
 import os
 import secrets
@@ -103,11 +111,12 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from overlay import fmt, leftovers, log, path_order, pct  # noqa: E402  (stdlib only at import)
+from overlay import fmt, leftovers, log, pct  # noqa: E402  (stdlib only at import)
 
 HTTP_PORT = 8000
 MESH_PORT = 8080
 CHECK_PORT = 8081  # Swarm's ingress check
+HOST_PORT = 8082  # host-mode publishing (both sides)
 UNDERLAY_PORT = 8001
 NET = "benchnet"
 ORCH_SUBNET = "10.93.0.0/24"
@@ -126,7 +135,7 @@ PROBE_CONNECT_TIMEOUT = 0.1
 PROBE_RETRY = 0.01
 PROBE_ARP_RETRANS_MS = 50
 DISCOVERY_TIMEOUT = 60.0  # seconds a new service may take to answer before it counts as failed
-UPDATE_RATE = 100.0  # requests/s per load generator during a rolling update
+UPDATE_RATE = 200.0  # requests/s per load generator during a rolling update
 UPDATE_CONNS = 4
 OUTSIDE = ("/run/docker/plugins", "/run/docker", "/run/xtables.lock")
 
@@ -134,13 +143,52 @@ OUTSIDE = ("/run/docker/plugins", "/run/docker", "/run/xtables.lock")
 # -- inside a namespace: DNS, one GET, the load generator, the discovery probe ----------------
 
 
-async def dns_a(name: str, timeout: float = 0.5) -> tuple[str, list[str]]:
-    """(rcode, A addresses) of one query to 127.0.0.11 in this namespace."""
+_CLONE_NEWNET = 0x40000000
+
+
+class Netns:
+    """Sockets made in a network namespace other than this process's: the thread enters it for the socket()
+    call only (a socket stays in the namespace it was made in). None: this process's own."""
+
+    def __init__(self, path: str | None) -> None:
+        import ctypes
+
+        self.path = path
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if path else -1
+        self.home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC) if path else -1
+        self._libc = ctypes.CDLL(None, use_errno=True)
+
+    def _setns(self, fd: int) -> None:
+        import ctypes
+
+        if self._libc.setns(fd, _CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns: {os.strerror(e)}")
+
+    def socket(self, kind: int) -> socket.socket:
+        if self.fd < 0:
+            return socket.socket(socket.AF_INET, kind)
+        self._setns(self.fd)
+        try:
+            return socket.socket(socket.AF_INET, kind)
+        finally:
+            self._setns(self.home)
+
+
+HERE = None  # sockets in this process's own namespace
+
+
+def _sock(ns: Netns | None, kind: int) -> socket.socket:
+    return ns.socket(kind) if ns is not None else socket.socket(socket.AF_INET, kind)
+
+
+async def dns_a(name: str, timeout: float = 0.5, ns: Netns | None = HERE) -> tuple[str, list[str]]:
+    """(rcode, A addresses) of one query to 127.0.0.11 in the namespace."""
     from dnslib import QTYPE, RCODE, DNSRecord
 
     loop = asyncio.get_running_loop()
     q = DNSRecord.question(name)
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = _sock(ns, socket.SOCK_DGRAM)
     s.setblocking(False)
     try:
         s.connect(("127.0.0.11", 53))
@@ -159,10 +207,11 @@ async def dns_a(name: str, timeout: float = 0.5) -> tuple[str, list[str]]:
         s.close()
 
 
-async def http_get(ip: str, port: int, timeout: float, connect_timeout: float | None = None) -> tuple[str, str]:
-    """One GET / over HTTP/1.0: ("ok", body) on a 200, else (what failed, "")."""
+async def http_get(ip: str, port: int, timeout: float, connect_timeout: float | None = None,
+                   ns: Netns | None = HERE) -> tuple[str, str]:
+    """One GET / over HTTP/1.0 from the namespace: ("ok", body) on a 200, else (what failed, "")."""
     loop = asyncio.get_running_loop()
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s = _sock(ns, socket.SOCK_STREAM)
     s.setblocking(False)
     try:
         async with asyncio.timeout(timeout):
@@ -178,7 +227,7 @@ async def http_get(ip: str, port: int, timeout: float, connect_timeout: float | 
     except TimeoutError:
         return "timeout", ""
     except OSError as e:
-        return type(e).__name__, ""
+        return os_error(e), ""
     finally:
         s.close()
     if not buf:
@@ -188,96 +237,139 @@ async def http_get(ip: str, port: int, timeout: float, connect_timeout: float | 
     return "ok", buf.partition(b"\r\n\r\n")[2].decode(errors="replace").strip()
 
 
+def os_error(e: OSError) -> str:
+    """ConnectionRefusedError, or the errno's name where Python has no class for it (EHOSTUNREACH)."""
+    if type(e) is OSError and e.errno is not None and e.errno in errno.errorcode:
+        return errno.errorcode[e.errno]
+    return type(e).__name__
+
+
 @dataclass
 class LoadSpec:
-    """What one load generator does (passed as JSON on its command line)."""
+    """What one load path does (passed as JSON on the load generator's command line)."""
 
+    key: str = ""
+    netns: str = ""  # the client's network namespace (a path); "": the load generator's own
     targets: list[str] = field(default_factory=list)  # "ip:port", used round-robin
     name: str = ""  # or a name asked of 127.0.0.11 ...
     port: int = HTTP_PORT
     resolve: str = "once"  # ... once (its addresses then round-robin) or before each request (the first address)
     conns: int = 8
-    seconds: float = 3.0
+    seconds: float = 3.0  # time on this path (over all its slices)
     max_requests: int = 50_000
     rate: float = 0.0  # requests/s over all connections; 0: as fast as it goes (closed loop)
     stop_file: str = ""  # end early once this file exists
 
 
-async def _load(spec: LoadSpec) -> dict[str, Any]:
-    errors: collections.Counter[str] = collections.Counter()
-    bodies: collections.Counter[str] = collections.Counter()
-    lat: list[float] = []
-    failures: list[tuple[float, str, str]] = []
-    ok = 0
-    started = 0
-    targets: list[tuple[str, int]] = []
-    if spec.targets:
-        targets = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in spec.targets]
-    elif spec.resolve == "once":
-        rcode, addrs = await dns_a(spec.name, 2.0)
-        if not addrs:
-            return {"error": f"{spec.name} did not resolve ({rcode})", "ok": 0, "fail": 0}
-        targets = [(a, spec.port) for a in addrs]
-    rr = 0
-    t0 = time.monotonic()
-    end = t0 + spec.seconds
-    stop = False
+class Runner:
+    """One path's load and counters; run() may be called for several time slices."""
 
-    async def one() -> None:
-        nonlocal ok, rr
-        ts = time.monotonic()
-        if spec.resolve == "each" and not spec.targets:
-            rcode, addrs = await dns_a(spec.name, 1.0)
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.errors: collections.Counter[str] = collections.Counter()
+        self.bodies: collections.Counter[str] = collections.Counter()
+        self.lat: list[float] = []
+        self.failures: list[tuple[float, str, str]] = []
+        self.ok = self.started = self.rr = 0
+        self.elapsed = 0.0
+        self.targets: list[tuple[str, int]] = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in spec.targets]
+        self.error = ""
+        self.ns = Netns(spec.netns) if spec.netns else None
+
+    async def prepare(self) -> None:
+        if not self.targets and self.spec.resolve == "once":
+            rcode, addrs = await dns_a(self.spec.name, 2.0, self.ns)
             if not addrs:
-                kind, ip = f"dns {rcode}", ""
-                errors[kind] += 1
-                failures.append((time.time(), kind, ip))
+                self.error = f"{self.spec.name} did not resolve ({rcode})"
+            self.targets = [(a, self.spec.port) for a in addrs]
+
+    def _failed(self, kind: str, ip: str) -> None:
+        self.errors[kind] += 1
+        if len(self.failures) < 200:
+            self.failures.append((time.time(), kind, ip))
+
+    async def one(self) -> None:
+        ts = time.monotonic()
+        if not self.targets:
+            rcode, addrs = await dns_a(self.spec.name, 1.0, self.ns)
+            if not addrs:
+                self._failed(f"dns {rcode}", "")
                 return
-            ip, port = addrs[0], spec.port
+            ip, port = addrs[0], self.spec.port
         else:
-            ip, port = targets[rr % len(targets)]
-            rr += 1
-        kind, body = await http_get(ip, port, REQUEST_TIMEOUT)
+            ip, port = self.targets[self.rr % len(self.targets)]
+            self.rr += 1
+        kind, body = await http_get(ip, port, REQUEST_TIMEOUT, None, self.ns)
         if kind == "ok":
-            ok += 1
-            lat.append(time.monotonic() - ts)
-            if len(bodies) < 64 or body in bodies:
-                bodies[body] += 1
+            self.ok += 1
+            self.lat.append(time.monotonic() - ts)
+            if len(self.bodies) < 64 or body in self.bodies:
+                self.bodies[body] += 1
         else:
-            errors[kind] += 1
-            if len(failures) < 200:
-                failures.append((time.time(), kind, ip))
+            self._failed(kind, ip)
 
-    async def worker(i: int) -> None:
-        nonlocal started, stop
+    async def run(self, seconds: float) -> None:
+        """spec.conns connections for `seconds` (or to the stop file, or the request cap); in-flight requests
+        are waited for and their time counted."""
+        spec = self.spec
+        if self.error:
+            return
+        t0 = time.monotonic()
+        end = t0 + seconds
+        stop = False
         gap = spec.conns / spec.rate if spec.rate > 0 else 0.0
-        nxt = time.monotonic() + (gap * i / spec.conns if gap else 0.0)
-        while not stop:
-            now = time.monotonic()
-            if now >= end or started >= spec.max_requests:
-                break
-            if spec.stop_file and started % 50 == 0 and os.path.exists(spec.stop_file):
-                stop = True
-                break
-            if gap:
-                if now < nxt:
-                    await asyncio.sleep(nxt - now)
-                nxt += gap
-            started += 1
-            await one()
 
+        async def worker(i: int) -> None:
+            nonlocal stop
+            nxt = time.monotonic() + gap * i / spec.conns
+            while not stop:
+                now = time.monotonic()
+                if now >= end or self.started >= spec.max_requests:
+                    break
+                if spec.stop_file and self.started % 50 == 0 and os.path.exists(spec.stop_file):
+                    stop = True
+                    break
+                if gap:
+                    if now < nxt:
+                        await asyncio.sleep(nxt - now)
+                    nxt += gap
+                self.started += 1
+                await self.one()
+
+        await asyncio.gather(*(worker(i) for i in range(spec.conns)))
+        self.elapsed += time.monotonic() - t0
+
+    def result(self) -> dict[str, Any]:
+        lat = sorted(self.lat)
+        return {"ok": self.ok, "fail": sum(self.errors.values()), "elapsed_s": self.elapsed,
+                "rps": self.ok / self.elapsed if self.elapsed > 0 else float("nan"),
+                "p50_ms": pct(lat, 50) * 1000 if lat else float("nan"),
+                "p99_ms": pct(lat, 99) * 1000 if lat else float("nan"),
+                "errors": dict(self.errors), "answered_by": len(self.bodies), "error": self.error,
+                "targets": [f"{a}:{p}" for a, p in self.targets], "failures": self.failures[:50]}
+
+
+async def _loads(specs: list[LoadSpec], slice_s: float) -> dict[str, Any]:
+    """Several paths from this namespace, interleaved in slices of slice_s seconds (each cycle starting one
+    path further), until each has had its spec.seconds: background load that comes and goes then weighs on
+    all of them alike. One path: one slice of its whole time."""
+    runners = [Runner(sp) for sp in specs]
+    for r in runners:
+        await r.prepare()
     cpu0 = os.times()
-    await asyncio.gather(*(worker(i) for i in range(spec.conns)))
-    elapsed = time.monotonic() - t0
+    t0 = time.monotonic()
+    if len(runners) == 1:
+        await runners[0].run(specs[0].seconds)
+    else:
+        cycles = max(1, round(max(sp.seconds for sp in specs) / slice_s))
+        for c in range(cycles):
+            k = c % len(runners)
+            for r in runners[k:] + runners[:k]:
+                await r.run(r.spec.seconds / cycles)
+    wall = time.monotonic() - t0
     cpu1 = os.times()
-    fail = sum(errors.values())
-    lat.sort()
-    return {"ok": ok, "fail": fail, "elapsed_s": elapsed, "rps": ok / elapsed if elapsed > 0 else 0.0,
-            "p50_ms": pct(lat, 50) * 1000 if lat else float("nan"),
-            "p99_ms": pct(lat, 99) * 1000 if lat else float("nan"),
-            "client_cpu_pct": 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / elapsed,
-            "errors": dict(errors), "answered_by": len(bodies), "targets": [f"{a}:{p}" for a, p in targets],
-            "failures": failures[:50]}
+    return {"paths": {r.spec.key: r.result() for r in runners}, "wall_s": wall,
+            "client_cpu_pct": 100.0 * ((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)) / wall}
 
 
 def paced(stop_file: str, *, name: str = "", targets: list[str] | None = None, resolve: str = "once") -> LoadSpec:
@@ -286,9 +378,10 @@ def paced(stop_file: str, *, name: str = "", targets: list[str] | None = None, r
                     seconds=600.0, max_requests=int(UPDATE_RATE * 600), stop_file=stop_file)
 
 
-def loadgen_main(spec_json: str) -> None:
-    spec = LoadSpec(**json.loads(spec_json))
-    print(json.dumps(asyncio.run(_load(spec))), flush=True)
+def loadgen_main(arg: str) -> None:
+    j = json.loads(arg)
+    specs = [LoadSpec(**x) for x in j["specs"]]
+    print(json.dumps(asyncio.run(_loads(specs, j["slice"]))), flush=True)
 
 
 def probe_main() -> None:
@@ -350,8 +443,9 @@ def in_netns(ns: str, *argv: str) -> list[str]:
     return ["nsenter", f"--net={ns}", "--", sys.executable, str(Path(__file__).resolve()), *argv]
 
 
-def start_load(ns: str, spec: LoadSpec) -> subprocess.Popen[str]:
-    return subprocess.Popen(in_netns(ns, "--loadgen", json.dumps(asdict(spec))), stdout=subprocess.PIPE,
+def start_load(ns: str, specs: list[LoadSpec], slice_s: float = 0.5) -> subprocess.Popen[str]:
+    arg = json.dumps({"specs": [asdict(sp) for sp in specs], "slice": slice_s})
+    return subprocess.Popen(in_netns(ns, "--loadgen", arg), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=ROOT)
 
 
@@ -361,15 +455,11 @@ def finish_load(p: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     except subprocess.TimeoutExpired:
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate(timeout=10)
-        return {"error": "the load generator overran its time", "ok": 0, "fail": 0}
+        return {"error": "the load generator overran its time"}
     try:
         return dict(json.loads(out.strip().splitlines()[-1]))
     except (ValueError, IndexError):
-        return {"error": f"the load generator exited {p.returncode}: {err.strip()[-400:]}", "ok": 0, "fail": 0}
-
-
-def run_load(ns: str, spec: LoadSpec) -> dict[str, Any]:
-    return finish_load(start_load(ns, spec), spec.seconds + 60)
+        return {"error": f"the load generator exited {p.returncode}: {err.strip()[-400:]}"}
 
 
 class Probe:
@@ -516,12 +606,14 @@ def discovery_stats(ds: list[Discovery], side: str) -> dict[str, Any]:
     ok = [d.ok_s for d in mine if d.ok_s == d.ok_s]
     res = [d.resolve_s for d in mine if d.resolve_s == d.resolve_s]
     run = [d.running_s for d in mine if d.running_s == d.running_s]
+    r2o = [d.ok_s - d.running_s for d in mine if d.ok_s == d.ok_s and d.running_s == d.running_s]
     missing = len(mine) - len(ok)
     return {"services": len(mine), "answered": len(ok),
             "resolve_p50_s": pct(res, 50), "resolve_p99_s": pct(res, 99),
             "ok_p50_s": pct(ok, 50), "ok_p99_s": pct(ok, 99) if not missing else float("inf"),
             "ok_max_s": max(ok, default=float("nan")),
-            "running_p50_s": pct(run, 50), "running_p99_s": pct(run, 99)}
+            "running_p50_s": pct(run, 50), "running_p99_s": pct(run, 99),
+            "run_to_ok_p50_s": pct(r2o, 50), "run_to_ok_p99_s": pct(r2o, 99)}
 
 
 def load_medians(loads: list[Load]) -> dict[str, float]:
@@ -643,6 +735,8 @@ class OrchSide:
         self.create("web", "--replicas", str(WEB_REPLICAS), "-p", f"{MESH_PORT}:{HTTP_PORT}", "--constraint",
                     "node.hostname!=o1", "--update-parallelism", "1", "--update-delay", "0s")
         self.create("one", "--constraint", "node.hostname==o2")
+        self.create("webh", "--publish", f"mode=host,published={HOST_PORT},target={HTTP_PORT}", "--constraint",
+                    "node.hostname==o2")
         nodes = self.node_names()
         (client,) = self.wait_running("client", 1)
         self.client_ns = f"/run/netns/{h1.name_prefix}task-{client['id']}"
@@ -650,13 +744,14 @@ class OrchSide:
             raise RuntimeError(f"orch: the client task's network namespace {self.client_ns} is not there")
         web = self.wait_running("web", WEB_REPLICAS)
         (one,) = self.wait_running("one", 1)
+        self.wait_running("webh", 1)
         self.one_ip = self.addr(one)
         where = collections.Counter(nodes[t["node_id"]] for t in web)
         svc = self.api("GET", "/v1/services/web")
         vip = next((v["addr"] for v in svc["endpoint"]["virtual_ips"] if v["network_id"] == self.net_id), "?")
         self.notes.append(f"orch: o1 {h1.addr} manager + client task, o2 {h2.addr}, o3 {h3.addr} workers; network "
                           f"{NET} {ORCH_SUBNET}; web VIP {vip}, tasks {dict(where)}, -p {MESH_PORT}:{HTTP_PORT} "
-                          f"(ingress); one on o2 at {self.one_ip}")
+                          f"(ingress); one on o2 at {self.one_ip}; webh: host mode {HOST_PORT}:{HTTP_PORT} on o2")
 
     # (a)
     def create_detached(self, name: str) -> float:
@@ -671,11 +766,17 @@ class OrchSide:
         self.o.orch(self.h1, "service", "rm", *names, timeout=120)
         for n in names:
             self.services.remove(n)
+        from cli.client import APIError
+
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if not any(self.api("GET", f"/v1/tasks?service={n}") for n in names):
-                break
-            time.sleep(0.5)
+        for n in names:
+            while time.monotonic() < deadline:
+                try:
+                    if not self.api("GET", f"/v1/tasks?service={n}"):
+                        break
+                except APIError:  # the service is gone, and its tasks with it
+                    break
+                time.sleep(0.5)
         self.settle_containers()
 
     def settle_containers(self, timeout: float = 60) -> None:
@@ -697,6 +798,7 @@ class OrchSide:
             "orch.direct": (self.client_ns, LoadSpec(targets=[f"{self.one_ip}:{HTTP_PORT}"])),
             "orch.mesh_notask": (ul_ns, LoadSpec(targets=[f"{self.h1.addr}:{MESH_PORT}"])),
             "orch.mesh_task": (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{MESH_PORT}"])),
+            "orch.hostmode": (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{HOST_PORT}"])),
             "orch.underlay": (ul_ns, LoadSpec(targets=[under])),
         }
 
@@ -864,19 +966,18 @@ class SwarmSide:
         self.create("web", "--endpoint-mode", "dnsrr", "--replicas", str(WEB_REPLICAS), "--constraint",
                     "node.labels.h!=s1", "--update-parallelism", "1", "--update-delay", "0s")
         self.create("one", "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h==s2")
-        self.create("webh", "--endpoint-mode", "dnsrr", "--replicas", "2", "--replicas-max-per-node", "1",
-                    "--publish", f"mode=host,published={MESH_PORT},target={HTTP_PORT}", "--constraint",
-                    "node.labels.h!=s1")
+        self.create("webh", "--endpoint-mode", "dnsrr", "--publish",
+                    f"mode=host,published={HOST_PORT},target={HTTP_PORT}", "--constraint", "node.labels.h==s2")
         self.wait_running("client", 1)
         self.client_ns = self.container_ns("s1", "client")
         web = self.wait_running("web", WEB_REPLICAS)
         (one,) = self.wait_running("one", 1)
-        self.wait_running("webh", 2)
+        self.wait_running("webh", 1)
         self.one_ip = self.addr(one)
         version = self.docker("s1", "version", "--format", "{{.Server.Version}}").stdout.strip()
         self.notes.append(f"swarm: dockerd {version} in s1 {s1.addr} (manager + client), s2 {self.h2.addr}, s3 "
                           f"{self.h3.addr}; overlay {NET} {SWARM_SUBNET}; web (dnsrr) {len(web)} tasks on s2/s3, "
-                          f"one on s2 at {self.one_ip}; webh: host-mode {MESH_PORT}:{HTTP_PORT} on s2 and s3")
+                          f"one on s2 at {self.one_ip}; webh: host mode {HOST_PORT}:{HTTP_PORT} on s2")
 
     def ipvs_log(self) -> str:
         lines: list[str] = []
@@ -889,7 +990,7 @@ class SwarmSide:
         seen: dict[str, str] = {}
         for ln in lines:
             msg = ln.split('msg="', 1)[-1].split('"', 1)[0] if 'msg="' in ln else ln
-            seen.setdefault(msg[:160], ln)
+            seen.setdefault(msg.replace("\\", "")[:160], ln)
         return " | ".join(list(seen)[:4])
 
     def check_vip_and_mesh(self, probe: Probe, ul: Host) -> None:
@@ -922,8 +1023,9 @@ class SwarmSide:
 
     def check_hostmode(self, ul: Host) -> None:
         got = ul.run([sys.executable, str(Path(__file__).resolve()), "--once",
-                      f"{self.h2.addr}:{MESH_PORT}", f"{self.h1.addr}:{MESH_PORT}"], timeout=30).stdout.strip()
-        self.checks["hostmode"] = f"host-mode port {MESH_PORT} from the underlay: s2 (task) and s1 (no task) -> {got}"
+                      f"{self.h2.addr}:{HOST_PORT}", f"{self.h1.addr}:{HOST_PORT}"], timeout=30).stdout.strip()
+        self.checks["host mode"] = (f"a service published in host mode on {HOST_PORT}, GET from the underlay to s2 "
+                                    f"(task) and s1 (no task): {got}")
         self.hostmode = got.split(";")[0].strip().endswith("ok")
 
     # (a)
@@ -959,7 +1061,7 @@ class SwarmSide:
             "swarm.direct": (self.client_ns, LoadSpec(targets=[f"{self.one_ip}:{HTTP_PORT}"])),
         }
         if self.hostmode:
-            out["swarm.hostmode"] = (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{MESH_PORT}"]))
+            out["swarm.hostmode"] = (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{HOST_PORT}"]))
         out["swarm.underlay"] = (ul_ns, LoadSpec(targets=[under]))
         return out
 
@@ -1042,18 +1144,36 @@ def once_main(targets: list[str]) -> None:
 
 
 LABELS = {
-    "orch.vip": "orch   name web -> VIP (6 replicas), client task o1",
-    "orch.vip1": "orch   name one -> VIP (1 replica on o2)",
+    "orch.vip1": "orch   name one -> its VIP (1 replica, o2)",
     "orch.direct": "orch   straight to one's task address",
-    "orch.mesh_notask": "orch   mesh: underlay -> o1:8080 (no task)",
-    "orch.mesh_task": "orch   mesh: underlay -> o2:8080 (tasks)",
-    "orch.underlay": "orch   direct: underlay -> httpd in o2's ns",
-    "swarm.dnsrr": "Swarm  name web -> 6 task addrs (dnsrr, rr)",
-    "swarm.dnsrr1": "Swarm  name one -> its task addr (dnsrr)",
+    "orch.vip": "orch   name web -> its VIP (6 replicas)",
+    "swarm.dnsrr1": "Swarm  name one -> its task (dnsrr)",
     "swarm.direct": "Swarm  straight to one's task address",
-    "swarm.hostmode": "Swarm  host mode: underlay -> s2:8080",
-    "swarm.underlay": "Swarm  direct: underlay -> httpd in s2's ns",
+    "swarm.dnsrr": "Swarm  name web -> 6 tasks (dnsrr, rr)",
+    "orch.mesh_notask": "orch   mesh -> o1:8080 (no task)",
+    "orch.mesh_task": "orch   mesh -> o2:8080 (3 tasks there)",
+    "orch.hostmode": "orch   host mode -> o2:8082",
+    "orch.underlay": "orch   direct: httpd in o2's netns",
+    "swarm.hostmode": "Swarm  host mode -> s2:8082",
+    "swarm.underlay": "Swarm  direct: httpd in s2's netns",
 }
+RATIOS = (  # key, numerator, denominator, what
+    ("b.orch_vip1_over_direct", "orch.vip1", "orch.direct", "(b) orch VIP / direct, same single backend [goal]"),
+    ("b.orch_vip6_over_direct", "orch.vip", "orch.direct", "(b) orch VIP over 6 replicas / direct to one"),
+    ("b.swarm_dnsrr1_over_direct", "swarm.dnsrr1", "swarm.direct",
+     "(b) Swarm dnsrr / direct, same single backend (same traffic: shows the noise)"),
+    ("b.swarm_dnsrr6_over_direct", "swarm.dnsrr", "swarm.direct", "(b) Swarm dnsrr over 6 replicas / direct to one"),
+    ("b.orch_vip6_over_swarm_dnsrr6", "orch.vip", "swarm.dnsrr", "(b) orch VIP / Swarm dnsrr, 6 replicas"),
+    ("b.orch_direct_over_swarm_direct", "orch.direct", "swarm.direct", "(b) orch overlay / Swarm overlay, direct"),
+    ("c.orch_mesh_notask_over_direct", "orch.mesh_notask", "orch.underlay",
+     "(c) orch mesh via a node with no task / direct [goal]"),
+    ("c.orch_mesh_task_over_direct", "orch.mesh_task", "orch.underlay",
+     "(c) orch mesh via a node with tasks / direct [goal]"),
+    ("c.orch_hostmode_over_direct", "orch.hostmode", "orch.underlay", "(c) orch host mode / direct"),
+    ("c.swarm_hostmode_over_direct", "swarm.hostmode", "swarm.underlay", "(c) Swarm host mode / direct"),
+    ("c.orch_mesh_notask_over_b_direct", "orch.mesh_notask", "orch.direct",
+     "(c) orch mesh via no-task node / (b)'s task-to-task direct"),
+)
 
 
 def report(args: argparse.Namespace, disc: list[Discovery], loads: list[Load], updates: list[Update],
@@ -1062,25 +1182,13 @@ def report(args: argparse.Namespace, disc: list[Discovery], loads: list[Load], u
     sides = sorted({d.side for d in disc})
     dstats = {s: discovery_stats(disc, s) for s in sides}
     med = load_medians(loads)
-    ratios = {
-        "b.orch_vip1_over_direct": ratio(med.get("orch.vip1", float("nan")), med.get("orch.direct", float("nan"))),
-        "b.orch_vip6_over_direct": ratio(med.get("orch.vip", float("nan")), med.get("orch.direct", float("nan"))),
-        "b.swarm_dnsrr1_over_direct": ratio(med.get("swarm.dnsrr1", float("nan")),
-                                            med.get("swarm.direct", float("nan"))),
-        "b.swarm_dnsrr6_over_direct": ratio(med.get("swarm.dnsrr", float("nan")),
-                                            med.get("swarm.direct", float("nan"))),
-        "b.orch_vip6_over_swarm_dnsrr6": ratio(med.get("orch.vip", float("nan")), med.get("swarm.dnsrr", float("nan"))),
-        "c.orch_mesh_notask_over_direct": ratio(med.get("orch.mesh_notask", float("nan")),
-                                                med.get("orch.underlay", float("nan"))),
-        "c.orch_mesh_task_over_direct": ratio(med.get("orch.mesh_task", float("nan")),
-                                              med.get("orch.underlay", float("nan"))),
-        "c.swarm_hostmode_over_direct": ratio(med.get("swarm.hostmode", float("nan")),
-                                              med.get("swarm.underlay", float("nan"))),
-    }
+    nan = float("nan")
+    ratios = {k: ratio(med.get(a, nan), med.get(b, nan)) for k, a, b, _ in RATIOS if a in med and b in med}
     if "orch" in dstats and "swarm" in dstats:
         ratios["a.orch_p99_over_swarm_p99"] = ratio(dstats["orch"]["ok_p99_s"], dstats["swarm"]["ok_p99_s"])
     return {
-        "services": args.services, "rounds": args.rounds, "seconds": args.seconds, "conns": args.conns,
+        "services": args.services, "rounds": args.rounds, "update_rounds": args.update_rounds,
+        "seconds": args.seconds, "conns": args.conns,
         "discovery": dstats, "discovery_samples": [asdict(d) for d in disc],
         "loads": [asdict(s) for s in loads], "medians_rps": med, "ratios": ratios,
         "updates": [asdict(u) for u in updates],
@@ -1092,76 +1200,76 @@ def report(args: argparse.Namespace, disc: list[Discovery], loads: list[Load], u
 def print_report(args: argparse.Namespace, res: dict[str, Any]) -> None:
     ds = res["discovery"]
     if ds:
-        print(f"\n(a) discovery: `service create -d` returned -> name resolves in the client's namespace on another "
-              f"host -> first HTTP 200 through it; {args.services} services of 1 replica, one at a time")
-        print(f"  {'':28} {'resolve p50':>11} {'p99':>7} {'first 200 p50':>14} {'p99':>7} {'max':>7}   "
-              f"(task RUNNING p50, p99)")
+        print(f"\n(a) discovery, {args.services} services of 1 replica created one at a time with `service create -d`;"
+              " seconds from the CLI returning to: the task RUNNING (its own timestamp), the name resolving in the "
+              "client's namespace on another host, the first HTTP 200 through what it resolved to")
+        print(f"  {'':26} {'RUNNING p50':>11} {'p99':>6}  {'resolves p50':>12} {'p99':>6}  {'first 200 p50':>13} "
+              f"{'p99':>6} {'max':>6}  {'RUNNING->200 p50':>16} {'p99':>6}")
         for side, name in (("orch", "orch (VIP)"), ("swarm", "Swarm (dnsrr)")):
             s = ds.get(side)
             if not s:
                 continue
-            label = f"{name} {s['answered']}/{s['services']} answered"
-            print(f"  {label:28} {fmt(s['resolve_p50_s'], '.3f'):>11} "
-                  f"{fmt(s['resolve_p99_s'], '.3f'):>7} {fmt(s['ok_p50_s'], '.3f'):>14} {fmt(s['ok_p99_s'], '.3f'):>7}"
-                  f" {fmt(s['ok_max_s'], '.3f'):>7}   ({fmt(s['running_p50_s'], '.3f')}, "
-                  f"{fmt(s['running_p99_s'], '.3f')}) s")
+            label = f"{name}, {s['answered']}/{s['services']} answered"
+            print(f"  {label:26} {fmt(s['running_p50_s'], '.3f'):>11} {fmt(s['running_p99_s'], '.3f'):>6}  "
+                  f"{fmt(s['resolve_p50_s'], '.3f'):>12} {fmt(s['resolve_p99_s'], '.3f'):>6}  "
+                  f"{fmt(s['ok_p50_s'], '.3f'):>13} {fmt(s['ok_p99_s'], '.3f'):>6} {fmt(s['ok_max_s'], '.3f'):>6}  "
+                  f"{fmt(s['run_to_ok_p50_s'], '.3f'):>16} {fmt(s['run_to_ok_p99_s'], '.3f'):>6}")
         if "a.orch_p99_over_swarm_p99" in res["ratios"]:
-            print(f"  orch p99 / Swarm p99 = {fmt(res['ratios']['a.orch_p99_over_swarm_p99'], '.3f')}")
-        errs = [d for d in res["discovery_samples"] if d["error"]]
-        for d in errs[:6]:
+            print(f"  first 200, orch p99 / Swarm p99 = {fmt(res['ratios']['a.orch_p99_over_swarm_p99'], '.3f')}")
+        for d in [d for d in res["discovery_samples"] if d["error"]][:6]:
             print(f"  {d['side']} {d['name']}: {d['error']}")
     loads = [Load(**s) for s in res["loads"]]
     if loads:
-        print(f"\n(b), (c) requests/s (HTTP/1.0 GET, a connection per request, {args.conns} connections in a closed "
-              f"loop, {args.seconds} s per run, {args.rounds} rounds; sides alternate first, paths rotate)")
-        print(f"  {'path':46} " + " ".join(f"{'r' + str(i + 1):>6}" for i in range(args.rounds))
-              + f" {'median':>7}  p50/p99 ms   busy% before/during  client cpu%")
-        for p in LABELS:
+        print(f"\n(b) from the client's namespace, (c) from the underlay (host ul): requests/s, HTTP/1.0 GET, one "
+              f"connection per request, {args.conns} connections in a closed loop; all paths in one load generator "
+              f"taking turns in {args.slice:g} s slices, {args.seconds:g} s per path and round, {args.rounds} rounds")
+        print(f"  {'path':40} " + " ".join(f"{'r' + str(i + 1):>5}" for i in range(args.rounds))
+              + f" {'median':>6}   ms p50/p99")
+        for p, label in LABELS.items():
             ss = sorted((s for s in loads if s.path == p), key=lambda s: s.round)
             if not ss:
                 continue
-            print(f"  {LABELS[p]:46} " + " ".join(f"{fmt(s.rps, '.0f'):>6}" for s in ss)
-                  + f" {fmt(res['medians_rps'][p], '.0f'):>7}  {fmt(median([s.p50_ms for s in ss]), '.1f'):>5}/"
-                  f"{fmt(median([s.p99_ms for s in ss]), '.1f'):<5}  {fmt(median([s.busy_before_pct for s in ss]), '.0f'):>4}"
-                  f" / {fmt(median([s.busy_during_pct for s in ss]), '.0f'):<4}      "
-                  f"{fmt(median([s.client_cpu_pct for s in ss]), '.0f'):>4}"
+            print(f"  {label:40} " + " ".join(f"{fmt(s.rps, '.0f'):>5}" for s in ss)
+                  + f" {fmt(res['medians_rps'][p], '.0f'):>6}   {fmt(median([s.p50_ms for s in ss]), '.1f'):>5}/"
+                  f"{fmt(median([s.p99_ms for s in ss]), '.1f'):<6}"
                   + (f"   failed {sum(s.fail for s in ss)}" if any(s.fail for s in ss) else ""))
             for s in ss:
                 if s.error or s.errors:
                     print(f"      round {s.round + 1}: {s.error} {s.errors}")
-        r = res["ratios"]
-        print("  ratios: "
-              f"(b) orch VIP/direct, 1 replica {fmt(r['b.orch_vip1_over_direct'], '.3f')}, 6 replicas "
-              f"{fmt(r['b.orch_vip6_over_direct'], '.3f')}; Swarm dnsrr/direct, 1 replica "
-              f"{fmt(r['b.swarm_dnsrr1_over_direct'], '.3f')}, 6 replicas {fmt(r['b.swarm_dnsrr6_over_direct'], '.3f')}; "
-              f"orch VIP / Swarm dnsrr (6 replicas) {fmt(r['b.orch_vip6_over_swarm_dnsrr6'], '.3f')}")
-        print(f"          (c) orch mesh/direct via a node without a task {fmt(r['c.orch_mesh_notask_over_direct'], '.3f')}"
-              f", via a node with tasks {fmt(r['c.orch_mesh_task_over_direct'], '.3f')}; Swarm host mode/direct "
-              f"{fmt(r['c.swarm_hostmode_over_direct'], '.3f')}")
+        per_round = sorted({(s.round, s.busy_before_pct, s.busy_during_pct, s.client_cpu_pct) for s in loads})
+        print("  machine CPU busy per round, before (this run idle: others' load) / during; the load generator's CPU "
+              "(% of one core): " + ", ".join(f"r{r + 1} {fmt(b, '.0f')}/{fmt(d, '.0f')}% {fmt(c, '.0f')}%"
+                                              for r, b, d, c in per_round))
+        print("  ratios of the medians:")
+        for key, _, _, what in RATIOS:
+            if key in res["ratios"]:
+                print(f"    {what:72} {fmt(res['ratios'][key], '.3f')}")
     ups = res["updates"]
     if ups:
-        print(f"\n(d) rolling update of web ({WEB_REPLICAS} replicas, parallelism 1, delay 0) under paced load "
-              f"({UPDATE_CONNS} connections, {UPDATE_RATE:.0f} requests/s per client)")
+        print(f"\n(d) rolling update of web ({WEB_REPLICAS} replicas, parallelism 1, delay 0, --stop-signal KILL) "
+              f"under paced load ({UPDATE_CONNS} connections, {UPDATE_RATE:.0f} requests/s per client); failed "
+              "requests")
         for u in ups:
             if u["error"]:
                 print(f"  {u['side']:5} round {u['round'] + 1}: {u['error']}")
-                continue
             parts = []
             for k, ld in u["loads"].items():
                 extra = f" {ld.get('errors')}" if ld.get("fail") else ""
                 if ld.get("error"):
                     extra += f" ({ld['error']})"
-                parts.append(f"{k}: {ld.get('fail', 0)} failed of {ld.get('ok', 0) + ld.get('fail', 0)}{extra}")
-            print(f"  {u['side']:5} round {u['round'] + 1} (update took {fmt(u['update_s'], '.1f')} s): "
+                parts.append(f"{k}: {ld.get('fail', 0)} of {ld.get('ok', 0) + ld.get('fail', 0)}{extra}")
+            print(f"  {u['side']:5} round {u['round'] + 1} (the update took {fmt(u['update_s'], '.1f')} s): "
                   + "; ".join(parts))
     if res["swarm_note"]:
         print(f"\nSwarm: {res['swarm_note']}")
     if res["swarm_checks"]:
-        print("\nSwarm on this kernel (no IPVS):")
+        print("\nSwarm on this kernel (no IPVS; what the run tried and saw):")
         for k, v in res["swarm_checks"].items():
             print(f"  {k}: {v}")
+    if res["notes"]:
+        print()
     for n in res["notes"]:
-        print(f"  note: {n}")
+        print(f"note: {n}")
     print("\ngoals:")
     for g in res["goals"]:
         met = "n/a" if g["met"] is None else ("MET" if g["met"] else "NOT MET")
@@ -1176,29 +1284,36 @@ def print_report(args: argparse.Namespace, res: dict[str, Any]) -> None:
 # -- main -----------------------------------------------------------------------------------------
 
 
-def measure(key: str, ns: str, spec: LoadSpec, rnd: int, pos: int) -> Load:
-    s = Load(key, rnd, pos)
-    s.busy_before_pct = cpu_busy_pct(0.3)
+def measure(ns: str, specs: list[LoadSpec], rnd: int, slice_s: float) -> list[Load]:
+    """One load generator in `ns` running these paths interleaved; a Load per path."""
+    busy = cpu_busy_pct(0.3)
     meter = CpuMeter()
     meter.start()
-    got = run_load(ns, spec)
-    s.busy_during_pct = meter.stop()
-    if got.get("error"):
-        s.error = str(got["error"])[:300]
-    s.rps, s.ok, s.fail = got.get("rps", float("nan")), got.get("ok", 0), got.get("fail", 0)
-    s.p50_ms, s.p99_ms = got.get("p50_ms", float("nan")), got.get("p99_ms", float("nan"))
-    s.client_cpu_pct, s.answered_by = got.get("client_cpu_pct", float("nan")), got.get("answered_by", 0)
-    s.errors = got.get("errors", {})
-    return s
+    got = finish_load(start_load(ns, specs, slice_s), sum(sp.seconds for sp in specs) + 60)
+    during = meter.stop()
+    out = []
+    for i, sp in enumerate(specs):
+        s = Load(sp.key, rnd, i, busy_before_pct=busy, busy_during_pct=during,
+                 client_cpu_pct=got.get("client_cpu_pct", float("nan")))
+        r = got.get("paths", {}).get(sp.key, {})
+        s.error = str(got.get("error") or r.get("error") or "")[:300]
+        s.rps, s.ok, s.fail = r.get("rps", float("nan")), r.get("ok", 0), r.get("fail", 0)
+        s.p50_ms, s.p99_ms = r.get("p50_ms", float("nan")), r.get("p99_ms", float("nan"))
+        s.answered_by, s.errors = r.get("answered_by", 0), r.get("errors", {})
+        out.append(s)
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=20, help="services for (a) (default 20)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of (b)/(c) and rolling updates of (d) (default 3)")
-    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per load run in (b)/(c) (default 3)")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of (b)/(c) (default 5)")
+    ap.add_argument("--update-rounds", type=int, default=2, help="rolling updates per side in (d) (default 2)")
+    ap.add_argument("--seconds", type=float, default=3.0, help="seconds per path and round in (b)/(c) (default 3)")
     ap.add_argument("--conns", type=int, default=8, help="concurrent connections in (b)/(c) (default 8)")
-    ap.add_argument("--max-requests", type=int, default=50_000, help="request cap per load run (default 50000)")
+    ap.add_argument("--max-requests", type=int, default=50_000, help="request cap per path and round (default 50000)")
+    ap.add_argument("--slice", type=float, default=0.5,
+                    help="in (b)/(c) the paths take turns in slices of this many seconds (default 0.5)")
     ap.add_argument("--skip-swarm", action="store_true", help="no Docker Swarm side")
     ap.add_argument("--skip", default="", help="figures to skip, e.g. --skip a,d")
     ap.add_argument("--keep-logs", type=Path, help="copy the daemons' logs into this directory")
@@ -1219,8 +1334,8 @@ def main() -> int:
     skip = {x.strip() for x in args.skip.split(",") if x.strip()}
     if skip - {"a", "b", "c", "d"}:
         ap.error("--skip takes a comma-separated subset of a,b,c,d")
-    if min(args.services, args.rounds, args.conns, args.max_requests) < 1 or args.seconds <= 0:
-        ap.error("--services, --rounds, --conns, --max-requests and --seconds must be positive")
+    if min(args.services, args.rounds, args.update_rounds, args.conns, args.max_requests) < 1 or args.seconds <= 0:
+        ap.error("--services, --rounds, --update-rounds, --conns, --max-requests and --seconds must be positive")
     if os.geteuid() != 0:
         ap.error("needs root (network namespaces, containers)")
     for tool in ("nsenter", "nft", "runc", "conmon", "ss"):
@@ -1340,33 +1455,34 @@ def main() -> int:
         under = {"orch": UnderlayHttpd(fleet["o2"], td, pids).target}
         if swarm is not None:
             under["swarm"] = UnderlayHttpd(fleet["s2"], td, pids).target
-        paths = {s.name: s.paths(ul.netns_path, under[s.name]) for s in sides}
-        if not {"b", "c"} <= skip:
-            wanted = {k for k in ("b", "c") if k not in skip}
-            for side in paths:
-                paths[side] = {k: v for k, v in paths[side].items()
-                               if ("c" if ("mesh" in k or "underlay" in k or "hostmode" in k) else "b") in wanted}
-            for rnd in range(args.rounds):
-                order = sides if rnd % 2 == 0 else list(reversed(sides))
-                pos = 0
-                for side in order:
-                    for key in path_order(list(paths[side.name]), rnd):
-                        ns, spec = paths[side.name][key]
-                        spec.seconds, spec.conns, spec.max_requests = args.seconds, args.conns, args.max_requests
-                        s = measure(key, ns, spec, rnd, pos)
-                        pos += 1
-                        loads.append(s)
-                        log(f"round {rnd + 1}: {key}: {fmt(s.rps, '.0f')} req/s, {s.fail} failed, busy "
-                            f"{fmt(s.busy_before_pct, '.0f')}% before, {fmt(s.busy_during_pct, '.0f')}% during"
-                            + (f" ({s.error})" if s.error else ""))
+        # One load generator (in host ul, the underlay client) runs every path of both sides, taking turns
+        # in short slices; a path from a client task makes its sockets in that task's namespace.
+        specs: dict[str, LoadSpec] = {}
+        wanted = {k for k in ("b", "c") if k not in skip}
+        for side in sides:
+            for key, (ns, spec) in side.paths(ul.netns_path, under[side.name]).items():
+                if ("c" if ns == ul.netns_path else "b") in wanted:
+                    spec.key, spec.seconds, spec.conns, spec.max_requests = (key, args.seconds, args.conns,
+                                                                             args.max_requests)
+                    spec.netns = "" if ns == ul.netns_path else ns
+                    specs[key] = spec
+        order = [specs[k] for k in LABELS if k in specs]
+        for rnd in range(args.rounds if order else 0):
+            k = rnd * len(order) // args.rounds  # each round starts elsewhere in the cycle
+            got = measure(ul.netns_path, order[k:] + order[:k], rnd, args.slice)
+            loads += got
+            log(f"round {rnd + 1}: " + ", ".join(f"{s.path} {fmt(s.rps, '.0f')}" for s in got)
+                + f" req/s; CPU busy {fmt(got[0].busy_before_pct, '.0f')}% before, "
+                f"{fmt(got[0].busy_during_pct, '.0f')}% during"
+                + "".join(f"; {s.path}: {s.error or ''} {s.errors or ''}" for s in got if s.error or s.fail))
 
         if "d" not in skip:
-            for rnd in range(args.rounds):
+            for rnd in range(args.update_rounds):
                 order = sides if rnd % 2 == 0 else list(reversed(sides))
                 for side in order:
                     u = Update(side.name, rnd)
                     stop = work / f"stop-{side.name}-{rnd}"
-                    procs = {k: start_load(ns, spec) for k, (ns, spec) in
+                    procs = {k: start_load(ns, [spec]) for k, (ns, spec) in
                              side.update_loads(ul.netns_path, str(stop)).items()}
                     pids += [p.pid for p in procs.values()]
                     try:
@@ -1377,7 +1493,9 @@ def main() -> int:
                         u.error = str(e)[:500]
                     finally:
                         stop.touch()
-                        u.loads = {k: finish_load(p, 60) for k, p in procs.items()}
+                        for k, p in procs.items():
+                            res = finish_load(p, 60)
+                            u.loads[k] = res.get("paths", {}).get("") or {"error": res.get("error", "?")}
                     updates.append(u)
                     log(f"(d) {side.name} round {rnd + 1}: update {fmt(u.update_s, '.1f')} s; " + "; ".join(
                         f"{k}: {ld.get('fail')} failed of {ld.get('ok', 0) + ld.get('fail', 0)} {ld.get('errors')}"
@@ -1404,10 +1522,10 @@ def main() -> int:
         except FleetCleanupError as e:
             td.problems.append(str(e))
         shutil.rmtree(work, ignore_errors=True)
-        for p in OUTSIDE:
-            if not outside_before[p]:
+        for path in OUTSIDE:
+            if not outside_before[path]:
                 try:
-                    os.unlink(p) if p.endswith(".lock") else os.rmdir(p)
+                    os.unlink(path) if path.endswith(".lock") else os.rmdir(path)
                 except OSError:
                     pass
         signal.signal(signal.SIGINT, signal.default_int_handler)
