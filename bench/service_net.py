@@ -5,14 +5,14 @@ orch against the same workload on Docker Swarm, on the netns fleet
 One run, everything real:
 
 - orch: three `orch daemon`s (o1 manager, o2 and o3 workers), an overlay
-  network `benchnet`, a client task on o1 (`sleep`), and busybox httpd
-  services (`sh -c '... exec busybox httpd -f -p 8000'`, each task serving
-  its hostname): `web` (6 replicas on o2/o3, `-p 8080:8000`: on the routing
-  mesh), `one` (1 replica on o2) and `webh` (1 replica on o2, published in
-  host mode on 8082).
+  network `benchnet`, a client task on worker o3 (`sleep`), and busybox
+  httpd services (`sh -c '... exec busybox httpd -f -p 8000'`, each task
+  serving its hostname): `web` (6 replicas on o1/o2, `-p 8080:8000`: on the
+  routing mesh), `one` (1 replica on o2) and `webh` (1 replica on o2,
+  published in host mode on 8082). o3 runs no server task.
 - Docker Swarm: a private dockerd (Debian's docker.io; own data/exec root,
   socket, cgroup parent; no docker0) in fleet hosts s1 (manager), s2, s3
-  (workers), the same services on an overlay network. This kernel has no
+  (workers), the same services, placed alike, on an overlay network. This kernel has no
   IPVS (CONFIG_IP_VS unset), and Swarm's VIPs and its routing mesh (ingress)
   are built on IPVS: the run first tries both (a VIP-mode service, an
   ingress-published one) and prints what it saw and what dockerd logged; the
@@ -37,10 +37,11 @@ One run, everything real:
 
 Figures:
 
-(a) discovery: --services services of 1 replica (on o2/o3, resp. s2/s3),
+(a) discovery: --services services of 1 replica (on worker o2, resp. s2),
     created one at a time with `service create -d` (returns once the service
     is accepted), orch and Swarm taking turns going first. From the CLI
-    returning, a probe in the client task's namespace on o1 (s1) asks the name
+    returning, a probe in the client task's namespace on worker o3 (s3) asks
+    the name
     every 10 ms until it resolves, then GETs the address it got every 10 ms
     (connect timeout 100 ms) until a 200. p50/p99 of both, and the task's own
     RUNNING timestamp for the breakdown. Goals: orch p99 to the first 200 <=
@@ -51,7 +52,7 @@ Figures:
     same single backend, so the ratio is the VIP's own cost; goal >= 0.9) and
     for `web` (6 replicas, shown beside).
 (c) the same from the underlay (host ul) to a node's address: orch's routing
-    mesh on 8080 through o1 (no task) and o2 (3 tasks), host mode on both
+    mesh on 8080 through o3 (no task) and o2 (3 tasks), host mode on both
     sides (o2:8082, s2:8082); against "direct": the same busybox httpd run
     straight in o2's (s2's) own namespace on port 8001 (no container, no NAT,
     no overlay). Goal: mesh >= 0.8 x direct (both nodes). The mesh over (b)'s
@@ -60,7 +61,7 @@ Figures:
     time) under paced load (200 requests/s per client, resolving the name
     before each request, so Swarm's dnsrr clients follow the task changes),
     from the client task, and (orch) through the mesh from the underlay via
-    o1. --update-rounds updates per side, sides taking turns. Goal: 0
+    o3. --update-rounds updates per side, sides taking turns. Goal: 0
     (Swarm's reported).
 
 (b) and (c): every path of both sides runs in one load generator, taking
@@ -137,6 +138,7 @@ PROBE_ARP_RETRANS_MS = 50
 DISCOVERY_TIMEOUT = 60.0  # seconds a new service may take to answer before it counts as failed
 UPDATE_RATE = 200.0  # requests/s per load generator during a rolling update
 UPDATE_CONNS = 4
+WARMUP_S = 0.2  # uncounted load per path before an interleaved run
 OUTSIDE = ("/run/docker/plugins", "/run/docker", "/run/xtables.lock")
 
 
@@ -276,6 +278,15 @@ class Runner:
         self.error = ""
         self.ns = Netns(spec.netns) if spec.netns else None
 
+    def reset(self) -> None:
+        """Forget the counts (after a warm-up)."""
+        self.errors.clear()
+        self.bodies.clear()
+        self.lat.clear()
+        self.failures.clear()
+        self.ok = self.started = 0
+        self.elapsed = 0.0
+
     async def prepare(self) -> None:
         if not self.targets and self.spec.resolve == "once":
             rcode, addrs = await dns_a(self.spec.name, 2.0, self.ns)
@@ -356,6 +367,10 @@ async def _loads(specs: list[LoadSpec], slice_s: float) -> dict[str, Any]:
     runners = [Runner(sp) for sp in specs]
     for r in runners:
         await r.prepare()
+    if len(runners) > 1:  # warm up (neighbour entries, conntrack, caches): a short uncounted run per path
+        for r in runners:
+            await r.run(WARMUP_S)
+            r.reset()
     cpu0 = os.times()
     t0 = time.monotonic()
     if len(runners) == 1:
@@ -558,6 +573,7 @@ class Discovery:
     addr: str = ""
     dns_tries: int = 0
     http_tries: int = 0
+    busy_before_pct: float = float("nan")  # machine CPU in the 0.2 s before the create (this run idle)
     error: str = ""
 
 
@@ -587,6 +603,7 @@ class Update:
 
     side: str
     round: int
+    started: float = float("nan")  # epoch s, the update command was given
     update_s: float = float("nan")
     loads: dict[str, dict[str, Any]] = field(default_factory=dict)
     error: str = ""
@@ -613,6 +630,7 @@ def discovery_stats(ds: list[Discovery], side: str) -> dict[str, Any]:
             "ok_p50_s": pct(ok, 50), "ok_p99_s": pct(ok, 99) if not missing else float("inf"),
             "ok_max_s": max(ok, default=float("nan")),
             "running_p50_s": pct(run, 50), "running_p99_s": pct(run, 99),
+            "busy_before_p50_pct": median([d.busy_before_pct for d in mine]),
             "run_to_ok_p50_s": pct(r2o, 50), "run_to_ok_p99_s": pct(r2o, 99)}
 
 
@@ -642,7 +660,7 @@ def goals(disc: dict[str, dict[str, Any]], med: dict[str, float],
     r1 = ratio(med.get("orch.vip1", float("nan")), med.get("orch.direct", float("nan")))
     add(f"(b) requests/s through the VIP >= {GOAL_B:g} x straight to the task (1 replica: same backend)", r1,
         r1 >= GOAL_B, "vip/direct")
-    for key, where in (("orch.mesh_notask", "via o1, no task"), ("orch.mesh_task", "via o2, with tasks")):
+    for key, where in (("orch.mesh_notask", "via o3, no task"), ("orch.mesh_task", "via o2, with tasks")):
         r = ratio(med.get(key, float("nan")), med.get("orch.underlay", float("nan")))
         add(f"(c) requests/s through the routing mesh from the underlay ({where}) >= {GOAL_C:g} x direct", r,
             r >= GOAL_C, "mesh/direct")
@@ -669,7 +687,7 @@ def build_images(work: Path) -> Any:
 
 
 class OrchSide:
-    """Three orch daemons (o1 manager, o2 o3 workers), the network, client, web and one."""
+    """Three orch daemons (o1 manager, o2 o3 workers), the network, client (o3), web (o1, o2), one, webh (o2)."""
 
     name = "orch"
 
@@ -731,15 +749,15 @@ class OrchSide:
         self.net_id = next(n["id"] for n in self.api("GET", "/v1/networks") if n["spec"]["name"] == NET)
         self.services.append("client")
         self.o.orch(h1, "service", "create", "--name", "client", "--network", NET, "--constraint",
-                    "node.hostname==o1", "--stop-signal", "KILL", self.image, "sleep", "1000000", timeout=180)
+                    "node.hostname==o3", "--stop-signal", "KILL", self.image, "sleep", "1000000", timeout=180)
         self.create("web", "--replicas", str(WEB_REPLICAS), "-p", f"{MESH_PORT}:{HTTP_PORT}", "--constraint",
-                    "node.hostname!=o1", "--update-parallelism", "1", "--update-delay", "0s")
+                    "node.hostname!=o3", "--update-parallelism", "1", "--update-delay", "0s")
         self.create("one", "--constraint", "node.hostname==o2")
         self.create("webh", "--publish", f"mode=host,published={HOST_PORT},target={HTTP_PORT}", "--constraint",
                     "node.hostname==o2")
         nodes = self.node_names()
         (client,) = self.wait_running("client", 1)
-        self.client_ns = f"/run/netns/{h1.name_prefix}task-{client['id']}"
+        self.client_ns = f"/run/netns/{h3.name_prefix}task-{client['id']}"
         if not os.path.exists(self.client_ns):
             raise RuntimeError(f"orch: the client task's network namespace {self.client_ns} is not there")
         web = self.wait_running("web", WEB_REPLICAS)
@@ -749,13 +767,13 @@ class OrchSide:
         where = collections.Counter(nodes[t["node_id"]] for t in web)
         svc = self.api("GET", "/v1/services/web")
         vip = next((v["addr"] for v in svc["endpoint"]["virtual_ips"] if v["network_id"] == self.net_id), "?")
-        self.notes.append(f"orch: o1 {h1.addr} manager + client task, o2 {h2.addr}, o3 {h3.addr} workers; network "
+        self.notes.append(f"orch: o1 {h1.addr} manager, o2 {h2.addr} and o3 {h3.addr} (client task) workers; network "
                           f"{NET} {ORCH_SUBNET}; web VIP {vip}, tasks {dict(where)}, -p {MESH_PORT}:{HTTP_PORT} "
                           f"(ingress); one on o2 at {self.one_ip}; webh: host mode {HOST_PORT}:{HTTP_PORT} on o2")
 
     # (a)
     def create_detached(self, name: str) -> float:
-        self.create(name, "--constraint", "node.hostname!=o1", detach=True)
+        self.create(name, "--constraint", "node.hostname==o2", detach=True)
         return time.time()
 
     def running_s(self, name: str, created: float) -> float:
@@ -796,7 +814,7 @@ class OrchSide:
             "orch.vip": (self.client_ns, LoadSpec(name="web")),
             "orch.vip1": (self.client_ns, LoadSpec(name="one")),
             "orch.direct": (self.client_ns, LoadSpec(targets=[f"{self.one_ip}:{HTTP_PORT}"])),
-            "orch.mesh_notask": (ul_ns, LoadSpec(targets=[f"{self.h1.addr}:{MESH_PORT}"])),
+            "orch.mesh_notask": (ul_ns, LoadSpec(targets=[f"{self.h3.addr}:{MESH_PORT}"])),
             "orch.mesh_task": (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{MESH_PORT}"])),
             "orch.hostmode": (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{HOST_PORT}"])),
             "orch.underlay": (ul_ns, LoadSpec(targets=[under])),
@@ -805,7 +823,7 @@ class OrchSide:
     # (d)
     def update_loads(self, ul_ns: str, stop: str) -> dict[str, tuple[str, LoadSpec]]:
         return {"vip (name web, resolved per request)": (self.client_ns, paced(stop, name="web", resolve="each")),
-                "mesh (underlay -> o1:8080, no task)": (ul_ns, paced(stop, targets=[f"{self.h1.addr}:{MESH_PORT}"]))}
+                "mesh (underlay -> o3:8080, no task)": (ul_ns, paced(stop, targets=[f"{self.h3.addr}:{MESH_PORT}"]))}
 
     def update(self, rnd: int) -> float:
         before = {t["id"] for t in self.tasks("web")}
@@ -961,22 +979,23 @@ class SwarmSide:
             self.docker("s1", "node", "update", "--label-add", f"h={h.name}", nid)
         self.td.push("remove the swarm services and network", self.remove_all)
         self.docker("s1", "network", "create", "-d", "overlay", "--subnet", SWARM_SUBNET, NET)
-        self.create("client", "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h==s1",
+        self.create("client", "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h==s3",
                     cmd=("sleep", "1000000"))
         self.create("web", "--endpoint-mode", "dnsrr", "--replicas", str(WEB_REPLICAS), "--constraint",
-                    "node.labels.h!=s1", "--update-parallelism", "1", "--update-delay", "0s")
+                    "node.labels.h!=s3", "--update-parallelism", "1", "--update-delay", "0s")
         self.create("one", "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h==s2")
         self.create("webh", "--endpoint-mode", "dnsrr", "--publish",
                     f"mode=host,published={HOST_PORT},target={HTTP_PORT}", "--constraint", "node.labels.h==s2")
         self.wait_running("client", 1)
-        self.client_ns = self.container_ns("s1", "client")
+        self.client_ns = self.container_ns("s3", "client")
         web = self.wait_running("web", WEB_REPLICAS)
         (one,) = self.wait_running("one", 1)
         self.wait_running("webh", 1)
         self.one_ip = self.addr(one)
         version = self.docker("s1", "version", "--format", "{{.Server.Version}}").stdout.strip()
-        self.notes.append(f"swarm: dockerd {version} in s1 {s1.addr} (manager + client), s2 {self.h2.addr}, s3 "
-                          f"{self.h3.addr}; overlay {NET} {SWARM_SUBNET}; web (dnsrr) {len(web)} tasks on s2/s3, "
+        self.notes.append(f"swarm: dockerd {version} in s1 {s1.addr} (manager), s2 {self.h2.addr} and s3 "
+                          f"{self.h3.addr} (client) workers; overlay {NET} {SWARM_SUBNET}; web (dnsrr) {len(web)} "
+                          "tasks on s1/s2, "
                           f"one on s2 at {self.one_ip}; webh: host mode {HOST_PORT}:{HTTP_PORT} on s2")
 
     def ipvs_log(self) -> str:
@@ -1011,9 +1030,9 @@ class SwarmSide:
         try:
             self.wait_running("meshchk", 1, timeout=60)
             got = ul.run([sys.executable, str(Path(__file__).resolve()), "--once", f"{self.h2.addr}:{CHECK_PORT}",
-                          f"{self.h1.addr}:{CHECK_PORT}"], timeout=30).stdout.strip()
+                          f"{self.h3.addr}:{CHECK_PORT}"], timeout=30).stdout.strip()
             self.checks["mesh"] = (f"a service published on {CHECK_PORT} through the ingress routing mesh, GET from "
-                                   f"the underlay to s2 (task) and s1 (no task): {got}")
+                                   f"the underlay to s2 (task) and s3 (no task): {got}")
         except RuntimeError as e:
             self.checks["mesh"] = f"a service published through the ingress routing mesh: {e}"
         log_seen = self.ipvs_log()
@@ -1023,14 +1042,14 @@ class SwarmSide:
 
     def check_hostmode(self, ul: Host) -> None:
         got = ul.run([sys.executable, str(Path(__file__).resolve()), "--once",
-                      f"{self.h2.addr}:{HOST_PORT}", f"{self.h1.addr}:{HOST_PORT}"], timeout=30).stdout.strip()
+                      f"{self.h2.addr}:{HOST_PORT}", f"{self.h3.addr}:{HOST_PORT}"], timeout=30).stdout.strip()
         self.checks["host mode"] = (f"a service published in host mode on {HOST_PORT}, GET from the underlay to s2 "
-                                    f"(task) and s1 (no task): {got}")
+                                    f"(task) and s3 (no task): {got}")
         self.hostmode = got.split(";")[0].strip().endswith("ok")
 
     # (a)
     def create_detached(self, name: str) -> float:
-        self.create(name, "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h!=s1")
+        self.create(name, "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h==s2")
         return time.time()
 
     def running_s(self, name: str, created: float) -> float:
@@ -1150,8 +1169,8 @@ LABELS = {
     "swarm.dnsrr1": "Swarm  name one -> its task (dnsrr)",
     "swarm.direct": "Swarm  straight to one's task address",
     "swarm.dnsrr": "Swarm  name web -> 6 tasks (dnsrr, rr)",
-    "orch.mesh_notask": "orch   mesh -> o1:8080 (no task)",
-    "orch.mesh_task": "orch   mesh -> o2:8080 (3 tasks there)",
+    "orch.mesh_notask": "orch   mesh -> o3:8080 (no task)",
+    "orch.mesh_task": "orch   mesh -> o2:8080 (web tasks there)",
     "orch.hostmode": "orch   host mode -> o2:8082",
     "orch.underlay": "orch   direct: httpd in o2's netns",
     "swarm.hostmode": "Swarm  host mode -> s2:8082",
@@ -1216,6 +1235,8 @@ def print_report(args: argparse.Namespace, res: dict[str, Any]) -> None:
                   f"{fmt(s['run_to_ok_p50_s'], '.3f'):>16} {fmt(s['run_to_ok_p99_s'], '.3f'):>6}")
         if "a.orch_p99_over_swarm_p99" in res["ratios"]:
             print(f"  first 200, orch p99 / Swarm p99 = {fmt(res['ratios']['a.orch_p99_over_swarm_p99'], '.3f')}")
+        print("  machine CPU busy in the 0.2 s before each create (this run idle: others' load), median: "
+              + ", ".join(f"{side} {fmt(s['busy_before_p50_pct'], '.0f')}%" for side, s in ds.items()))
         for d in [d for d in res["discovery_samples"] if d["error"]][:6]:
             print(f"  {d['side']} {d['name']}: {d['error']}")
     loads = [Load(**s) for s in res["loads"]]
@@ -1255,6 +1276,8 @@ def print_report(args: argparse.Namespace, res: dict[str, Any]) -> None:
             parts = []
             for k, ld in u["loads"].items():
                 extra = f" {ld.get('errors')}" if ld.get("fail") else ""
+                if ld.get("failures"):
+                    extra += " at +" + ", +".join(f"{f[0] - u['started']:.1f}" for f in ld["failures"][:8]) + " s"
                 if ld.get("error"):
                     extra += f" ({ld['error']})"
                 parts.append(f"{k}: {ld.get('fail', 0)} of {ld.get('ok', 0) + ld.get('fail', 0)}{extra}")
@@ -1430,8 +1453,9 @@ def main() -> int:
                 order = sides if i % 2 == 0 else list(reversed(sides))
                 for pos, side in enumerate(order):
                     name = f"svc{i + 1}"
+                    busy = cpu_busy_pct(0.2)
                     created = side.create_detached(name)
-                    d = Discovery(side.name, name, i, pos, created)
+                    d = Discovery(side.name, name, i, pos, created, busy_before_pct=busy)
                     try:
                         r = probes[side.name].discover(name)
                     except RuntimeError as e:
@@ -1487,6 +1511,7 @@ def main() -> int:
                     pids += [p.pid for p in procs.values()]
                     try:
                         time.sleep(1.0)
+                        u.started = time.time()
                         u.update_s = side.update(rnd)
                         time.sleep(1.0)
                     except (RuntimeError, AssertionError, subprocess.TimeoutExpired) as e:
