@@ -177,14 +177,11 @@ class Netns:
             self._setns(self.home)
 
 
-HERE = None  # sockets in this process's own namespace
-
-
 def _sock(ns: Netns | None, kind: int) -> socket.socket:
     return ns.socket(kind) if ns is not None else socket.socket(socket.AF_INET, kind)
 
 
-async def dns_a(name: str, timeout: float = 0.5, ns: Netns | None = HERE) -> tuple[str, list[str]]:
+async def dns_a(name: str, timeout: float = 0.5, ns: Netns | None = None) -> tuple[str, list[str]]:
     """(rcode, A addresses) of one query to 127.0.0.11 in the namespace."""
     from dnslib import QTYPE, RCODE, DNSRecord
 
@@ -210,7 +207,7 @@ async def dns_a(name: str, timeout: float = 0.5, ns: Netns | None = HERE) -> tup
 
 
 async def http_get(ip: str, port: int, timeout: float, connect_timeout: float | None = None,
-                   ns: Netns | None = HERE) -> tuple[str, str]:
+                   ns: Netns | None = None) -> tuple[str, str]:
     """One GET / over HTTP/1.0 from the namespace: ("ok", body) on a 200, else (what failed, "")."""
     loop = asyncio.get_running_loop()
     s = _sock(ns, socket.SOCK_STREAM)
