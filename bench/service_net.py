@@ -5,7 +5,7 @@ orch against the same workload on Docker Swarm, on the netns fleet
 One run, everything real:
 
 - orch: three `orch daemon`s (o1 manager, o2 and o3 workers), an overlay
-  network `benchnet`, a client task on worker o3 (`sleep`), and busybox
+  network `benchnet`, two client tasks on worker o3 (`sleep`), and busybox
   httpd services (`sh -c '... exec busybox httpd -f -p 8000'`, each task
   serving its hostname): `web` (6 replicas on o1/o2, `-p 8080:8000`: on the
   routing mesh), `one` (1 replica on o2) and `webh` (1 replica on o2,
@@ -50,7 +50,14 @@ Figures:
     dnsrr: the task addresses, resolved once, used round-robin) against
     straight to one task's address: for `one` (1 replica: both ways reach the
     same single backend, so the ratio is the VIP's own cost; goal >= 0.9) and
-    for `web` (6 replicas, shown beside).
+    for `web` (6 replicas, shown beside). The direct path runs from the
+    second client task: from one client, connections to one backend through
+    its VIP and straight to it reuse each other's ports while the backend
+    still holds them in TIME_WAIT, and as the client's TCP timestamp offset
+    depends on the destination it connected to (the VIP or the task), the
+    backend drops such SYNs as old duplicates (PAWS; TcpExtPAWSTimewait on
+    the backend, TCPSynRetrans on the client): 1 s stalls that halved both
+    paths within a minute when they shared a client.
 (c) the same from the underlay (host ul) to a node's address: orch's routing
     mesh on 8080 through o3 (no task) and o2 (3 tasks), host mode on both
     sides (o2:8082, s2:8082); against "direct": the same busybox httpd run
@@ -701,7 +708,7 @@ class OrchSide:
         self.image = f"{reg}/{IMAGE_REPO}:{IMAGE_TAG}"
         self.services: list[str] = []
         self.net_id = ""
-        self.client_ns = ""
+        self.client_ns = self.client2_ns = ""
         self.one_ip = ""
         self.notes: list[str] = []
         self.checks: dict[str, str] = {}
@@ -749,18 +756,20 @@ class OrchSide:
         self.o.orch(h1, "network", "create", "--subnet", ORCH_SUBNET, NET)
         self.net_id = next(n["id"] for n in self.api("GET", "/v1/networks") if n["spec"]["name"] == NET)
         self.services.append("client")
-        self.o.orch(h1, "service", "create", "--name", "client", "--network", NET, "--constraint",
-                    "node.hostname==o3", "--stop-signal", "KILL", self.image, "sleep", "1000000", timeout=180)
+        self.o.orch(h1, "service", "create", "--name", "client", "--replicas", "2", "--network", NET,
+                    "--constraint", "node.hostname==o3", "--stop-signal", "KILL", self.image, "sleep", "1000000",
+                    timeout=180)
         self.create("web", "--replicas", str(WEB_REPLICAS), "-p", f"{MESH_PORT}:{HTTP_PORT}", "--constraint",
                     "node.hostname!=o3", "--update-parallelism", "1", "--update-delay", "0s")
         self.create("one", "--constraint", "node.hostname==o2")
         self.create("webh", "--publish", f"mode=host,published={HOST_PORT},target={HTTP_PORT}", "--constraint",
                     "node.hostname==o2")
         nodes = self.node_names()
-        (client,) = self.wait_running("client", 1)
-        self.client_ns = f"/run/netns/{h3.name_prefix}task-{client['id']}"
-        if not os.path.exists(self.client_ns):
-            raise RuntimeError(f"orch: the client task's network namespace {self.client_ns} is not there")
+        clients = sorted(self.wait_running("client", 2), key=lambda t: t["slot"] or 0)
+        self.client_ns, self.client2_ns = (f"/run/netns/{h3.name_prefix}task-{t['id']}" for t in clients)
+        for ns in (self.client_ns, self.client2_ns):
+            if not os.path.exists(ns):
+                raise RuntimeError(f"orch: the client task's network namespace {ns} is not there")
         web = self.wait_running("web", WEB_REPLICAS)
         (one,) = self.wait_running("one", 1)
         self.wait_running("webh", 1)
@@ -814,7 +823,7 @@ class OrchSide:
         return {
             "orch.vip": (self.client_ns, LoadSpec(name="web")),
             "orch.vip1": (self.client_ns, LoadSpec(name="one")),
-            "orch.direct": (self.client_ns, LoadSpec(targets=[f"{self.one_ip}:{HTTP_PORT}"])),
+            "orch.direct": (self.client2_ns, LoadSpec(targets=[f"{self.one_ip}:{HTTP_PORT}"])),
             "orch.mesh_notask": (ul_ns, LoadSpec(targets=[f"{self.h3.addr}:{MESH_PORT}"])),
             "orch.mesh_task": (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{MESH_PORT}"])),
             "orch.hostmode": (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{HOST_PORT}"])),
@@ -874,7 +883,7 @@ class SwarmSide:
         self.d: dict[str, PrivateDockerd] = {}
         self.image = f"{reg}/{IMAGE_REPO}:{IMAGE_TAG}"
         self.services: list[str] = []
-        self.client_ns = ""
+        self.client_ns = self.client2_ns = ""
         self.one_ip = ""
         self.notes: list[str] = []
         self.checks: dict[str, str] = {}
@@ -951,12 +960,13 @@ class SwarmSide:
                 return str(na["Addresses"][0].split("/")[0])
         return ""
 
-    def container_ns(self, host: str, svc: str) -> str:
+    def container_ns(self, host: str, svc: str, n: int) -> list[str]:
+        """The network namespaces (through the containers' pids) of svc's n containers on host."""
         cids = self.docker(host, "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={svc}").stdout.split()
-        if len(cids) != 1:
-            raise RuntimeError(f"swarm: {len(cids)} containers of {svc} on {host}")
-        pid = self.docker(host, "inspect", "-f", "{{.State.Pid}}", cids[0]).stdout.strip()
-        return f"/proc/{pid}/ns/net"
+        if len(cids) != n:
+            raise RuntimeError(f"swarm: {len(cids)} containers of {svc} on {host}, wanted {n}")
+        pids = self.docker(host, "inspect", "-f", "{{.State.Pid}}", *cids).stdout.split()
+        return [f"/proc/{pid}/ns/net" for pid in sorted(pids, key=int)]
 
     def start(self) -> None:
         for h in (self.h1, self.h2, self.h3):
@@ -980,15 +990,15 @@ class SwarmSide:
             self.docker("s1", "node", "update", "--label-add", f"h={h.name}", nid)
         self.td.push("remove the swarm services and network", self.remove_all)
         self.docker("s1", "network", "create", "-d", "overlay", "--subnet", SWARM_SUBNET, NET)
-        self.create("client", "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h==s3",
+        self.create("client", "--endpoint-mode", "dnsrr", "--replicas", "2", "--constraint", "node.labels.h==s3",
                     cmd=("sleep", "1000000"))
         self.create("web", "--endpoint-mode", "dnsrr", "--replicas", str(WEB_REPLICAS), "--constraint",
                     "node.labels.h!=s3", "--update-parallelism", "1", "--update-delay", "0s")
         self.create("one", "--endpoint-mode", "dnsrr", "--constraint", "node.labels.h==s2")
         self.create("webh", "--endpoint-mode", "dnsrr", "--publish",
                     f"mode=host,published={HOST_PORT},target={HTTP_PORT}", "--constraint", "node.labels.h==s2")
-        self.wait_running("client", 1)
-        self.client_ns = self.container_ns("s3", "client")
+        self.wait_running("client", 2)
+        self.client_ns, self.client2_ns = self.container_ns("s3", "client", 2)
         web = self.wait_running("web", WEB_REPLICAS)
         (one,) = self.wait_running("one", 1)
         self.wait_running("webh", 1)
@@ -1078,7 +1088,7 @@ class SwarmSide:
         out = {
             "swarm.dnsrr": (self.client_ns, LoadSpec(name="web")),
             "swarm.dnsrr1": (self.client_ns, LoadSpec(name="one")),
-            "swarm.direct": (self.client_ns, LoadSpec(targets=[f"{self.one_ip}:{HTTP_PORT}"])),
+            "swarm.direct": (self.client2_ns, LoadSpec(targets=[f"{self.one_ip}:{HTTP_PORT}"])),
         }
         if self.hostmode:
             out["swarm.hostmode"] = (ul_ns, LoadSpec(targets=[f"{self.h2.addr}:{HOST_PORT}"]))
@@ -1165,10 +1175,10 @@ def once_main(targets: list[str]) -> None:
 
 LABELS = {
     "orch.vip1": "orch   name one -> its VIP (1 replica, o2)",
-    "orch.direct": "orch   straight to one's task address",
+    "orch.direct": "orch   straight to one's task (2nd client)",
     "orch.vip": "orch   name web -> its VIP (6 replicas)",
     "swarm.dnsrr1": "Swarm  name one -> its task (dnsrr)",
-    "swarm.direct": "Swarm  straight to one's task address",
+    "swarm.direct": "Swarm  straight to one's task (2nd client)",
     "swarm.dnsrr": "Swarm  name web -> 6 tasks (dnsrr, rr)",
     "orch.mesh_notask": "orch   mesh -> o3:8080 (no task)",
     "orch.mesh_task": "orch   mesh -> o2:8080 (web tasks there)",
