@@ -3,11 +3,18 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay cluster-up cluster-down
+DIST ?= dist
+
+.PHONY: dist vm-up vm-down test-vm install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay cluster-up cluster-down
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
 	-command -v pyenv >/dev/null && pyenv rehash
+
+dist:               ## a wheel of orch and of each dependency in $(DIST)/wheels: installs offline into a venv (see README)
+	rm -rf $(DIST)/wheels && mkdir -p $(DIST)
+	$(PY) -m pip wheel -q --disable-pip-version-check . -w $(DIST)/wheels
+	@ls $(DIST)/wheels | wc -l | xargs -I{} echo "$(DIST)/wheels: {} wheels, $$(du -sh $(DIST)/wheels | cut -f1)"
 
 test:               ## the default test suite (what CI runs)
 	$(PY) -m pytest -q
