@@ -23,9 +23,10 @@ def cli(ctx: click.Context, host: str | None, socket: str | None, tls_dir: str |
 
 
 def _register() -> None:
-    from . import cluster, config, daemon, network, service, swarm
+    from . import cluster, config, daemon, network, service, swarm, system
 
     cli.add_command(daemon.daemon)
+    cli.add_command(system.system)
     for c in swarm.COMMANDS + service.COMMANDS:
         cli.add_command(c)
     cli.add_command(cluster.cluster)

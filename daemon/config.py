@@ -158,3 +158,15 @@ def merge(flags: dict[str, Any], given: set[str], cfg: Config | None) -> dict[st
                 out[dest] = value
     return out
 
+
+
+def effective_socket(path: Any, text: str | None) -> str:
+    """The daemon's socket per this config (its text, else the file at `path`),
+    or the default when it sets none or cannot be read."""
+    try:
+        cfg = parse_config(text, str(path)) if text is not None else load_config(str(path), required=False)
+    except ConfigError:
+        cfg = None
+    if cfg is not None and cfg.values.get("socket_path"):
+        return str(cfg.values["socket_path"])
+    return str(BY_KEY["socket"].default)
