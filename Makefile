@@ -28,6 +28,15 @@ sim-many:           ## deterministic Raft simulation over many more seeds
 bench-raft:         ## Raft write benchmark against etcd
 	$(PY) bench/raft_writes.py
 
+vm-up:              ## 3 Debian 12 VMs under qemu (image from Debian packages, cached), on a bridge in a netns of their own (state in .vmfleet/)
+	$(PY) -m tests.harness.vmfleet up
+
+vm-down:            ## stop the VMs, remove their namespace, taps and overlays
+	$(PY) -m tests.harness.vmfleet down
+
+test-vm:            ## orch fleet up on 3 fresh VMs, a service across them, a reboot (needs qemu; ~10 min under emulation)
+	ORCH_VM_TESTS=1 $(PY) -m pytest -q -m vm -p no:cacheprovider tests/vm
+
 cluster-up:         ## a local fleet: 3 managers + 2 workers, each host a network namespace (state in .fleet/)
 	$(PY) -m tests.harness.fleet_cluster up
 

@@ -183,8 +183,12 @@ class Fleet:
         await r.ssh.step("copy", f"rm -rf {STAGE} && mkdir -p {STAGE} && tar -C {STAGE} -xf -", stdin=blob)
 
     async def install(self, r: HostRun, with_config: bool) -> None:
-        await r.ssh.step("install", f"test -x {VENV}/bin/pip || python3 -m venv {VENV}; "
-                                    f"{VENV}/bin/pip install -q --disable-pip-version-check --no-index "
+        # A venv left by an earlier run gets this orch (same version number, new build) in place of its own.
+        # --no-compile: pip would byte-compile every module of every wheel (minutes under emulation);
+        # Python compiles what the daemon imports, once.
+        await r.ssh.step("install", f"if test -x {VENV}/bin/pip; then {VENV}/bin/pip uninstall -q -y orch; "
+                                    f"else python3 -m venv {VENV}; fi && "
+                                    f"{VENV}/bin/pip install -q --no-compile --disable-pip-version-check --no-index "
                                     f"--find-links {STAGE}/wheels orch")
         cfg = f" --config {STAGE}/daemon.yaml" if with_config else ""
         await r.ssh.step("system install", f"{ORCH} system install{cfg}")
