@@ -57,7 +57,8 @@ for kv in $(cat /proc/cmdline); do
 done
 mkdir -p /root/.ssh && chmod 700 /root/.ssh
 [ -n "$KEY" ] && echo "ssh-ed25519 $KEY vmfleet" > /root/.ssh/authorized_keys
-test -e /etc/ssh/ssh_host_ed25519_key || ssh-keygen -A
+# Own host key per VM, made at first boot; ed25519 only (RSA takes a minute under emulation).
+test -e /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
 ip link set lo up
 # udev announcing the NIC is slow under emulation: poll for it.
 i=0; while ! ip link show eth0 >/dev/null 2>&1; do i=$((i+1)); [ $i -gt 1200 ] && exit 1; sleep 0.1; done
@@ -163,7 +164,7 @@ def build_image(log: object = print) -> tuple[Image, float]:
             'printf "127.0.0.1 localhost\\n" > "$1/etc/hosts"',
             'mkdir -p "$1/etc/systemd/journald.conf.d" && '
             'printf "[Journal]\\nStorage=volatile\\n" > "$1/etc/systemd/journald.conf.d/vmfleet.conf"',
-            'printf "UseDNS no\\nPermitRootLogin prohibit-password\\n" > "$1/etc/ssh/sshd_config.d/vmfleet.conf"',
+            'printf "UseDNS no\\nPermitRootLogin prohibit-password\\nHostKey /etc/ssh/ssh_host_ed25519_key\\n" > "$1/etc/ssh/sshd_config.d/vmfleet.conf"',
             'chroot "$1" update-initramfs -u -k all',
             f'cp -L "$1/vmlinuz" {shlex.quote(str(work / "vmlinuz"))} && '
             f'cp -L "$1/initrd.img" {shlex.quote(str(work / "initrd.img"))}',
