@@ -3,11 +3,18 @@ PY ?= python3
 SEEDS ?= 500
 MANY_SEEDS ?= 20000
 
-.PHONY: install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay bench-service-net cluster-up cluster-down demo
+DIST ?= dist
+
+.PHONY: dist vm-up vm-down test-vm install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay bench-service-net cluster-up cluster-down demo
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
 	-command -v pyenv >/dev/null && pyenv rehash
+
+dist:               ## a wheel of orch and of each dependency in $(DIST)/wheels: installs offline into a venv (see README)
+	rm -rf $(DIST)/wheels && mkdir -p $(DIST)
+	$(PY) -m pip wheel -q --disable-pip-version-check . -w $(DIST)/wheels
+	@ls $(DIST)/wheels | wc -l | xargs -I{} echo "$(DIST)/wheels: {} wheels, $$(du -sh $(DIST)/wheels | cut -f1)"
 
 test:               ## the default test suite (what CI runs)
 	$(PY) -m pytest -q
@@ -20,6 +27,15 @@ sim-many:           ## deterministic Raft simulation over many more seeds
 
 bench-raft:         ## Raft write benchmark against etcd
 	$(PY) bench/raft_writes.py
+
+vm-up:              ## 3 Debian 12 VMs under qemu (image from Debian packages, cached), on a bridge in a netns of their own (state in .vmfleet/)
+	$(PY) -m tests.harness.vmfleet up
+
+vm-down:            ## stop the VMs, remove their namespace, taps and overlays
+	$(PY) -m tests.harness.vmfleet down
+
+test-vm:            ## orch fleet up on 3 fresh VMs, a service across them, a reboot (needs qemu; ~10 min under emulation)
+	ORCH_VM_TESTS=1 $(PY) -m pytest -q -m vm -p no:cacheprovider tests/vm
 
 cluster-up:         ## a local fleet: 3 managers + 2 workers, each host a network namespace (state in .fleet/)
 	$(PY) -m tests.harness.fleet_cluster up

@@ -23,9 +23,11 @@ def cli(ctx: click.Context, host: str | None, socket: str | None, tls_dir: str |
 
 
 def _register() -> None:
-    from . import cluster, config, daemon, network, service, stack, swarm
+    from . import cluster, config, daemon, fleet, network, service, stack, swarm, system
 
     cli.add_command(daemon.daemon)
+    cli.add_command(system.system)
+    cli.add_command(fleet.fleet)
     for c in swarm.COMMANDS + service.COMMANDS + stack.COMMANDS:
         cli.add_command(c)
     cli.add_command(cluster.cluster)

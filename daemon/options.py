@@ -10,13 +10,73 @@ node becomes one. Every problem is an OptionsError naming the flag.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from typing import Any
 
 from pki.tls import parse_addr
 
 from .node import NodeOptions
 from .settings import ManagerSettings, SettingsError
 
-# Settings fields -> the flags that set them, so errors name what the user typed.
+@dataclass(frozen=True)
+class Option:
+    """One option of `orch daemon`: the one table both the command's flags
+    (cli.daemon) and the keys of /etc/orch/daemon.yaml (daemon.config) are
+    made from, so the two cannot drift apart."""
+
+    # The flag without its dashes, which is also the daemon.yaml key ("data-dir").
+    key: str
+    # The keyword of build_options (or of the command alone, e.g. log_level).
+    dest: str
+    # str, int, float, bool (a flag), list (a repeatable flag; a YAML list of strings), choice.
+    kind: str
+    default: Any
+    help: str
+    # Lowest value an int or float takes.
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    # A path on the host (the flag checks nothing more than a string would).
+    path: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("data-dir", "data_dir", "str", "/var/lib/orch", "State directory.", path=True),
+    Option("node-id", "node_id", "int", None, "This manager's Raft id (static managers only).", minimum=1),
+    Option("listen-addr", "listen_addr", "str", "0.0.0.0:4242", "HOST:PORT for the control API and Raft peers."),
+    Option("initial-cluster", "initial_cluster", "str", "",
+           "ID=HOST:PORT,... of the founding managers (first start only)."),
+    Option("manager", "as_manager", "bool", False,
+           "Run the manager with no state yet, waiting for `orch cluster member add`."),
+    Option("socket", "socket_path", "str", "/run/orch/orch.sock", "Unix socket for the local CLI.", path=True),
+    Option("tick-ms", "tick_ms", "int", 100, "Raft tick interval (milliseconds).", minimum=1),
+    Option("election-ticks", "election_ticks", "int", 10,
+           "Ticks without a leader before a follower stands for election.", minimum=2),
+    Option("snapshot-every", "snapshot_every", "int", 10_000, "Snapshot after this many applied entries.", minimum=1),
+    Option("keep-entries", "keep_entries", "int", 5_000, "Entries kept after a snapshot for slow followers.",
+           minimum=0),
+    Option("insecure-registry", "insecure", "list", (),
+           "Registry (host:port, host or CIDR) spoken to over plain http (repeatable)."),
+    Option("registry-auth-file", "registry_auth_file", "str", None,
+           "docker-style config.json with registry credentials.", path=True),
+    Option("runtime", "runtime", "str", "runc", "OCI runtime binary (runc, crun, youki)."),
+    Option("cgroup-parent", "cgroup_parent", "str", "orch", "cgroup under which containers run."),
+    Option("hostname", "hostname", "str", None, "Name this node reports to the managers (default: the host name)."),
+    Option("network-prefix", "network_prefix", "str", "orch-",
+           "Prefix of the network namespaces and nftables table overlay networking makes."),
+    Option("heartbeat-period", "heartbeat_period", "float", 5.0,
+           "Agent heartbeat period a manager of this node asks for (seconds).", minimum=0.05),
+    Option("log-level", "log_level", "choice", "info", "How much the daemon logs.",
+           choices=("debug", "info", "warning", "error")),
+)
+
+BY_KEY = {o.key: o for o in OPTIONS}
+BY_DEST = {o.dest: o for o in OPTIONS}
+
+# Settings fields -> the options that set them, so errors name what the user typed.
 FLAGS = {
     "data_dir": "--data-dir",
     "socket_path": "--socket",
@@ -32,6 +92,19 @@ FLAGS = {
     "keep_entries": "--keep-entries",
     "heartbeat_period": "--heartbeat-period",
 }
+
+
+def defaults() -> dict[str, Any]:
+    """Every option's default, by dest."""
+    return {o.dest: o.default for o in OPTIONS}
+
+
+def build_kwargs(values: dict[str, Any]) -> dict[str, Any]:
+    """The keywords of build_options out of every option's value (by dest)."""
+    kw = {o.dest: values.get(o.dest, o.default) for o in OPTIONS if o.dest != "log_level"}
+    kw["insecure"] = tuple(kw["insecure"])
+    return kw
+
 
 
 class OptionsError(ValueError):

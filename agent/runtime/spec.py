@@ -300,6 +300,9 @@ def build_config(
             "cwd": cwd,
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "noNewPrivileges": not spec.privileged,
+            # Containers do not inherit the daemon's oom_score_adj (its systemd
+            # unit lowers it so the daemon is not killed before its containers).
+            "oomScoreAdj": 0,
         },
         "root": {"path": rootfs, "readonly": spec.read_only},
         "hostname": hostname,
