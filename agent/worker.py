@@ -414,13 +414,11 @@ class Worker:
                     why = "unhealthy container"
                 self._report(tid, TaskState.FAILED, "failed", err=why, exit_code=rec.exit_code, container_id=rec.id)
         elif rec.status == "running":
-            hs = rec.health_state or {}
-            if hs.get("status") == "starting":
-                # As Swarm: a task with a health check is RUNNING (a backend
-                # of its service) only once the check passed.
-                self._report(tid, TaskState.STARTING, "waiting for the health check", container_id=rec.id)
-            else:
-                self._report(tid, TaskState.RUNNING, "started", container_id=rec.id)
+            # (Holding a health-checked task in STARTING until its check passes,
+            # as Swarm does, stalled automatic rollbacks of start-first updates
+            # in tests/services/test_services_e2e.py; not done until that is
+            # understood. An unhealthy task is stopped and leaves the backends.)
+            self._report(tid, TaskState.RUNNING, "started", container_id=rec.id)
 
     async def _stop_unhealthy(self, tid: str, rec: ContainerRecord) -> None:
         try:
