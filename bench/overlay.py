@@ -779,6 +779,75 @@ def leftovers(run_id: str, base_dir: str, pids: list[int], outside_before: dict[
     return out
 
 
+class FleetRun:
+    """One benchmark run on a netns fleet of its own, safe to interrupt.
+
+    Made first thing in a bench's main: from then on SIGTERM and SIGINT
+    raise KeyboardInterrupt in this process (a forked helper -- pyroute2
+    forks to create namespaces and ends the child with SIGTERM -- dies as it
+    would by default instead of cleaning up); leftovers of earlier runs are
+    removed. `close()`, in the bench's `finally`, tears everything down and
+    returns what was left behind. `outside`: paths outside the run's
+    directories the run may create (dockerd's), removed if it did."""
+
+    def __init__(self, tag: str, hosts: list[str], *, outside: tuple[str, ...] = (),
+                 keep_logs: Path | None = None) -> None:
+        from container_start import Teardown
+        from tests.harness.fleet import Fleet, cleanup_stale
+
+        me = os.getpid()
+
+        def on_term(signum: int, frame: Any) -> None:
+            if os.getpid() != me:
+                os._exit(128 + signum)
+            raise KeyboardInterrupt
+
+        # SIGINT too: a shell starts background jobs with SIGINT ignored.
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        cleanup_stale()
+        self.outside_before = {p: os.path.exists(p) for p in outside}
+        self.work = Path(tempfile.mkdtemp(prefix=f"orch-bench-{tag}-"))
+        self.run_id = tag + secrets.token_hex(3)
+        self.fleet = Fleet(self.run_id, hosts)
+        self.td = Teardown()
+        self.pids: list[int] = []  # processes the run started outside the fleet's hosts' records
+        self.keep_logs = keep_logs
+
+    def close(self) -> list[str]:
+        """Tear the run down (a second Ctrl-C cannot interrupt it); what is
+        left behind, if anything."""
+        from tests.harness.fleet import FleetCleanupError
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        log("cleaning up")
+        if self.keep_logs:
+            self.keep_logs.mkdir(parents=True, exist_ok=True)
+            for h in self.fleet:
+                if os.path.exists(h.log_path):
+                    shutil.copy(h.log_path, self.keep_logs / f"{h.name}.log")
+        self.td.run()
+        base = self.fleet._rec.base_dir if self.fleet._rec else ""
+        try:
+            self.fleet.close()
+        except FleetCleanupError as e:
+            self.td.problems.append(str(e))
+        shutil.rmtree(self.work, ignore_errors=True)
+        for path, was in self.outside_before.items():
+            if not was:
+                try:
+                    os.unlink(path) if path.endswith(".lock") else os.rmdir(path)
+                except OSError:
+                    pass
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        problems = self.td.problems + leftovers(self.run_id, base or str(self.work) + "/", self.pids,
+                                                self.outside_before)
+        if os.path.exists(self.work):
+            problems.append(f"{self.work} still exists")
+        return problems
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="iperf3 runs per path (default 5)")
@@ -802,9 +871,8 @@ def main() -> int:
         if shutil.which(tool) is None:
             ap.error(f"needs {tool} (Debian packages: iperf3 util-linux nftables runc conmon libc-bin)")
 
-    from container_start import DOCKER_CLI, DOCKERD, Teardown
+    from container_start import DOCKER_CLI, DOCKERD
     from tests.fixtures.registry import REGISTRY_BIN, RegistryProcess
-    from tests.harness.fleet import Fleet, FleetCleanupError, cleanup_stale
     from tests.harness.fleet_cluster import start_registry
 
     if not os.path.exists(REGISTRY_BIN):
@@ -815,32 +883,15 @@ def main() -> int:
     elif not (os.path.exists(DOCKERD) and os.path.exists(DOCKER_CLI)):
         swarm_note = f"not measured: {DOCKERD} or {DOCKER_CLI} is missing (Debian package docker.io)"
 
-    me = os.getpid()
-
-    def on_term(signum: int, frame: Any) -> None:
-        if os.getpid() != me:
-            # A forked helper (pyroute2 forks to create namespaces, and ends
-            # it with SIGTERM) must die as it would by default, not clean up.
-            os._exit(128 + signum)
-        raise KeyboardInterrupt
-
-    # SIGINT too: a shell starts background jobs with SIGINT ignored, and a
-    # forked helper must not run the cleanup.
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
     t_start = time.monotonic()
-    cleanup_stale()
-    outside_before = {p: os.path.exists(p) for p in ("/run/docker/plugins", "/run/docker")}
-    work = Path(tempfile.mkdtemp(prefix="orch-bench-ov-"))
-    run_id = "ov" + secrets.token_hex(3)
     hosts = ["reg", "a", "b"] + ([] if swarm_note else ["sa", "sb"])
-    fleet = Fleet(run_id, hosts)
-    td = Teardown()
+    run = FleetRun("ov", hosts, outside=("/run/docker/plugins", "/run/docker"), keep_logs=args.keep_logs)
+    fleet, td, work, run_id, pids = run.fleet, run.td, run.work, run.run_id, run.pids
     samples: list[Sample] = []
     reach: list[Reach] | None = None
     scaled_at: list[float] = []
     notes: list[str] = []
-    pids: list[int] = []
+    problems: list[str] = []
     rc = 0
     try:
         fleet.up()
@@ -896,31 +947,7 @@ def main() -> int:
         log(f"failed: {type(e).__name__}: {e}")
         rc = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave things behind
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("cleaning up")
-        if args.keep_logs:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for h in fleet:
-                if os.path.exists(h.log_path):
-                    shutil.copy(h.log_path, args.keep_logs / f"{h.name}.log")
-        td.run()
-        base = fleet._rec.base_dir if fleet._rec else ""
-        try:
-            fleet.close()
-        except FleetCleanupError as e:
-            td.problems.append(str(e))
-        shutil.rmtree(work, ignore_errors=True)
-        for p in ("/run/docker/plugins", "/run/docker"):
-            if not outside_before[p]:
-                try:
-                    os.rmdir(p)
-                except OSError:
-                    pass
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    problems = td.problems + leftovers(run_id, base or str(work) + "/", pids, outside_before)
-    if os.path.exists(work):
-        problems.append(f"{work} still exists")
+        problems = run.close()
     if problems:
         rc = rc or 1
     res = report(args, samples, reach, scaled_at, notes, swarm_note, time.monotonic() - t_start, problems)

@@ -96,7 +96,6 @@ import collections
 import errno
 import json
 import os
-import secrets
 import select
 import shutil
 import signal
@@ -104,7 +103,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,7 +117,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from overlay import fmt, leftovers, log, pct  # noqa: E402  (stdlib only at import)
+from overlay import FleetRun, fmt, log, pct  # noqa: E402  (stdlib only at import)
 
 HTTP_PORT = 8000
 MESH_PORT = 8080
@@ -1380,9 +1378,8 @@ def main() -> int:
     except ImportError:
         ap.error("needs the dnslib Python package (make install)")
 
-    from container_start import DOCKER_CLI, DOCKERD, Teardown
+    from container_start import DOCKER_CLI, DOCKERD
     from tests.fixtures.registry import REGISTRY_BIN, RegistryProcess
-    from tests.harness.fleet import Fleet, FleetCleanupError, cleanup_stale
     from tests.harness.fleet_cluster import start_registry
 
     if not os.path.exists(REGISTRY_BIN):
@@ -1395,29 +1392,16 @@ def main() -> int:
     elif shutil.which("iptables") is None:
         swarm_note = "not measured: dockerd needs iptables for host-mode ports (Debian package iptables)"
 
-    me = os.getpid()
-
-    def on_term(signum: int, frame: Any) -> None:
-        if os.getpid() != me:
-            os._exit(128 + signum)  # a forked helper (pyroute2) dies as by default
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
     t_start = time.monotonic()
-    cleanup_stale()
-    outside_before = {p: os.path.exists(p) for p in OUTSIDE}
-    work = Path(tempfile.mkdtemp(prefix="orch-bench-sn-"))
-    run_id = "sn" + secrets.token_hex(3)
     hosts = ["reg", "ul", "o1", "o2", "o3"] + ([] if swarm_note else ["s1", "s2", "s3"])
-    fleet = Fleet(run_id, hosts)
-    td = Teardown()
+    run = FleetRun("sn", hosts, outside=OUTSIDE, keep_logs=args.keep_logs)
+    fleet, td, work, run_id, pids = run.fleet, run.td, run.work, run.run_id, run.pids
     disc: list[Discovery] = []
     loads: list[Load] = []
     updates: list[Update] = []
     notes: list[str] = []
     checks: dict[str, str] = {}
-    pids: list[int] = []
+    problems: list[str] = []
     rc = 0
     try:
         fleet.up()
@@ -1543,31 +1527,7 @@ def main() -> int:
         log(f"failed: {type(e).__name__}: {e}")
         rc = 1
     finally:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave things behind
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        log("cleaning up")
-        if args.keep_logs:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for h in fleet:
-                if os.path.exists(h.log_path):
-                    shutil.copy(h.log_path, args.keep_logs / f"{h.name}.log")
-        td.run()
-        base = fleet._rec.base_dir if fleet._rec else ""
-        try:
-            fleet.close()
-        except FleetCleanupError as e:
-            td.problems.append(str(e))
-        shutil.rmtree(work, ignore_errors=True)
-        for path in OUTSIDE:
-            if not outside_before[path]:
-                try:
-                    os.unlink(path) if path.endswith(".lock") else os.rmdir(path)
-                except OSError:
-                    pass
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    problems = td.problems + leftovers(run_id, base or str(work) + "/", pids, outside_before)
-    if os.path.exists(work):
-        problems.append(f"{work} still exists")
+        problems = run.close()
     if problems:
         rc = rc or 1
     res = report(args, disc, loads, updates, notes, checks, swarm_note, time.monotonic() - t_start, problems)
