@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -513,7 +514,12 @@ def ls(ep: Endpoint, fmt: str, quiet: bool) -> None:
         for s in items:
             click.echo(s["id"])
         return
-    print_table(sorted(items, key=lambda s: s["spec"]["name"]), [
+    print_services(sorted(items, key=lambda s: s["spec"]["name"]))
+
+
+def print_services(items: list[dict[str, Any]]) -> None:
+    """The table of `service ls` (and `stack services`)."""
+    print_table(items, [
         ("ID", lambda s: s["id"][:12]),
         ("NAME", lambda s: s["spec"]["name"]),
         ("MODE", lambda s: s["spec"]["mode"]),
@@ -544,15 +550,24 @@ def ps(ep: Endpoint, ref: str, fmt: str, all_: bool, no_trunc: bool) -> None:
     name = svc["spec"]["name"]
     tasks.sort(key=lambda t: (t["slot"], t["node_id"], -t["created_at"]))
     cut = None if no_trunc else 12
+    print_tasks(tasks, lambda t: f"{name}.{t['slot']}" if t["slot"] else f"{name}.{t['node_id'][:cut]}",
+                nodes, nets, cut=cut)
+
+
+def print_tasks(tasks: list[dict[str, Any]], task_name: Callable[[dict[str, Any]], str], nodes: dict[str, str],
+                nets: dict[str, str], *, cut: int | None = 12,
+                error: Callable[[dict[str, Any]], str] | None = None) -> None:
+    """The table of `service ps` (and `stack ps`): `nodes` and `nets` map
+    ids to names; ids are shortened to `cut` characters."""
     print_table(tasks, [
         ("ID", lambda t: t["id"][:cut]),
-        ("NAME", lambda t: f"{name}.{t['slot']}" if t["slot"] else f"{name}.{t['node_id'][:cut]}"),
+        ("NAME", task_name),
         ("IMAGE", lambda t: t["spec"]["container"]["image"]),
         ("NODE", lambda t: nodes.get(t["node_id"], t["node_id"][:cut])),
         ("DESIRED STATE", lambda t: t["desired_state"].capitalize()),
         ("CURRENT STATE", lambda t: f"{t['status']['state'].capitalize()} {_ago(t['status']['timestamp'])}"),
         ("ADDRESSES", lambda t: task_addresses(t, nets)),
-        ("ERROR", task_error),
+        ("ERROR", error or task_error),
     ])
 
 

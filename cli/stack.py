@@ -22,7 +22,7 @@ import click
 
 from .client import APIError, ConnectError, Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
-from .service import LIVE, _ago, _replicas, format_port, service_ports, task_addresses, wait_all_converged
+from .service import LIVE, _ago, print_services, print_tasks, wait_all_converged
 
 RESOLVE_CHOICES = ["always", "changed", "never"]
 SIGN = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
@@ -261,14 +261,7 @@ def services(ep: Endpoint, name: str, fmt: str, quiet: bool) -> None:
         for s in items:
             click.echo(s["id"])
         return
-    print_table(items, [
-        ("ID", lambda s: s["id"][:12]),
-        ("NAME", lambda s: s["spec"]["name"]),
-        ("MODE", lambda s: s["spec"]["mode"]),
-        ("REPLICAS", _replicas),
-        ("IMAGE", lambda s: s["spec"]["task"]["container"]["image"]),
-        ("PORTS", lambda s: ", ".join(format_port(p) for p in service_ports(s))),
-    ])
+    print_services(items)
 
 
 @stack.command("ps")
@@ -293,17 +286,9 @@ def ps(ep: Endpoint, name: str, fmt: str, all_: bool) -> None:
         return f"{svc}.{t['slot']}" if t["slot"] else f"{svc}.{t['node_id'][:12]}"
 
     tasks.sort(key=lambda t: (names.get(t["service_id"], ""), t["slot"], t["node_id"], -t["created_at"]))
-    print_table(tasks, [
-        ("ID", lambda t: t["id"][:12]),
-        ("NAME", task_name),
-        ("IMAGE", lambda t: t["spec"]["container"]["image"]),
-        ("NODE", lambda t: nodes.get(t["node_id"], t["node_id"][:12])),
-        ("DESIRED STATE", lambda t: t["desired_state"].capitalize()),
-        ("CURRENT STATE", lambda t: f"{t['status']['state'].capitalize()} {_ago(t['status']['timestamp'])}"),
-        ("ADDRESSES", lambda t: task_addresses(t, nets)),
-        ("ERROR", lambda t: t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending"
-                                                   else "")),
-    ])
+    print_tasks(tasks, task_name, nodes, nets,
+                error=lambda t: t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending"
+                                                       else ""))
 
 
 @stack.command("rm")
