@@ -10,7 +10,6 @@ images) is covered by tests/runtime and tests/services.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +43,7 @@ from api.session import (
     encode,
 )
 from tests.agent.fake_engine import FakeEngine
+from tests.harness.wait import until_async
 
 
 def _typed(e: FakeEngine) -> TaskEngine:
@@ -85,12 +85,7 @@ def changes(*changes: Any) -> AssignmentChanges:
 
 
 async def until(cond: Callable[[], Any], what: str, timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (v := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-    return v
+    return await until_async(cond, timeout, what, interval=0.01)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ addresses nobody holds."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,14 +16,11 @@ from manager.raft.driver import RaftSettings
 from manager.store import Create, Update
 from manager.tx import commit
 from tests.harness.managers import free_port
+from tests.harness.wait import until_async
 
 
 async def eventually(cond: Callable[[], Any], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await until_async(cond, timeout, what)
 
 
 def held(m: ManagerProcess) -> list[str]:

@@ -5,8 +5,6 @@ services written in one transaction."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,19 +14,6 @@ from api.objects import ServiceSpec
 from manager.controlapi.common import ManagerContext
 from manager.controlapi.errors import HTTPError
 from manager.controlapi.services import check_depends_on, stored_specs
-from tests.controlapi.test_manager_provider import serve, start_manager, wait_leader
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, ManagerContext]]:
-    m = await start_manager(tmp_path / "raft", {1: "127.0.0.1:1"})
-    client = await serve(lambda: m)
-    try:
-        await wait_leader(m.raft)
-        yield client, m
-    finally:
-        await client.close()
-        await m.raft.stop()
 
 
 def spec(name: str, *deps: Any) -> dict[str, Any]:

@@ -6,27 +6,12 @@ network is one per cluster and stays while services publish over it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp.test_utils import TestClient
 
 from manager.controlapi.common import ManagerContext
-from tests.controlapi.test_manager_provider import serve, start_manager, wait_leader
-
-
-@pytest.fixture
-async def api(tmp_path: Path) -> AsyncIterator[tuple[TestClient, ManagerContext]]:
-    m = await start_manager(tmp_path / "raft", {1: "127.0.0.1:1"})
-    client = await serve(lambda: m)
-    try:
-        await wait_leader(m.raft)
-        yield client, m
-    finally:
-        await client.close()
-        await m.raft.stop()
+from tests.controlapi.test_manager_provider import serve
 
 
 def spec(name: str, *ports: dict[str, Any], **kw: Any) -> dict[str, Any]:

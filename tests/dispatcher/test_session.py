@@ -7,7 +7,6 @@ must act; status reports reach the store; bad frames are refused."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,17 +54,13 @@ from pki.secretbox import new_key, seal
 from manager.store import MemoryStore
 from manager.tx import commit
 from tests.agent.fake_engine import FakeEngine
+from tests.harness.wait import until_async
 
 KEY = new_key()
 
 
 async def until(cond: Callable[[], Any], what: str, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (v := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-    return v
+    return await until_async(cond, timeout, what, interval=0.02)
 
 
 @dataclass

@@ -20,3 +20,17 @@ def wait_for(cond: Callable[[], T], timeout: float, what: str, interval: float =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+async def until_async(cond: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """`wait_for` for asyncio tests: yields to the loop between calls."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(interval)

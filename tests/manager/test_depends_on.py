@@ -17,13 +17,11 @@ from manager.store import Create, MemoryStore, Update
 from manager.tx import commit
 from tests.harness.managers import free_port
 from tests.orchestrator.test_reconcile import mknode, mkservice
+from tests.harness.wait import until_async
 
 
 async def eventually(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
+    await until_async(cond, timeout, what, interval=0.005)
 
 
 async def test_a_dependency_that_starts_wakes_the_loop_and_releases_its_dependents(tmp_path: Path) -> None:

@@ -7,8 +7,6 @@ that writes nothing; and a new leader carries on from the store."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,20 +30,14 @@ from manager.store import Create, Delete, Update
 from manager.tx import commit
 from pki import RootCA
 from tests.harness.managers import free_port
+from tests.harness.wait import until_async
 
 GiB = 1 << 30
 DESC = {"hostname": "", "os": "linux", "arch": "amd64", "nano_cpus": 4 * 10**9, "memory_bytes": 8 * GiB}
 
 
 async def eventually(cond: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await until_async(cond, timeout, what)
 
 
 def sandboxes(m: ManagerProcess) -> dict[str, list[Any]]:

@@ -26,16 +26,14 @@ from manager.raft.driver import RaftNode, RaftSettings
 from manager.store import Create, MemoryStore, Update
 from manager.tx import commit
 from tests.harness.managers import free_port
+from tests.harness.wait import until_async
 
 ME, OTHER = 1, 2
 FAST = RestartPolicy(backoff=0.02, max_backoff=0.08)
 
 
 async def eventually(cond: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
+    await until_async(cond, timeout, what, interval=0.005)
 
 
 class Probe:
