@@ -199,8 +199,8 @@ def _own_address(task: Task) -> str | None:
 
 DRAIN = 1.0
 """Seconds a networked task wanted stopped keeps running before its stop
-signal: the managers took it out of every endpoint table when it was wanted
-stopped, and peers stop sending it new connections within a round trip;
+signal: the managers took it out of every load-balancing set when it was
+wanted stopped, and peers stop sending it new connections within a round trip;
 stopping it only then means no client sees a refused connection during a
 rolling update or a scale-down."""
 
@@ -354,8 +354,8 @@ class Worker:
     def _report(self, tid: str, state: TaskState, message: str = "", err: str = "",
                 exit_code: int | None = None, container_id: str = "") -> None:
         prev = self.state.get(tid)
-        if prev is not None and (prev.state > state or prev.state == state and prev.message == message):
-            return  # forward only; the same state again only to say something new
+        if prev is not None and prev.state >= state:
+            return
         u = StatusUpdate(id=tid, state=state, message=message, err=err, timestamp=time.time(),
                          exit_code=exit_code, container_id=container_id or (prev.container_id if prev else ""))
         self.state[tid] = u
