@@ -25,7 +25,6 @@ namespace.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
@@ -150,10 +149,6 @@ def script(table: str, b: Balancer, *, declare: bool) -> str:
     lines.extend(f"flush chain ip {table} {name}" for name, _ in chains)
     lines.extend(f"add rule ip {table} {chain} {rule}" for chain, rule in rules(b))
     return "\n".join(lines) + "\n"
-
-
-def delete_script(table: str) -> str:
-    return f"table ip {table} {{}}\ndelete table ip {table}\n"
 
 
 def fingerprint(b: Balancer) -> str:
