@@ -93,7 +93,7 @@ def pair() -> Iterator[tuple[str, str]]:
         subprocess.run(["ip", "link", "add", f"{tag}a", "netns", cli, "type", "veth", "peer", "name", f"{tag}b",
                         "netns", srv], check=True)
         for ns, dev, addrs in ((cli, f"{tag}a", ["10.91.0.1/24"]), (srv, f"{tag}b", ["10.91.0.2/24", "10.91.0.3/24"])):
-            sh = [f"ip link set lo up", f"ip link set {dev} up"] + [f"ip addr add {a} dev {dev}" for a in addrs]
+            sh = ["ip link set lo up", f"ip link set {dev} up"] + [f"ip addr add {a} dev {dev}" for a in addrs]
             for cmd in sh:
                 subprocess.run(["nsenter", f"--net=/run/netns/{ns}", *cmd.split()], check=True)
         p = subprocess.Popen(["nsenter", f"--net=/run/netns/{srv}", sys.executable, "-c", SERVER],
