@@ -85,6 +85,8 @@ __all__ = [
     "held_ports",
     "port_claims",
     "port_conflict",
+    "port_exclusive",
+    "ports_clash",
     "trim_endpoint",
     "NetworkAllocation",
     "NetworkAttachment",
@@ -589,6 +591,18 @@ def trim_endpoint(spec: EndpointSpec, have: Endpoint) -> Endpoint:
     return have if kept == have.ports else have.model_copy(update={"ports": kept})
 
 
+def port_exclusive(mode: PublishMode) -> bool:
+    """Whether a published port held in this mode is its holder's alone
+    (ingress: every node's port is the routing mesh's); host-mode holders
+    share a port with each other (the scheduler keeps their tasks apart)."""
+    return mode == PublishMode.INGRESS
+
+
+def ports_clash(a: PublishMode, b: PublishMode) -> bool:
+    """Whether two services may not both hold one published port."""
+    return port_exclusive(a) or port_exclusive(b)
+
+
 def port_claims(spec: EndpointSpec, have: Endpoint) -> tuple[tuple[PortProtocol, int, PublishMode], ...]:
     """The published ports a service holds: (protocol, port, mode) for each
     fixed port of its spec and each allocated port still serving a dynamic
@@ -750,7 +764,7 @@ def port_conflict(svc: Service, others: Iterable[Service]) -> tuple[PortProtocol
                 held.setdefault((proto, port), []).append((o.spec.name, o, mode))
     for proto, port, mode in mine:
         for _, o, other_mode in sorted(held.get((proto, port), ()), key=lambda x: (x[0], x[1].id)):
-            if mode == PublishMode.INGRESS or other_mode == PublishMode.INGRESS:
+            if ports_clash(mode, other_mode):
                 return proto, port, o, other_mode
     return None
 

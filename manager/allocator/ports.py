@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from api.objects import DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN, PortProtocol, PublishMode
+from api.objects import DYNAMIC_PORT_MAX, DYNAMIC_PORT_MIN, PortProtocol, PublishMode, ports_clash
 
 from .ipam import AllocationError
 
@@ -60,7 +60,7 @@ class PublishedPorts:
         taking `claim` (None: it may)."""
         proto, port, mode = claim
         for sid, other in sorted(self._holders.get((proto, port), {}).items()):
-            if sid != service_id and (mode == PublishMode.INGRESS or other == PublishMode.INGRESS):
+            if sid != service_id and ports_clash(mode, other):
                 return sid
         return None
 

@@ -29,7 +29,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from api.objects import TABLE_MODELS, Model, PublishMode, port_claims
+from api.objects import TABLE_MODELS, Model, port_claims, port_exclusive
 
 KeyFunc = Callable[[Any], tuple[Hashable, ...]]
 ClaimFunc = Callable[[Any], tuple[tuple[str, bool], ...]]
@@ -58,7 +58,7 @@ _LABELED = {"label": _labels, "label_key": _label_keys}
 
 
 def _service_claims(o: Any) -> tuple[tuple[str, bool], ...]:
-    return tuple((f"published port {port}/{proto}", mode == PublishMode.INGRESS)
+    return tuple((f"published port {port}/{proto}", port_exclusive(mode))
                  for proto, port, mode in port_claims(o.spec.endpoint_spec, o.endpoint))
 
 
