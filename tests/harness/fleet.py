@@ -349,6 +349,26 @@ def cleanup_stale(state_dir: str = STATE_DIR) -> list[str]:
 # -- hosts --------------------------------------------------------------------
 
 
+def _wait_group_gone(pgid: int, timeout: float) -> None:
+    """Until no live (non-zombie) process other than pgid's own leader is in process group pgid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = False
+        for e in os.scandir("/proc"):
+            if not e.name.isdigit() or int(e.name) == pgid:
+                continue
+            try:
+                fields = Path(f"/proc/{e.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                alive = True
+                break
+        if not alive:
+            return
+        time.sleep(0.01)
+
+
 @dataclass(eq=False)
 class Host:
     """One simulated host: a network namespace, a private dir, and at most one
@@ -449,6 +469,10 @@ class Host:
     def _reap(self, timeout: float = 5.0) -> int | None:
         if self.proc is None:
             return None
+        if self.proc.returncode is None:
+            # SIGKILL is delivered asynchronously: until the leader is reaped its
+            # pgid cannot be reused, so wait here for the rest of the group to die.
+            _wait_group_gone(self.proc.pid, timeout)
         return self.proc.wait(timeout)
 
     def kill9(self) -> int | None:
