@@ -36,6 +36,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from . import privileges
 from .validation import (
     Data,
     FrozenDict,
@@ -68,6 +69,8 @@ __all__ = [
     "ServiceDependency",
     "depends_on_problems",
     "HealthcheckSpec",
+    "DeviceMapping",
+    "UlimitSpec",
     "MountSpec",
     "MountType",
     "IPAMConfig",
@@ -403,6 +406,41 @@ class HealthcheckSpec(Model):
         return v
 
 
+class DeviceMapping(Model):
+    """A host device node given to the container (`--device HOST[:CONTAINER[:PERMS]]`)."""
+
+    host: str = Field(min_length=1)  # absolute path on the node
+    container: str = ""  # absolute path in the container; "" = the host path
+    permissions: str = "rwm"  # read, write, mknod
+
+    @model_validator(mode="after")
+    def _valid(self) -> DeviceMapping:
+        try:
+            privileges.check_device(self.host, self.container, self.permissions)
+        except privileges.PrivilegeError as e:
+            raise PydanticCustomError("device", str(e), {}) from None
+        return self
+
+    def text(self) -> str:
+        return f"{self.host}:{self.container or self.host}:{self.permissions}"
+
+
+class UlimitSpec(Model):
+    """A resource limit (`--ulimit NAME=SOFT[:HARD]`); -1 = unlimited."""
+
+    name: str
+    soft: int
+    hard: int
+
+    @model_validator(mode="after")
+    def _valid(self) -> UlimitSpec:
+        try:
+            privileges.check_ulimit(self.name, self.soft, self.hard)
+        except privileges.PrivilegeError as e:
+            raise PydanticCustomError("ulimit", str(e), {}) from None
+        return self
+
+
 class ContainerSpec(Model):
     """What runs in each task's container (`docker service create` flags)."""
 
@@ -421,8 +459,42 @@ class ContainerSpec(Model):
     stop_signal: str = ""
     stop_grace_period: float = Field(10.0, ge=0)
     read_only: bool = False
-    cap_add: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()  # capability names (NET_ADMIN or CAP_NET_ADMIN) or ALL
     cap_drop: tuple[str, ...] = ()
+    privileged: bool = False  # every capability and device, no seccomp, writable /sys: an explicit opt-in
+    devices: tuple[DeviceMapping, ...] = ()
+    sysctls: dict[str, str] = Field(default_factory=_empty_labels)  # namespaced ones only
+    ulimits: tuple[UlimitSpec, ...] = ()
+    init: bool = False  # run an init (tini) as PID 1 that reaps zombies and forwards signals
+
+    @field_validator("cap_add", "cap_drop")
+    @classmethod
+    def _caps(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        try:
+            privileges.check_capabilities(v)
+        except privileges.PrivilegeError as e:
+            raise PydanticCustomError("capability", str(e), {}) from None
+        return v
+
+    @field_validator("sysctls")
+    @classmethod
+    def _sysctls(cls, v: dict[str, str]) -> FrozenDict[str, str]:
+        for name in v:
+            try:
+                privileges.check_sysctl(name)
+            except privileges.PrivilegeError as e:
+                raise PydanticCustomError("sysctl", str(e), {}) from None
+        return FrozenDict(v)
+
+    @field_validator("ulimits")
+    @classmethod
+    def _ulimits_once(cls, v: tuple[UlimitSpec, ...]) -> tuple[UlimitSpec, ...]:
+        seen = set()
+        for u in v:
+            if u.name in seen:
+                raise PydanticCustomError("ulimit", "ulimit {name} is given twice", {"name": u.name})
+            seen.add(u.name)
+        return v
 
     @field_validator("env")
     @classmethod
