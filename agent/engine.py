@@ -30,6 +30,7 @@ from agent.runtime.runtime import ContainerManager, ContainerRecord, NotFound, R
 from agent.runtime.spec import ContainerSpec, Mount, SpecError
 from agent.runtime.volumes import Volume, VolumeError, VolumeStore
 from api.objects import HealthcheckSpec, Model, MountSpec, MountType
+from api.privileges import PrivilegeError, check_sysctl, parse_device, parse_ulimit
 
 
 class EngineError(Exception):
@@ -64,9 +65,51 @@ class RunRequest(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     seccomp: str | None = None  # None: the default profile; "unconfined"; or a Docker-format profile file
     devices: tuple[str, ...] = ()  # HOST[:CONTAINER[:PERMS]]
+    sysctls: dict[str, str] = Field(default_factory=dict)  # namespaced ones only
+    ulimits: tuple[str, ...] = ()  # NAME=SOFT[:HARD], -1 or unlimited for none
+    init: bool = False  # tini as PID 1 (reaps zombies, forwards signals)
     networks: tuple[str, ...] = ()  # attachable overlay networks (names or ids) for a plain container
     netns: str | None = None  # network namespace to join (a task's, with its overlay interfaces); None: a new one
     address: str | None = None  # the container's own IP, for its /etc/hosts entry
+
+
+INIT_BINARIES = ("/usr/bin/tini-static", "/usr/bin/tini")
+"""Where the init for `init: true` is looked for on a node, static first
+(a dynamically linked tini needs a C library in the image)."""
+
+
+def init_binary() -> str:
+    for p in INIT_BINARIES:
+        if os.access(p, os.X_OK):
+            return p
+    raise SpecError("init: no init binary on this node (install Debian's tini: " + " or ".join(INIT_BINARIES) + ")")
+
+
+def _privileges(req: RunRequest) -> dict[str, Any]:
+    """The request's devices, sysctls and ulimits, checked as the managers
+    check a service's (a plain `container run` reaches no manager)."""
+    try:
+        devices = []
+        for i, d in enumerate(req.devices):
+            try:
+                dev = parse_device(d)
+                devices.append(f"{dev.host}:{dev.container}:{dev.permissions}")
+            except PrivilegeError as e:
+                raise PrivilegeError(f"devices[{i}]: {e}") from None
+        for k in req.sysctls:
+            try:
+                check_sysctl(k)
+            except PrivilegeError as e:
+                raise PrivilegeError(f"sysctls.{k}: {e}") from None
+        ulimits = []
+        for i, u in enumerate(req.ulimits):
+            try:
+                ulimits.append(parse_ulimit(u))
+            except PrivilegeError as e:
+                raise PrivilegeError(f"ulimits[{i}]: {e}") from None
+    except PrivilegeError as e:
+        raise SpecError(str(e)) from None
+    return {"devices": devices, "sysctls": dict(req.sysctls), "ulimits": ulimits, "init": init_binary() if req.init else None}
 
 
 class TaskFile(TypedDict):
@@ -188,8 +231,8 @@ class Engine:
                 stop_signal=req.stop_signal, stop_grace=req.stop_grace,
                 mounts=self._mounts(req, str(rootfs)) + self._files(cdir, files or []), privileged=req.privileged,
                 cap_add=list(req.cap_add), cap_drop=list(req.cap_drop), read_only=req.read_only,
-                labels=dict(req.labels), seccomp=req.seccomp, devices=list(req.devices),
-                netns=req.netns, address=req.address,
+                labels=dict(req.labels), seccomp=req.seccomp,
+                netns=req.netns, address=req.address, **_privileges(req),
             )
             await mgr.create(spec, str(rootfs), image_config, name=req.name, cid=cid, healthcheck=health)
             return await mgr.start(cid)

@@ -187,6 +187,8 @@ def run_request(a: TaskUpdate) -> RunRequest:
         stop_signal=c.stop_signal or None, stop_grace=c.stop_grace_period,
         mounts=c.mounts, healthcheck=c.healthcheck,
         read_only=c.read_only, cap_add=c.cap_add, cap_drop=c.cap_drop, labels=labels,
+        privileged=c.privileged, devices=tuple(d.text() for d in c.devices), sysctls=dict(c.sysctls),
+        ulimits=tuple(f"{u.name}={u.soft}:{u.hard}" for u in c.ulimits), init=c.init,
     )
 
 

@@ -13,6 +13,9 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.privileges import CAPABILITIES, UNLIMITED, PrivilegeError
+from api.privileges import capability as _capability
+
 from .seccomp import SeccompError, default_profile, load_profile
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -29,6 +32,15 @@ MASKED_PATHS = [
     "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
     "/sys/firmware", "/sys/devices/virtual/powercap",
 ]
+
+INIT_TARGET = "/sbin/orch-init"
+"""Where the init binary (tini) is bind-mounted in a container run with init."""
+
+RLIM_INFINITY = 2**64 - 1
+
+# Host /dev entries a privileged container does not get as nodes: its own
+# /dev/pts, /dev/shm and /dev/mqueue are mounted over them.
+_PRIVILEGED_DEV_SKIP = ("/dev/pts", "/dev/shm", "/dev/mqueue")
 
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
@@ -90,22 +102,69 @@ class ContainerSpec:
     address: str | None = None  # the container's IP on its network: /etc/hosts names the hostname by it
     seccomp: str | None = None  # None = the default profile, "unconfined" = none, else a Docker-format JSON file
     devices: list[str] = field(default_factory=list)  # HOST[:CONTAINER[:PERMS]], as docker run --device
+    sysctls: dict[str, str] = field(default_factory=dict)
+    ulimits: list[tuple[str, int, int]] = field(default_factory=list)  # (name, soft, hard); -1 = unlimited
+    init: str | None = None  # host path of an init binary (tini) to run as PID 1; None = none
 
 
-def _cap(name: str) -> str:
-    n = name.upper()
-    return n if n.startswith("CAP_") else "CAP_" + n
+def known_capabilities() -> list[str]:
+    """Every capability a container can be given here: those in this
+    process's bounding set (the kernel's, less what a sandbox around the
+    daemon took away; a runtime fails to grant any other)."""
+    try:
+        with open("/proc/self/status") as f:
+            bnd = next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+    except (OSError, ValueError, StopIteration, IndexError):
+        bnd = (1 << len(CAPABILITIES)) - 1
+    return [c for i, c in enumerate(CAPABILITIES) if bnd >> i & 1]
+
+
+def _caps(names: list[str], where: str) -> set[str]:
+    out = set()
+    for i, n in enumerate(names):
+        try:
+            out.add(_capability(n))
+        except PrivilegeError as e:
+            raise SpecError(f"{where}[{i}]: {e}") from None
+    return out
 
 
 def capabilities(spec: ContainerSpec) -> list[str]:
+    """Docker's rules: the default set, plus cap_add, minus cap_drop; ALL in
+    cap_drop starts from nothing, ALL in cap_add (or privileged) from every
+    capability the kernel has."""
+    known = known_capabilities()
+    add, drop = _caps(spec.cap_add, "cap_add"), _caps(spec.cap_drop, "cap_drop")
     if spec.privileged:
-        return sorted(set(DEFAULT_CAPS) | {"CAP_SYS_ADMIN", "CAP_NET_ADMIN", "CAP_SYS_PTRACE"}
-                      | {_cap(c) for c in spec.cap_add})
-    caps = set(DEFAULT_CAPS) | {_cap(c) for c in spec.cap_add}
-    if "ALL" in {c.upper() for c in spec.cap_drop}:
-        caps = {_cap(c) for c in spec.cap_add}
-    caps -= {_cap(c) for c in spec.cap_drop}
-    return sorted(caps)
+        return sorted(known)
+    caps = set() if "ALL" in drop else set(DEFAULT_CAPS)
+    caps |= set(known) if "ALL" in add else add
+    caps -= drop
+    return sorted(caps & set(known))
+
+
+def _rlimits(spec: ContainerSpec) -> list[dict[str, Any]]:
+    def val(v: int) -> int:
+        return RLIM_INFINITY if v == UNLIMITED else v
+
+    return [{"type": f"RLIMIT_{name.upper()}", "soft": val(soft), "hard": val(hard)}
+            for name, soft, hard in spec.ulimits]
+
+
+def host_devices(root: str = "/dev") -> list[str]:
+    """The host's device nodes (a privileged container gets them all)."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if os.path.join(dirpath, d) not in _PRIVILEGED_DEV_SKIP)
+        for f in sorted(filenames):
+            p = os.path.join(dirpath, f)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                out.append(p)
+    return out
 
 
 def _read_db(rootfs: str, name: str) -> list[list[str]]:
@@ -222,9 +281,11 @@ def build_config(
          "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
         {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
          "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-        {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+        # Privileged: /sys and the cgroup tree writable, as Docker.
+        {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+         "options": ["nosuid", "noexec", "nodev", *([] if spec.privileged else ["ro"])]},
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-         "options": ["ro", "nosuid", "noexec", "nodev", "relatime"]},
+         "options": [*([] if spec.privileged else ["ro"]), "nosuid", "noexec", "nodev", "relatime"]},
         {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
         {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
@@ -246,13 +307,24 @@ def build_config(
             mounts.append({"destination": m.target, "type": "tmpfs", "source": "tmpfs", "options": opts})
         else:
             raise SpecError(f"mounts[{i}].type: {m.type!r} is not bind, volume or tmpfs")
-    resources: dict[str, Any] = {"devices": [] if spec.privileged else list(DEVICE_RULES)}
+    if spec.init:
+        mounts.append({"destination": INIT_TARGET, "type": "bind", "source": spec.init, "options": ["rbind", "ro"]})
+    resources: dict[str, Any] = {
+        "devices": [{"allow": True, "access": "rwm"}] if spec.privileged else list(DEVICE_RULES)}
     linux_devices = []
     for i, d in enumerate(spec.devices):
         dev, rule = _device(d, f"devices[{i}]")
         linux_devices.append(dev)
         if not spec.privileged:
             resources["devices"].append(rule)
+    if spec.privileged:
+        taken = {d["path"] for d in linux_devices}
+        for p in host_devices():
+            if p not in taken:
+                try:
+                    linux_devices.append(_device(p, "privileged")[0])
+                except SpecError:
+                    continue  # gone since the walk
     if spec.memory:
         resources["memory"] = {"limit": spec.memory}
         if spec.memory_swap:
@@ -279,6 +351,8 @@ def build_config(
         # A network of its own (overlay interfaces): unprivileged users may
         # ping, as Docker allows in every container network namespace.
         linux["sysctl"] = {"net.ipv4.ping_group_range": "0 2147483647"}
+    if spec.sysctls:
+        linux["sysctl"] = {**linux.get("sysctl", {}), **spec.sysctls}
     if not spec.privileged:
         linux["maskedPaths"] = MASKED_PATHS
         linux["readonlyPaths"] = READONLY_PATHS
@@ -295,11 +369,12 @@ def build_config(
         "process": {
             "terminal": False,
             "user": {"uid": uid, "gid": gid, **({"additionalGids": extra} if extra else {})},
-            "args": process_args(spec, image),
+            "args": ([INIT_TARGET, "--"] if spec.init else []) + process_args(spec, image),
             "env": env,
             "cwd": cwd,
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "noNewPrivileges": not spec.privileged,
+            **({"rlimits": _rlimits(spec)} if spec.ulimits else {}),
             # Containers do not inherit the daemon's oom_score_adj (its systemd
             # unit lowers it so the daemon is not killed before its containers).
             "oomScoreAdj": 0,
