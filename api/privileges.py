@@ -59,8 +59,8 @@ def capability(name: str) -> str:
         return n
     full = n if n.startswith("CAP_") else "CAP_" + n
     if full not in CAPABILITIES:
-        close = difflib.get_close_matches(full, CAPABILITIES, n=1)
-        hint = f"did you mean {close[0].removeprefix('CAP_')}?" if close else "a Linux capability such as NET_ADMIN, or ALL"
+        close = difflib.get_close_matches(full.removeprefix("CAP_"), [c.removeprefix("CAP_") for c in CAPABILITIES], n=1)
+        hint = f"did you mean {close[0]}?" if close else "a Linux capability such as NET_ADMIN, or ALL"
         raise PrivilegeError(f"unknown capability {name!r} ({hint})")
     return full
 

@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
+from . import privflags
 from .client import APIError, ConnectError, Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
 from .specflags import parse_pairs, build_healthcheck, health_options, parse_mount, parse_size, parse_tmpfs, parse_volume
@@ -197,6 +198,9 @@ async def _print_logs(ep: Endpoint, ref: str, follow: bool, tail: int | None) ->
 @click.option("--security-opt", "security_opts", multiple=True,
               help="seccomp=unconfined or seccomp=PROFILE.json (Docker's format)")
 @click.option("--device", "devices", multiple=True, help="HOST[:CONTAINER[:PERMS]] device to expose")
+@click.option("--sysctl", "sysctls", multiple=True, help="NAME=VALUE, a namespaced sysctl (net.*, fs.mqueue.*, ...)")
+@click.option("--ulimit", "ulimits", multiple=True, help="NAME=SOFT[:HARD], e.g. nofile=1024:4096")
+@click.option("--init", "init", is_flag=True, help="Run an init (tini) as PID 1.")
 @click.option("--stop-signal")
 @click.option("--stop-timeout", type=float, default=None, help="Seconds between the stop signal and SIGKILL.")
 @click.option("--network", "networks", multiple=True,
@@ -210,7 +214,8 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
                   pids_limit: int, cpus: float, entrypoint: str | None, volumes: tuple[str, ...],
                   mounts: tuple[str, ...], tmpfs: tuple[str, ...], privileged: bool, cap_add: tuple[str, ...],
                   cap_drop: tuple[str, ...], read_only: bool, security_opts: tuple[str, ...],
-                  devices: tuple[str, ...], stop_signal: str | None,
+                  devices: tuple[str, ...], sysctls: tuple[str, ...], ulimits: tuple[str, ...], init: bool,
+                  stop_signal: str | None,
                   stop_timeout: float | None, networks: tuple[str, ...], image_ref: str, cmd: tuple[str, ...],
                   **health: Any) -> None:
     """Run IMAGE_REF [CMD...] (pulled first if needed)."""
@@ -218,9 +223,13 @@ def container_run(ep: Endpoint, detach: bool, name: str | None, env: tuple[str, 
         "image": image_ref, "env": parse_pairs(env, "--env"), "labels": parse_pairs(labels, "--label"),
         "memory": parse_size(memory, "--memory") if memory else 0, "pids_limit": pids_limit, "cpus": cpus,
         "mounts": [*map(parse_volume, volumes), *map(parse_mount, mounts), *map(parse_tmpfs, tmpfs)],
-        "privileged": privileged, "cap_add": list(cap_add), "cap_drop": list(cap_drop), "read_only": read_only,
-        "devices": list(devices), "networks": list(networks),
+        "privileged": privileged, "read_only": read_only,
+        "devices": list(devices), "networks": list(networks), "init": init,
+        "cap_add": privflags.caps(cap_add, "--cap-add"), "cap_drop": privflags.caps(cap_drop, "--cap-drop"),
+        "sysctls": privflags.sysctls(sysctls, "--sysctl"),
+        "ulimits": [f"{u['name']}={u['soft']}:{u['hard']}" for u in privflags.ulimits(ulimits, "--ulimit")],
     }
+    privflags.devices(devices, "--device")
     for opt in security_opts:
         k, sep, v = opt.partition("=")
         if k != "seccomp" or not sep or not v:

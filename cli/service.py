@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.markup import escape
 
+from . import privflags
 from .client import Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
 from .specflags import (
@@ -368,6 +369,7 @@ def service() -> None:
                    "service_completed_successfully (short: started, healthy, completed) (repeatable).")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait for convergence.")
 @_spec_options
+@privflags.create_options
 @click.argument("image")
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
@@ -389,6 +391,7 @@ def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, netwo
     if mode == "replicated-job" and o.get("replicas") is None:
         o["replicas"] = 1
     _apply(spec, o, ep)
+    privflags.apply_create(spec["task"]["container"], o)
     svc = request(ep, "POST", "/v1/services", spec)
     for w in svc.get("warnings", []):
         click.echo(f"warning: {w}", err=True)
@@ -413,6 +416,7 @@ def create(ep: Endpoint, name: str, mode: str, max_concurrent: int | None, netwo
 @click.option("--depends-on-rm", multiple=True, metavar="SERVICE", help="Remove a dependency (repeatable).")
 @click.option("--timeout", type=float, default=600, show_default=True)
 @_spec_options
+@privflags.update_options
 @click.argument("ref")
 @click.pass_obj
 def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, env_rm: tuple[str, ...],
@@ -448,6 +452,7 @@ def update(ep: Endpoint, image: str | None, new_args: str | None, force: bool, e
     if force:
         spec["task"]["force_update"] = spec["task"].get("force_update", 0) + 1
     _apply(spec, o, ep)
+    privflags.apply_update(spec["task"]["container"], o)
     new = request(ep, "POST", f"/v1/services/{svc['id']}/update", {"spec": spec, "version": svc["meta"]["version"]})
     click.echo(new["id"] if quiet else new["spec"]["name"])
     if not detach:
@@ -611,6 +616,7 @@ def pretty_service(s: dict[str, Any]) -> str:
     deps = spec.get("depends_on") or []
     lines.append("Depends on:" + ("" if deps else "     -"))
     lines += [f"  {d['service']:<14}{d.get('condition', 'service_started')}" for d in deps]
+    lines += privflags.pretty_lines(spec["task"]["container"])
     ports = service_ports(s)
     lines.append("Ports:" + ("" if ports else "          -"))
     for p in ports:
