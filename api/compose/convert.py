@@ -9,10 +9,11 @@ its short name (an alias), so services reach each other as in compose.
 
 What orch's objects cannot carry yet travels beside them: published ports
 (`PublishedPort`), `depends_on`, and the compose fields the engine does not
-apply yet (`StackService.extras`: privileged, devices, sysctls, ulimits,
-init, extra_hosts, security_opt, tmpfs and bind options, ...), for the
+apply yet (`StackService.extras`: extra_hosts, security_opt, tmpfs and
+bind options, ...), for the
 server side to wire. Secrets and configs whose data comes from a file carry
-the file's path: reading it is the caller's I/O.
+the file's path: reading it is the caller's I/O. privileged, devices,
+cap_add/cap_drop, sysctls, ulimits and init are the container spec's own.
 
 Objects are built with `api.objects`' models, so its rules apply; their
 errors are reported at the service's place in the compose file when a
@@ -259,6 +260,12 @@ class _Converter:
             "read_only": svc.read_only,
             "cap_add": list(svc.cap_add),
             "cap_drop": list(svc.cap_drop),
+            "privileged": svc.privileged,
+            "init": svc.init,
+            "devices": [{"host": d.source, "container": d.target or "", "permissions": d.permissions or "rwm"}
+                        for d in svc.devices],
+            "sysctls": dict(svc.sysctls),
+            "ulimits": [{"name": k, "soft": u.soft, "hard": u.hard} for k, u in svc.ulimits.items()],
         }
         if svc.stop_grace_period is not None:
             c["stop_grace_period"] = svc.stop_grace_period
@@ -302,7 +309,7 @@ class _Converter:
                     spec[name] = _set_fields(cfg)
         if spec.get("mode") == ServiceMode.REPLICATED_JOB and "replicas" not in spec:
             spec["replicas"] = 1
-        for f in ("privileged", "init", "devices", "sysctls", "ulimits", "extra_hosts", "security_opt"):
+        for f in ("extra_hosts", "security_opt"):
             v = getattr(svc, f)
             if v:
                 extras[f] = v
@@ -412,6 +419,11 @@ def _compose_path(svc: Service, loc: tuple[Any, ...]) -> Path:
                   "dir": "working_dir", "user": "user", "hostname": "hostname"}
         if field_ in simple:
             return (simple[field_], *rest[:1]) if field_ in ("secrets", "configs") else (simple[field_],)
+        if field_ in ("cap_add", "cap_drop", "devices", "sysctls", "privileged", "init"):
+            return (field_, *rest[:1]) if field_ == "devices" else (field_,)
+        if field_ == "ulimits":
+            keys = list(svc.ulimits)
+            return ("ulimits", keys[rest[0]]) if rest and rest[0] < len(keys) else ("ulimits",)
     if loc[:1] in (("update_config",), ("rollback_config",)):
         return ("deploy", loc[0])
     if loc[:2] in (("task", "resources"), ("task", "restart_policy"), ("task", "placement")):

@@ -136,6 +136,11 @@ def test_the_container_spec() -> None:
     assert c.labels == {"role": "front", **NS}
     assert (c.user, c.dir, c.hostname, c.stop_signal, c.stop_grace_period) == ("101", "/srv", "web", "SIGQUIT", 60.0)
     assert c.read_only and c.cap_add == ("NET_BIND_SERVICE",) and c.cap_drop == ("ALL",)
+    # Privileges are the container's own (issue 15), not warnings.
+    assert c.privileged and c.init
+    assert [d.model_dump() for d in c.devices] == [{"host": "/dev/fuse", "container": "", "permissions": "rwm"}]
+    assert c.sysctls == {"net.core.somaxconn": "1024"}
+    assert [(u.name, u.soft, u.hard) for u in c.ulimits] == [("nofile", 65536, 65536)]
     assert [(m.type, m.source, m.target, m.readonly, m.tmpfs_size, m.tmpfs_mode) for m in c.mounts] == [
         (MountType.VOLUME, "shop_static", "/usr/share/nginx/html", True, 0, 0o1777),
         (MountType.BIND, "/srv/app/conf", "/etc/nginx/conf.d", False, 0, 0o1777),
@@ -205,9 +210,9 @@ def test_ports_depends_on_and_what_orch_objects_cannot_carry_yet() -> None:
     assert web.ports == (PublishedPort(80, 8080, "tcp", "ingress"), PublishedPort(443, 8443, "tcp", "host"),
                          PublishedPort(9000, 0, "udp", "ingress"))
     assert web.depends_on == {"api": "service_healthy"}
-    assert set(web.extras) == {"privileged", "init", "devices", "sysctls", "ulimits", "extra_hosts", "security_opt",
-                               "volumes[4].bind", "tmpfs[1]", "healthcheck.start_interval"}
-    assert web.extras["tmpfs[1]"] == ("noexec",) and web.extras["sysctls"] == {"net.core.somaxconn": "1024"}
+    assert set(web.extras) == {"extra_hosts", "security_opt", "volumes[4].bind", "tmpfs[1]",
+                               "healthcheck.start_interval"}
+    assert web.extras["tmpfs[1]"] == ("noexec",)
     assert api.spec.task.container.healthcheck is not None
     assert api.spec.task.container.healthcheck.test == ("NONE",)
     assert (migrate.spec.mode, migrate.spec.replicas) == (ServiceMode.REPLICATED_JOB, 1)

@@ -135,7 +135,7 @@ def test_monitoring_anchors_and_host_ports() -> None:
     specs = to_specs(p, "mon")
     node = specs.services[3]
     assert node.ports[0].mode == "host" and node.spec.mode == "global"
-    assert specs.services[4].extras["privileged"] is True
+    assert specs.services[4].spec.task.container.privileged and "privileged" not in specs.services[4].extras
     assert p.configs["prometheus_conf"].file == f"{D}/prometheus/prometheus.yml"
 
 
@@ -176,7 +176,8 @@ def test_wordpress_env_file_secrets_and_health() -> None:
 def test_elk_ulimits_and_inline_config() -> None:
     specs = to_specs(load_case(CASES["elk"]).project, "elk")
     es = specs.services[0]
-    assert es.extras["ulimits"]["memlock"].soft == -1
+    assert [(u.name, u.soft, u.hard) for u in es.spec.task.container.ulimits if u.name == "memlock"] == [
+        ("memlock", -1, -1)]
     assert "ES_JAVA_OPTS=-Xms512m -Xmx512m" in es.spec.task.container.env
     settings = [c for c in specs.configs if c.key == "logstash_settings"][0]
     assert settings.data is not None and settings.data.startswith(b"http.host")
@@ -194,7 +195,7 @@ def test_redis_sentinel_dnsrr_and_sysctls() -> None:
     specs = to_specs(load_case(CASES["redis-sentinel"]).project, "redis")
     primary, replica, sentinel = specs.services
     assert primary.spec.task.networks[0].aliases == ("primary", "redis-primary")
-    assert replica.extras["sysctls"] == {"net.core.somaxconn": "1024"}
+    assert replica.spec.task.container.sysctls == {"net.core.somaxconn": "1024"} and not replica.extras
     assert replica.spec.task.placement.max_replicas == 1
     assert sentinel.spec.endpoint_spec.mode == "dnsrr"
 
@@ -204,7 +205,7 @@ def test_ci_runner_secret_from_the_environment() -> None:
     specs = to_specs(loaded.project, "ci", environment=loaded.environment)
     assert specs.secrets[0].data == b"shared"
     agent = specs.services[1]
-    assert agent.extras["privileged"] is True and agent.extras["init"] is True
+    assert agent.spec.task.container.privileged and agent.spec.task.container.init
     assert agent.spec.task.container.stop_grace_period == 300.0
 
 
