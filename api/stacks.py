@@ -202,8 +202,8 @@ def build_request(specs: StackSpecs, *, read_file: Callable[[str], bytes], compo
 
 def unapplied(specs: StackSpecs, places: SourceMap | None = None) -> list[Diagnostic]:
     """One warning per compose field the parser accepted that orch's
-    service model cannot carry yet (`StackService.extras`: privileged,
-    devices, sysctls, ulimits, ...): the deploy goes on without them."""
+    service model cannot carry yet (`StackService.extras`: extra_hosts,
+    security_opt, bind options, ...): the deploy goes on without them."""
     places = places or SourceMap()
     out = []
     for s in specs.services:
