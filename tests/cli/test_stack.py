@@ -81,7 +81,7 @@ def test_file_errors_and_warnings_are_told_with_their_places_before_anything_is_
         services:
           web:
             image: busybox
-            privileged: true
+            extra_hosts: ["db.local:10.0.0.5"]
             links: [db]
         """)
     r = orch("stack", "diff", "-c", ok, "app")
@@ -90,7 +90,7 @@ def test_file_errors_and_warnings_are_told_with_their_places_before_anything_is_
     assert warnings == [
         f"warning: {ok}:5:5: services.web.links: ignored: not needed in a stack; services reach each other by name on their "
         "networks",
-        f"warning: {ok}:4:5: services.web.privileged: not applied: orch's services have no such setting yet; "
+        f"warning: {ok}:4:5: services.web.extra_hosts: not applied: orch's services have no such setting yet; "
         "deployed without it",
     ], warnings
 
