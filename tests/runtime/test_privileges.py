@@ -153,3 +153,18 @@ async def test_in_real_containers(mgr: ContainerManager, rootfs: Path) -> None:
     assert priv["caps"] == bnd
     assert "fuse-node" in lines and "fuse-open" in lines
     assert _field(lines, "sysfs")[2].split(",")[0] == "rw"
+
+
+def test_a_plain_container_request_is_checked_as_a_service_is() -> None:
+    from agent.engine import RunRequest, _privileges
+
+    got = _privileges(RunRequest(image="x", devices=("/dev/fuse:rw", "/dev/sda:/dev/xvda"),
+                                 sysctls={"net.core.somaxconn": "9"}, ulimits=("nofile=1:2", "core=unlimited")))
+    assert got == {"devices": ["/dev/fuse:/dev/fuse:rw", "/dev/sda:/dev/xvda:rwm"],
+                   "sysctls": {"net.core.somaxconn": "9"}, "ulimits": [("nofile", 1, 2), ("core", -1, -1)],
+                   "init": None}
+    for req, message in ((RunRequest(image="x", devices=("fuse",)), r"devices\[0\]: device path on the host"),
+                         (RunRequest(image="x", sysctls={"vm.swappiness": "1"}), r"sysctls.vm.swappiness: sysctl"),
+                         (RunRequest(image="x", ulimits=("nofile=3:2",)), r"ulimits\[0\]: ulimit nofile: soft")):
+        with pytest.raises(SpecError, match=message):
+            _privileges(req)
