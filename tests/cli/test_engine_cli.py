@@ -240,5 +240,11 @@ def test_devices_and_seccomp_opt_ins(daemon: Path, open_registry: SeededRegistry
     assert r.returncode != 0 and "devices[0]" in r.stderr and "not a device node" in r.stderr, r.stderr
     r = orch(daemon, "container", "run", "--security-opt", "apparmor=x", ref, "true")
     assert r.returncode != 0 and "--security-opt" in r.stderr
+    # --init (tini as PID 1), --ulimit, --sysctl, as for services.
+    r = orch(daemon, "container", "run", "--init", "--ulimit", "nofile=111:222", "--sysctl", "net.core.somaxconn=555",
+             ref, "sh", "-c", "echo $(cat /proc/1/comm) $(ulimit -n) $(ulimit -Hn) $(cat /proc/sys/net/core/somaxconn)")
+    assert r.returncode == 0 and r.stdout.split() == ["orch-init", "111", "222", "555"], (r.stdout, r.stderr)
+    r = orch(daemon, "container", "run", "--sysctl", "kernel.pid_max=1", ref, "true")
+    assert r.returncode != 0 and "--sysctl" in r.stderr and "not allowed" in r.stderr, r.stderr
     for c in json.loads(orch(daemon, "container", "ls", "-a", "--format", "json").stdout):
         orch(daemon, "container", "rm", c["id"])
