@@ -83,11 +83,17 @@ class SlotRow:
     desired: str
     error: str  # the current task's error, else the newest previous task's
     note: str = ""  # why the current task waits
+    error_state: str = ""  # the state of the previous task the error is from; "" for the current one's
+
+    def detail(self) -> str:
+        err = self.error and (f"last task {self.error_state}: {self.error}" if self.error_state
+                              else f"error: {self.error}")
+        return "; ".join(x for x in (self.note, err) if x)
 
     def line(self) -> str:
         where = f" on {self.node}" if self.node else ""
         wanted = "" if self.desired in LIVE or self.desired == self.state else f" (desired {self.desired})"
-        detail = "; ".join(x for x in (self.note, self.error and f"error: {self.error}") if x)
+        detail = self.detail()
         return f"{self.name}: {self.state}{where}{wanted}" + (f": {detail}" if detail else "")
 
 
@@ -109,12 +115,14 @@ def _slot_rows(name: str, tasks: list[dict[str, Any]], nodes: dict[str, str]) ->
         st, desired = cur["status"]["state"], cur["desired_state"]
         if not (desired in LIVE or st in LIVE or desired == "failed"):
             continue  # a slot that is gone (scaled down, or finished)
-        err = cur["status"].get("err") or ""
+        err, err_state = cur["status"].get("err") or "", ""
         if not err and st != "running":
-            err = next((p["status"]["err"] for p in ts[1:] if p["status"].get("err")), "")
+            prev = next((p for p in ts[1:] if p["status"].get("err")), None)
+            if prev is not None:
+                err, err_state = prev["status"]["err"], prev["status"]["state"]
         where = cur["node_id"]
         label = f"{name}.{cur['slot']}" if cur["slot"] else f"{name}.{where[:12]}"
-        rows.append(SlotRow(label, nodes.get(where, where[:12]), st, desired, err, task_note(cur)))
+        rows.append(SlotRow(label, nodes.get(where, where[:12]), st, desired, err, task_note(cur), err_state))
     return rows
 
 
@@ -295,7 +303,7 @@ class LiveRenderer:
             table.add_row(f"[bold]{_esc(v.name)}[/]", _esc(head), "", "")
             for r in v.rows:
                 colour = "green" if r.state == "running" else "red" if r.state in ("failed", "rejected") else "yellow"
-                detail = "; ".join(x for x in (r.note, r.error) if x)
+                detail = r.detail()
                 table.add_row(f"  {_esc(r.name)}", f"[{colour}]{_esc(r.state)}[/]", _esc(r.node),
                               f"[red]{_esc(detail)}[/]" if r.error else _esc(detail))
         return table

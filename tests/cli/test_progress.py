@@ -72,10 +72,10 @@ def test_rejected_pull_shows_the_reason_then_fails_at_the_deadline() -> None:
         "web: 0/1 running",
         "web.1: preparing on node1",
         f"web.1: rejected on node1: error: {PULL}",
-        f"web.1: new: waiting for the restart delay; error: {PULL}",
+        f"web.1: new: waiting for the restart delay; last task rejected: {PULL}",
         "web: 0/1 running: not converged",
         "error: service web did not converge in 3.5 s",
-        f"  web.1: new: waiting for the restart delay; error: {PULL}",
+        f"  web.1: new: waiting for the restart delay; last task rejected: {PULL}",
     ]
 
 
