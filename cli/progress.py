@@ -108,13 +108,25 @@ class ServiceView:
     reason: str = ""  # why it failed
 
 
-def _slot_rows(name: str, tasks: list[dict[str, Any]], nodes: dict[str, str]) -> list[SlotRow]:
+def _ended_for_good(t: dict[str, Any], mode: str) -> bool:
+    """The slot's current task ended and will not be replaced: the restart
+    policy gave up (desired follows observed: failed), or, outside jobs,
+    it completed and the policy does not restart completed tasks."""
+    return bool(t["desired_state"] == "failed" or (t["desired_state"] == "complete" and mode not in JOB_MODES))
+
+
+def _shown(t: dict[str, Any], mode: str) -> bool:
+    """Whether the slot of current task `t` is shown: alive, stopping, or ended for good."""
+    return t["desired_state"] in LIVE or t["status"]["state"] in LIVE or _ended_for_good(t, mode)
+
+
+def _slot_rows(name: str, mode: str, tasks: list[dict[str, Any]], nodes: dict[str, str]) -> list[SlotRow]:
     rows = []
     for ts in group_slots(tasks):
         cur = ts[0]
         st, desired = cur["status"]["state"], cur["desired_state"]
-        if not (desired in LIVE or st in LIVE or desired == "failed"):
-            continue  # a slot that is gone (scaled down, or finished)
+        if not _shown(cur, mode):
+            continue  # a slot that is gone (scaled down, or a job's finished one)
         err, err_state = cur["status"].get("err") or "", ""
         if not err and st != "running":
             prev = next((p for p in ts[1:] if p["status"].get("err")), None)
@@ -137,7 +149,7 @@ def observe(svc: dict[str, Any], tasks: list[dict[str, Any]], nodes: dict[str, s
     name = spec["name"]
     mode = spec["mode"]
     version = svc["spec_version"]
-    rows = tuple(_slot_rows(name, tasks, nodes))
+    rows = tuple(_slot_rows(name, mode, tasks, nodes))
     live = [t for t in tasks if t["desired_state"] in LIVE]
     running = [t for t in live if t["spec_version"] == version and t["status"]["state"] == "running"]
     stopping = [t for t in tasks if t["desired_state"] not in LIVE and t["status"]["state"] in LIVE
@@ -161,23 +173,19 @@ def observe(svc: dict[str, Any], tasks: list[dict[str, Any]], nodes: dict[str, s
             ok = len(running) == len(live) and all(t["spec_version"] == version for t in live)
         ok = ok and not stopping
         summary = f"{len(running)}/{want} running" + (f", {len(stopping)} stopping" if stopping else "")
-    gave_up = [r for r, t in zip(rows, _current_tasks(tasks)) if t["desired_state"] == "failed"
-               and t["spec_version"] == version]
+    current = [ts[0] for ts in group_slots(tasks) if _shown(ts[0], mode)]
+    gave_up = [(r, t) for r, t in zip(rows, current) if _ended_for_good(t, mode) and t["spec_version"] == version]
     if ustate in ("paused", "rollback_paused"):
         return ServiceView(svc["id"], name, summary, update, rows, Verdict.FAILED, us.get("message") or ustate)
     if gave_up:
-        r = gave_up[0]
+        r, t = gave_up[0]
+        why = ("the restart policy gave up" if t["desired_state"] == "failed"
+               else "completed, and the restart policy does not restart it")
         return ServiceView(svc["id"], name, summary, update, rows, Verdict.FAILED,
-                           f"{r.name}: the restart policy gave up" + (f" ({r.error})" if r.error else ""))
+                           f"{r.name}: {why}" + (f" ({r.error})" if r.error else ""))
     if ok and rollback_is_failure and ustate in ("rollback_started", "rollback_completed"):
         return ServiceView(svc["id"], name, summary, update, rows, Verdict.FAILED, us.get("message") or ustate)
     return ServiceView(svc["id"], name, summary, update, rows, Verdict.CONVERGED if ok else Verdict.WAITING)
-
-
-def _current_tasks(tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The current task of each slot shown by `_slot_rows`, in its order."""
-    return [ts[0] for ts in group_slots(tasks)
-            if ts[0]["desired_state"] in LIVE or ts[0]["status"]["state"] in LIVE or ts[0]["desired_state"] == "failed"]
 
 
 def change_lines(old: ServiceView | None, new: ServiceView) -> list[str]:

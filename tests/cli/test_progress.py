@@ -117,6 +117,11 @@ def test_restart_policy_giving_up_is_a_failure() -> None:
     code, lines = run([(service(), ts)])
     assert code == 1
     assert lines[-1] == ("error: service web: web.1: the restart policy gave up (task: non-zero exit (3))")
+    # restart-condition=none (or on-failure) and a task that exits 0: it will not run again either.
+    done = [task("t1", 1, "complete", desired="complete")]
+    code, lines = run([(service(), done)])
+    assert code == 1 and lines[-1] == ("error: service web: web.1: completed, and the restart policy does not "
+                                       "restart it")
 
 
 def test_scale_down_waits_for_stopping_tasks() -> None:
