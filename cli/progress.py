@@ -298,23 +298,26 @@ class LiveRenderer:
         self.live.start()
 
     def render(self, waiter: Waiter) -> Any:
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(box=None, pad_edge=False, show_header=False)
-        for col in ("name", "state", "node", "error"):
-            table.add_column(col, overflow="fold" if col == "error" else "ellipsis", no_wrap=col != "error")
+        parts: list[Any] = []
         for i in waiter.ids:
             v = waiter.views.get(i)
             if v is None:
                 continue
-            head = v.summary + (f"  update {v.update}" if v.update else "")
-            table.add_row(f"[bold]{_esc(v.name)}[/]", _esc(head), "", "")
+            parts.append(Text.assemble((v.name, "bold"), f": {v.summary}" + (f"; update {v.update}" if v.update else "")))
+            if not v.rows:
+                continue
+            table = Table(box=None, pad_edge=False, header_style="dim")
+            for col in ("  SLOT", "STATE", "NODE", "ERROR"):
+                table.add_column(col, overflow="fold" if col == "ERROR" else "ellipsis", no_wrap=col != "ERROR")
             for r in v.rows:
                 colour = "green" if r.state == "running" else "red" if r.state in ("failed", "rejected") else "yellow"
-                detail = r.detail()
-                table.add_row(f"  {_esc(r.name)}", f"[{colour}]{_esc(r.state)}[/]", _esc(r.node),
-                              f"[red]{_esc(detail)}[/]" if r.error else _esc(detail))
-        return table
+                table.add_row(f"  {r.name}", Text(r.state, colour), r.node, Text(r.detail(), "red" if r.error else ""))
+            parts.append(table)
+        return Group(*parts)
 
     def show(self, waiter: Waiter, lines: list[str]) -> None:
         self.live.update(self.render(waiter), refresh=True)
