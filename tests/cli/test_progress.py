@@ -194,7 +194,7 @@ def test_ps_history_rows_and_filters() -> None:
 
 
 def test_ps_table_shows_history_with_errors(capsys: pytest.CaptureFixture[str]) -> None:
-    ts = [task("t1aaaaaaaaaaaaaaaa", 1, "rejected", desired="shutdown", err=PULL, created=1.0),
+    ts = [task("t1aaaaaaaaaaaaaaaa", 1, "rejected", desired="shutdown", err=PULL + " [sh] [/]", created=1.0),
           task("t2aaaaaaaaaaaaaaaa", 1, "new", node="", message="waiting for the restart delay", created=2.0)]
     for t in ts:
         t["spec"] = {"container": {"image": "nope"}}
@@ -205,7 +205,8 @@ def test_ps_table_shows_history_with_errors(capsys: pytest.CaptureFixture[str]) 
     assert lines[0].split() == ["ID", "NAME", "IMAGE", "NODE", "DESIRED", "STATE", "CURRENT", "STATE",
                                 "ADDRESSES", "ERROR"]
     assert lines[1].startswith("t2aaaaaaaaaa  web.1 ") and "waiting for the restart delay" in lines[1]
-    assert lines[2].startswith("t1aaaaaaaaaa   \\_ web.1") and "Shutdown" in lines[2] and PULL in lines[2]
+    assert lines[2].startswith("t1aaaaaaaaaa   \\_ web.1") and "Shutdown" in lines[2]
+    assert lines[2].rstrip().endswith(PULL + " [sh] [/]")  # error text is shown as it is, not read as markup
     taskps.show(ts, filters=("desired-state=running",), quiet=True, **kw)
     assert capsys.readouterr().out.splitlines() == ["t2aaaaaaaaaa"]
     taskps.show(ts, filters=(), quiet=True, **{**kw, "no_trunc": True})
