@@ -356,8 +356,8 @@ class Worker:
     def _report(self, tid: str, state: TaskState, message: str = "", err: str = "",
                 exit_code: int | None = None, container_id: str = "") -> None:
         prev = self.state.get(tid)
-        if prev is not None and prev.state >= state:
-            return
+        if prev is not None and (prev.state > state or (prev.state == state and prev.message == message)):
+            return  # forward only; the same state may say something new
         u = StatusUpdate(id=tid, state=state, message=message, err=err, timestamp=time.time(),
                          exit_code=exit_code, container_id=container_id or (prev.container_id if prev else ""))
         self.state[tid] = u
@@ -416,11 +416,14 @@ class Worker:
                     why = "unhealthy container"
                 self._report(tid, TaskState.FAILED, "failed", err=why, exit_code=rec.exit_code, container_id=rec.id)
         elif rec.status == "running":
-            # (Holding a health-checked task in STARTING until its check passes,
-            # as Swarm does, stalled automatic rollbacks of start-first updates
-            # in tests/services/test_services_e2e.py; not done until that is
-            # understood. An unhealthy task is stopped and leaves the backends.)
-            self._report(tid, TaskState.RUNNING, "started", container_id=rec.id)
+            hs = rec.health_state or {}
+            if hs.get("status") == "starting":
+                # As Swarm: a task with a health check is RUNNING (a backend of
+                # its service, a finished start-first replacement) only once its
+                # check passed; an unhealthy one is stopped (container_changed).
+                self._report(tid, TaskState.STARTING, "waiting for the health check", container_id=rec.id)
+            else:
+                self._report(tid, TaskState.RUNNING, "started", container_id=rec.id)
 
     async def _stop_unhealthy(self, tid: str, rec: ContainerRecord) -> None:
         try:

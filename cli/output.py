@@ -39,6 +39,6 @@ def print_table(
     for name, _ in columns:
         table.add_column(name, overflow="fold")
     for r in rows:
-        table.add_row(*[str(f(r)) for _, f in columns])
+        table.add_row(*[escape(str(f(r))) for _, f in columns])  # cells are data, never markup
     # Piped output keeps one row per line, whatever the width.
     Console(soft_wrap=True, width=None if sys.stdout.isatty() else 512).print(table)

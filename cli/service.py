@@ -9,17 +9,14 @@ the scheduler's reason while waiting.
 from __future__ import annotations
 
 import copy
-
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import click
-from rich.console import Console
-from rich.live import Live
-from rich.markup import escape
 
-from . import privflags
+from . import privflags, progress, taskps
 from .client import Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
 from .specflags import (
@@ -36,7 +33,7 @@ from .specflags import (
     update_depends_on,
 )
 
-LIVE = {"new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"}
+LIVE = progress.LIVE
 
 
 def _spec_options(f: Any) -> Any:
@@ -270,83 +267,25 @@ def service_ports(s: dict[str, Any]) -> list[dict[str, Any]]:
     return allocated if len(allocated) == len(wanted) else wanted
 
 
-def _converged(svc: dict[str, Any], tasks: list[dict[str, Any]]) -> tuple[bool, str]:
-    spec = svc["spec"]
-    live = [t for t in tasks if t["desired_state"] in LIVE]
-    current = [t for t in live if t["spec_version"] == svc["spec_version"]]
-    running = [t for t in current if t["status"]["state"] == "running"]
-    mode = spec["mode"]
-    failed = [t for t in tasks if t["status"]["state"] in ("failed", "rejected")
-              and t["spec_version"] == svc["spec_version"]]
-    us = svc.get("update_status") or {}
-    if us.get("state") in ("paused", "rollback_paused"):
-        return True, us.get("message", "update paused")
-    if mode in ("replicated-job", "global-job"):
-        done = sum(1 for t in tasks if t["status"]["state"] == "complete")
-        want = spec.get("total_completions") or spec["replicas"] if mode == "replicated-job" else None
-        finished = not live
-        return finished, f"{done} completed" + (f" of {want}" if want else "") + (
-            f", {len(live)} running" if live else "")
-    pending = [t for t in live if t["status"]["state"] == "pending" and t["status"]["message"]]
-    if mode == "replicated":
-        want = spec["replicas"]
-        ok = len(running) == want and len(live) == want
-    else:
-        want = len({t["node_id"] for t in live}) or 0
-        ok = len(running) == len(live) and all(t["spec_version"] == svc["spec_version"] for t in live)
-    stopping = [t for t in tasks if t["desired_state"] not in LIVE and t["status"]["state"] in LIVE
-                and t["node_id"] and t["status"]["state"] not in ("new", "pending")]
-    if stopping:
-        ok = False
-    msg = f"{len(running)}/{want} running" + (f", {len(stopping)} stopping" if stopping else "")
-    if pending:
-        msg += f"; pending: {pending[0]['status']['message']}"
-    elif failed and not ok:
-        f0 = failed[-1]["status"]
-        msg += f"; last failure: {f0.get('err') or f0.get('message')}"
-    return ok, msg
-
-
 def wait_converged(ep: Endpoint, sid: str, timeout: float, *, rollback_is_failure: bool = False) -> None:
     wait_all_converged(ep, [sid], timeout, rollback_is_failure=rollback_is_failure)
 
 
 def wait_all_converged(ep: Endpoint, sids: list[str], timeout: float, *, rollback_is_failure: bool = False) -> None:
-    """Wait until every service of `sids` converged, showing one live line
-    per service; then print each one's state. A paused update (or, with
-    `rollback_is_failure`, a rollback) is a failure with its reason, as is
-    a service that did not converge in `timeout` seconds."""
-    console = Console(stderr=True)
-    deadline = time.monotonic() + timeout
-    state: dict[str, tuple[bool, str, dict[str, Any]]] = {}
-    with Live(console=console, transient=True, auto_refresh=False, redirect_stdout=False) as live:
-        while True:
-            for sid in sids:
-                if state.get(sid, (False,))[0]:
-                    continue
-                svc = request(ep, "GET", f"/v1/services/{sid}")
-                tasks = request(ep, "GET", f"/v1/tasks?service={sid}")
-                ok, msg = _converged(svc, tasks)
-                state[sid] = (ok, msg, svc)
-            live.update("\n".join(f"[bold]{escape(svc['spec']['name'])}[/]: {escape(msg)}"
-                                   for _, msg, svc in state.values()), refresh=True)
-            if all(ok for ok, _, _ in state.values()):
-                break
-            if time.monotonic() > deadline:
-                late = [f"{svc['spec']['name']}: {msg}" for ok, msg, svc in state.values() if not ok]
-                fail(f"service{'s' if len(late) > 1 else ''} did not converge in {timeout:.0f} s: "
-                     + "; ".join(late))
-            time.sleep(0.2)
-    failures = []
-    for _, msg, svc in state.values():
-        us = svc.get("update_status") or {}
-        if us.get("state") in ("paused", "rollback_paused") or (
-                rollback_is_failure and us.get("state") in ("rollback_started", "rollback_completed")):
-            failures.append(f"service {svc['spec']['name']}: {us.get('message')}")
-        else:
-            click.echo(f"{svc['spec']['name']}: {msg}: converged", err=True)
-    if failures:
-        fail("; ".join(failures))
+    """Wait until every service of `sids` converged, showing each task slot's
+    state and latest error (cli/progress.py); exit 1 with a summary when one
+    failed (its update paused or, with `rollback_is_failure`, rolled back; its
+    restart policy gave up) or `timeout` seconds passed."""
+    def fetch(sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        return request(ep, "GET", f"/v1/services/{sid}"), request(ep, "GET", f"/v1/tasks?service={sid}")
+
+    code = progress.wait(fetch, lambda: node_names(ep), sids, timeout, rollback_is_failure=rollback_is_failure)
+    if code:
+        sys.exit(code)
+
+
+def node_names(ep: Endpoint) -> dict[str, str]:
+    return {n["id"]: n["description"]["hostname"] for n in request(ep, "GET", "/v1/nodes")}
 
 
 @click.group()
@@ -536,27 +475,19 @@ def print_services(items: list[dict[str, Any]]) -> None:
 
 @service.command("ps")
 @click.argument("ref")
-@FORMAT_OPTION
-@click.option("-a", "--all", "all_", is_flag=True, help="Include the task history.")
-@click.option("--no-trunc", is_flag=True, help="Do not shorten ids.")
+@taskps.ps_options
 @click.pass_obj
-def ps(ep: Endpoint, ref: str, fmt: str, all_: bool, no_trunc: bool) -> None:
-    """List a service's tasks; a task not placed yet says why it waits (the
-    scheduler's reason, or the dependency it waits for)."""
+def ps(ep: Endpoint, ref: str, fmt: str, all_: bool, no_trunc: bool, filters: tuple[str, ...], quiet: bool) -> None:
+    """List a service's tasks, each slot's current task then its history, with
+    why each failed or (not placed yet) waits: the scheduler's reason, or the
+    dependency it waits for."""
     tasks = request(ep, "GET", f"/v1/tasks?service={ref}")
-    if not all_:
-        tasks = [t for t in tasks if t["desired_state"] in LIVE or t["status"]["state"] in LIVE]
-    if fmt == "json":
-        print_json(tasks)
-        return
-    svc = request(ep, "GET", f"/v1/services/{ref}")
-    nodes = {n["id"]: n["description"]["hostname"] for n in request(ep, "GET", "/v1/nodes")}
-    nets = {n["id"]: n["spec"]["name"] for n in request(ep, "GET", "/v1/networks")}
-    name = svc["spec"]["name"]
-    tasks.sort(key=lambda t: (t["slot"], t["node_id"], -t["created_at"]))
+    name = request(ep, "GET", f"/v1/services/{ref}")["spec"]["name"] if tasks or fmt != "json" else ref
     cut = None if no_trunc else 12
-    print_tasks(tasks, lambda t: f"{name}.{t['slot']}" if t["slot"] else f"{name}.{t['node_id'][:cut]}",
-                nodes, nets, cut=cut)
+    taskps.show(tasks, fmt=fmt, all_=all_, no_trunc=no_trunc, filters=filters, quiet=quiet,
+                task_name=lambda t: f"{name}.{t['slot']}" if t["slot"] else f"{name}.{t['node_id'][:cut]}",
+                nodes=lambda: node_names(ep),
+                nets=lambda: {n["id"]: n["spec"]["name"] for n in request(ep, "GET", "/v1/networks")})
 
 
 def print_tasks(tasks: list[dict[str, Any]], task_name: Callable[[dict[str, Any]], str], nodes: dict[str, str],
@@ -576,16 +507,7 @@ def print_tasks(tasks: list[dict[str, Any]], task_name: Callable[[dict[str, Any]
     ])
 
 
-def task_error(t: dict[str, Any]) -> str:
-    """`service ps`'s ERROR column: why the task failed, or why one that is
-    not placed yet waits (allocation, the scheduler's reason, a dependency),
-    in full."""
-    st = t["status"]
-    if st.get("err"):
-        return str(st["err"])
-    if st["state"] in ("new", "pending") and st.get("message") not in (None, "", "created", "allocated"):
-        return str(st["message"])
-    return ""
+task_error = progress.task_error
 
 
 def task_addresses(t: dict[str, Any], nets: dict[str, str]) -> str:

@@ -20,9 +20,10 @@ from typing import Any, NoReturn
 
 import click
 
+from . import taskps
 from .client import APIError, ConnectError, Endpoint, request
 from .output import FORMAT_OPTION, fail, print_json, print_table
-from .service import LIVE, _ago, print_services, print_tasks, wait_all_converged
+from .service import _ago, node_names, print_services, wait_all_converged
 
 RESOLVE_CHOICES = ["always", "changed", "never"]
 SIGN = {"create": "+", "update": "~", "delete": "-", "unchanged": "="}
@@ -266,29 +267,22 @@ def services(ep: Endpoint, name: str, fmt: str, quiet: bool) -> None:
 
 @stack.command("ps")
 @click.argument("name", metavar="STACK")
-@FORMAT_OPTION
-@click.option("-a", "--all", "all_", is_flag=True, help="Include the task history.")
+@taskps.ps_options
 @click.pass_obj
-def ps(ep: Endpoint, name: str, fmt: str, all_: bool) -> None:
-    """List the tasks of a stack's services."""
+def ps(ep: Endpoint, name: str, fmt: str, all_: bool, no_trunc: bool, filters: tuple[str, ...], quiet: bool) -> None:
+    """List the tasks of a stack's services, each slot's current task then its history."""
     tasks = request(ep, "GET", f"/v1/stacks/{name}/tasks")
-    if not all_:
-        tasks = [t for t in tasks if t["desired_state"] in LIVE or t["status"]["state"] in LIVE]
-    if fmt == "json":
-        print_json(tasks)
-        return
     names = {s["id"]: s["spec"]["name"] for s in request(ep, "GET", f"/v1/stacks/{name}")["services"]}
-    nodes = {n["id"]: n["description"]["hostname"] for n in request(ep, "GET", "/v1/nodes")}
-    nets = {n["id"]: n["spec"]["name"] for n in request(ep, "GET", "/v1/networks")}
+    cut = None if no_trunc else 12
 
     def task_name(t: dict[str, Any]) -> str:
         svc = names.get(t["service_id"], t["service_id"][:12])
-        return f"{svc}.{t['slot']}" if t["slot"] else f"{svc}.{t['node_id'][:12]}"
+        return f"{svc}.{t['slot']}" if t["slot"] else f"{svc}.{t['node_id'][:cut]}"
 
-    tasks.sort(key=lambda t: (names.get(t["service_id"], ""), t["slot"], t["node_id"], -t["created_at"]))
-    print_tasks(tasks, task_name, nodes, nets,
-                error=lambda t: t["status"]["err"] or (t["status"]["message"] if t["status"]["state"] == "pending"
-                                                       else ""))
+    taskps.show(tasks, fmt=fmt, all_=all_, no_trunc=no_trunc, filters=filters, quiet=quiet, task_name=task_name,
+                nodes=lambda: node_names(ep),
+                nets=lambda: {n["id"]: n["spec"]["name"] for n in request(ep, "GET", "/v1/networks")},
+                group_order=lambda t: names.get(t["service_id"], ""))
 
 
 @stack.command("rm")

@@ -416,6 +416,11 @@ def purge_host(values: dict[str, Any], layout: Layout) -> list[tuple[str, bool, 
                 subprocess.run(["ip", "netns", "delete", name], capture_output=True)
                 gone += 1
     done.append(("network namespaces", gone > 0, f"{gone} named {values['network_prefix']}*"))
+    # `ip netns add` made NETNS_DIR a bind mount of itself; once no namespace is
+    # left in it (whoever made them), that mount goes too, as before install.
+    if os.path.isdir(NETNS_DIR) and not os.listdir(NETNS_DIR) and os.path.ismount(NETNS_DIR):
+        subprocess.run(["umount", NETNS_DIR], capture_output=True)
+        done.append(("mounts", True, f"{NETNS_DIR} (empty)"))
     links = _links_tagged(f"{TAG}:{naming.prefix}")
     for ifname in links:
         subprocess.run(["ip", "link", "delete", ifname], capture_output=True)

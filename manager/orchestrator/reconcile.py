@@ -476,24 +476,29 @@ def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str,
     # The batch in flight: new tasks not yet running for `monitor` seconds.
     in_flight = [t for t in current if t.status.state != TaskState.RUNNING or
                  (t.status.timestamp > now - cfg.monitor and t.created_at >= (status.started_at if status else 0))]
-    parallelism = cfg.parallelism or len(stale)
+    # A slot can hold more than one stale task (a start-first replacement still
+    # starting, or waiting for its health check, when a rollback begins): the
+    # slot gets one replacement, never one per old task.
+    stale_slots: dict[int, list[Task]] = defaultdict(list)
+    for t in stale:
+        stale_slots[t.slot].append(t)
+    parallelism = cfg.parallelism or len(stale_slots)
     if len(in_flight) >= parallelism:
         for t in in_flight:
             if t.status.state == TaskState.RUNNING:
                 out.wake(t.status.timestamp + cfg.monitor)
         return
     budget = parallelism - len(in_flight)
-    for t in sorted(stale, key=lambda x: x.slot)[:budget]:
+    for slot in sorted(stale_slots)[:budget]:
+        olds = stale_slots[slot]
         not_before = now + cfg.delay if cfg.delay and current else 0.0
-        if cfg.order == UpdateOrder.START_FIRST:
-            # The old task stops once its replacement runs (see _retire_replaced).
-            out.ops.append(store_ops.Create("tasks", new_task(svc, t.slot, "", now, not_before)))
-        else:
-            out.ops.append(_shutdown(t, "replaced by an update"))
-            out.ops.append(store_ops.Create("tasks", new_task(svc, t.slot, "", now, not_before)))
+        if cfg.order != UpdateOrder.START_FIRST:
+            out.ops.extend(_shutdown(t, "replaced by an update") for t in olds)
+        # start-first: the old tasks stop once the replacement runs (retire_replaced).
+        out.ops.append(store_ops.Create("tasks", new_task(svc, slot, "", now, not_before)))
         if not_before:
             out.wake(not_before)
-        handled.add(t.id)
+        handled.update(t.id for t in olds)
 
 
 def retire_replaced(view: Any) -> list[Any]:

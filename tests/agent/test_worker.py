@@ -269,3 +269,25 @@ async def test_nothing_is_removed_before_the_first_full_set() -> None:
     finally:
         await w.stop()
 
+
+
+async def test_a_task_with_a_health_check_is_running_only_once_healthy(setup: Any) -> None:
+    w, engine, mgr = setup
+    real_run = engine.run
+
+    async def run_with_check(req: Any, *, files: Any = None) -> Any:
+        rec = await real_run(req, files=files)
+        rec.health_state = {"status": "starting", "failing_streak": 0, "log": []}
+        return rec
+
+    engine.run = run_with_check
+    w.on_message(full(mktask("h")))
+    await until(lambda: mgr.states("h") and mgr.states("h")[-1] == TaskState.STARTING, "STARTING")
+    await asyncio.sleep(0.2)
+    assert TaskState.RUNNING not in mgr.states("h")  # not a backend of its service yet
+    assert mgr.last("h").message == "waiting for the health check"
+    rec = engine.of("h")
+    rec.health_state = {"status": "healthy", "failing_streak": 0, "log": []}
+    assert engine.callback is not None
+    engine.callback(rec)
+    await until(lambda: mgr.states("h")[-1] == TaskState.RUNNING, "RUNNING once healthy")

@@ -49,7 +49,7 @@ def mknode(id: str, *, mem: int = 4 * GiB, state: NodeState = NodeState.READY, *
 
 
 def mkservice(id: str, replicas: int = 3, *, mode: ServiceMode = ServiceMode.REPLICATED, **task_kw: Any) -> Service:
-    spec_kw = {k: task_kw.pop(k) for k in list(task_kw) if k in ("update_config", "max_concurrent",
+    spec_kw = {k: task_kw.pop(k) for k in list(task_kw) if k in ("update_config", "rollback_config", "max_concurrent",
                                                                     "total_completions")}
     return Service(id=id, spec=ServiceSpec(
         name=id, mode=mode, replicas=replicas,
@@ -281,3 +281,39 @@ def test_start_first_update_never_doubles_a_slot() -> None:
     c.converge()
     live = c.live("api")
     assert sorted(t.slot for t in live) == [1, 2, 3, 4] and all(t.spec_version == 2 for t in live)
+
+
+def test_rollback_replaces_a_slot_once_while_its_start_first_task_is_still_starting() -> None:
+    # A health-checked replacement stays STARTING until its check passes; when
+    # its sibling fails and the update rolls back, its slot holds two stale tasks
+    # (the old one running, the new one starting): it gets ONE rollback task.
+    c = Cluster(mknode("n1"), mknode("n2"))
+    uc = UpdateConfig(parallelism=2, monitor=1, failure_action=FailureAction.ROLLBACK, order=UpdateOrder.START_FIRST)
+    c.tx(Create("services", mkservice("api", 4, update_config=uc, rollback_config=UpdateConfig(
+        parallelism=0, order=UpdateOrder.START_FIRST))))
+    c.converge()
+    svc = c.store.view().get("services", "api")
+    c.tx(Update("services", evolve(svc, spec__task=evolve(svc.spec.task, force_update=1), previous_spec=svc.spec,
+                                   spec_version=2, update_status=evolve(
+                                       svc.update_status or _status(), state=UpdateState.UPDATING,
+                                       started_at=c.now))))
+    c.settle()
+    fresh = [t for t in c.live("api") if t.spec_version == 2]
+    assert len(fresh) == 2
+    c.now += 1
+    for t in fresh:  # both start; neither passed its health check yet
+        c.end(t, TaskState.STARTING, 0)
+    c.end(fresh[0], TaskState.FAILED)
+    c.settle()
+    svc = c.store.view().get("services", "api")
+    assert svc.update_status.state == UpdateState.ROLLBACK_STARTED and svc.spec_version == 3
+    for _ in range(8):
+        c.step()
+        for slot in range(1, 5):
+            back = [t for t in c.live("api") if t.slot == slot and t.spec_version == 3]
+            assert len(back) <= 1, f"slot {slot} got {len(back)} rollback tasks"
+        c.agents_run()
+        c.now += 2
+    c.converge()
+    live = c.live("api")
+    assert sorted(t.slot for t in live) == [1, 2, 3, 4] and all(t.spec_version == 3 for t in live)
