@@ -220,8 +220,8 @@ class EventLog:
         self._ring: deque[EventRecord] = deque()
         # Every event after this cursor is in the ring (a request for events
         # after an older cursor cannot be served without a gap).
-        self.floor: tuple[int, int] = (store.index, MAX_SEQ)
-        self.last: tuple[int, int] = self.floor
+        self._floor: tuple[int, int] = (store.index, MAX_SEQ)
+        self.last: tuple[int, int] = self._floor
         self._restored = store.restored_index
         self._exec_seq = EXEC_SEQ_BASE
         self.names = Names()
@@ -262,7 +262,7 @@ class EventLog:
 
     def _reset(self, index: int) -> None:
         self._ring.clear()
-        self.floor = self.last = (index, MAX_SEQ)
+        self._floor = self.last = (index, MAX_SEQ)
         self.names.seed(self.store)
 
     def _ingest(self, batch: list[Event]) -> None:
@@ -296,7 +296,7 @@ class EventLog:
         if scope is EventScope.CLUSTER:
             self.last = (index, seq)
         while len(self._ring) > self.capacity:
-            self.floor = self._ring.popleft().cursor
+            self._floor = self._ring.popleft().cursor
         return rec
 
     def term_started(self, index: int, term: int, leader: int) -> None:
@@ -341,12 +341,13 @@ class EventLog:
     def after(self, cursor: tuple[int, int]) -> list[EventRecord]:
         """Every kept event after `cursor`; `EventsGone` if some are no longer kept."""
         self.sync()
-        if cursor < self.floor:
+        if cursor < self._floor:
             raise EventsGone(
                 f"events after {event_id(*cursor) if cursor[1] != MAX_SEQ else cursor[0]} are no "
                 f"longer all kept here: this manager keeps events after "
-                f"{self.floor[0] if self.floor[1] == MAX_SEQ else event_id(*self.floor)} "
-                f"(the newest {self.capacity}); resume from a newer id, or without --since"
+                f"{self._floor[0] if self._floor[1] == MAX_SEQ else event_id(*self._floor)} "
+                f"(at most the newest {self.capacity}, and none from before a snapshot it installed); "
+                "resume from a newer id, or without --since"
             )
         return [r for r in self._ring if r.cursor > cursor]
 
@@ -366,7 +367,14 @@ class EventLog:
         await self._waiters.wait(timeout)
 
     @property
+    def floor(self) -> tuple[int, int]:
+        """Every event after this cursor is kept."""
+        self.sync()
+        return self._floor
+
+    @property
     def size(self) -> int:
+        self.sync()
         return len(self._ring)
 
     # -- lifetime -------------------------------------------------------------------

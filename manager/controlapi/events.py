@@ -90,7 +90,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 return resp
         if until is not None and not done:
             if until.cursor is not None:
-                done = log.newest >= until.cursor
+                done = log.newest[0] >= until.cursor[0]  # every event of that index is in
             else:
                 assert until.time is not None
                 done = time.time() >= until.time
