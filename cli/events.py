@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from .client import Endpoint
+from .client import ConnectError, Endpoint
 
 
 def _line(ev: dict[str, Any]) -> str:
@@ -63,12 +63,25 @@ def events(ep: Endpoint, since: str | None, until: str | None, filters: tuple[st
     params += [("filter", f) for f in filters]
     q = ("?" + urllib.parse.urlencode(params)) if params else ""
 
+    last: list[str] = []
+
     async def run() -> None:
-        async for ev in _stream(ep, "GET", f"/v1/events{q}"):
-            if "error" in ev and "id" not in ev:
-                msg = ev["error"].get("message", ev["error"]) if isinstance(ev["error"], dict) else ev["error"]
-                raise click.ClickException(str(msg))
-            click.echo(json.dumps(ev, sort_keys=True) if fmt == "json" else _line(ev))
+        import aiohttp
+
+        try:
+            async for ev in _stream(ep, "GET", f"/v1/events{q}"):
+                if "error" in ev and "id" not in ev:
+                    err = ev["error"]
+                    raise click.ClickException(str(err.get("message", err) if isinstance(err, dict) else err))
+                click.echo(json.dumps(ev, sort_keys=True) if fmt == "json" else _line(ev))
+                last[:] = [str(ev.get("id", ""))]
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectError) as e:
+            if isinstance(e, ConnectError) and not last:
+                raise
+            where = f"after event {last[0]}; resume with --since {last[0]}" if last else "before any event"
+            raise click.ClickException(
+                f"the event stream from {ep.describe()} broke {where} "
+                f"(on any manager): {e}") from None
 
     try:
         asyncio.run(run())
