@@ -13,20 +13,18 @@ import click
 from .client import ConnectError, Endpoint
 
 
-def _line(ev: dict[str, Any]) -> str:
-    """2026-12-02T03:30:00.123456Z 1234.0 task state web.1.abc (from=running, to=failed, ...)."""
-    t = datetime.datetime.fromtimestamp(ev.get("time", 0.0), datetime.timezone.utc)
+def _line(ev: Any) -> str:
+    """2026-12-02T03:30:00.123456Z 1234.0 task state web.1.abc (from=running, state=failed, ...)."""
+    t = datetime.datetime.fromtimestamp(ev.time, datetime.timezone.utc)
     when = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    actor = ev.get("actor") or {}
-    who = actor.get("name") or actor.get("id") or "-"
-    attrs = dict(ev.get("attributes") or {})
-    if actor.get("id") and actor.get("id") != who:
-        attrs = {"id": actor["id"], **attrs}
-    if ev.get("scope") == "local":
+    who = ev.actor_name or ev.actor_id or "-"
+    attrs = dict(ev.attributes)
+    if ev.actor_id and ev.actor_id != who:
+        attrs = {"id": ev.actor_id, **attrs}
+    if ev.scope.value == "local":
         attrs["scope"] = "local"
     shown = ", ".join(f"{k}={v}" for k, v in attrs.items() if v != "")
-    return f"{when} {ev.get('id', '?')} {ev.get('type', '?')} {ev.get('action', '?')} {who}" + (
-        f" ({shown})" if shown else "")
+    return f"{when} {ev.id} {ev.type.value} {ev.action} {who}" + (f" ({shown})" if shown else "")
 
 
 @click.command("events")
@@ -45,7 +43,7 @@ def events(ep: Endpoint, since: str | None, until: str | None, filters: tuple[st
     Each event has an id INDEX.SEQ, the same on every manager: after a
     reconnect (to any manager) `--since LAST_ID` resumes without gaps or
     repeats, as long as that manager still keeps it (else HTTP 410)."""
-    from api.events import parse_bound, parse_filters
+    from api.events import EventRecord, parse_bound, parse_filters
 
     from .engine import _stream
 
@@ -73,8 +71,12 @@ def events(ep: Endpoint, since: str | None, until: str | None, filters: tuple[st
                 if "error" in ev and "id" not in ev:
                     err = ev["error"]
                     raise click.ClickException(str(err.get("message", err) if isinstance(err, dict) else err))
-                click.echo(json.dumps(ev, sort_keys=True) if fmt == "json" else _line(ev))
-                last[:] = [str(ev.get("id", ""))]
+                try:
+                    rec = EventRecord.from_dict(ev)
+                except ValueError as e:
+                    raise click.ClickException(f"{ep.describe()} sent a bad event: {e}") from None
+                click.echo(json.dumps(rec.to_dict(), sort_keys=True) if fmt == "json" else _line(rec))
+                last[:] = [rec.id]
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectError) as e:
             if isinstance(e, ConnectError) and not last:
                 raise

@@ -26,7 +26,6 @@ from typing import Any
 from api.events import (
     EXEC_SEQ_BASE,
     MAX_SEQ,
-    Actor,
     EventRecord,
     EventScope,
     EventType,
@@ -58,6 +57,8 @@ class EventsGone(Exception):
     """The requested history is no longer kept (HTTP 410)."""
 
 
+Actor = tuple[str, str]
+"""(id, name)"""
 Draft = tuple[EventType, str, Actor, dict[str, str]]
 """An event before it has an id and a time: (type, action, actor, attributes)."""
 
@@ -110,7 +111,7 @@ def derive(ev: Event, names: Names) -> list[Draft]:
     obj, old = ev.obj, ev.old
     action = _ACTION[ev.action]
     if typ is EventType.TASK:
-        actor = Actor(id=obj.id, name=_task_name(obj, names))
+        actor = (obj.id, _task_name(obj, names))
         attrs = _task_attrs(obj, names)
         if ev.action is EventAction.UPDATE:
             assert old is not None
@@ -135,7 +136,7 @@ def derive(ev: Event, names: Names) -> list[Draft]:
             names.nodes.pop(obj.id, None)
         else:
             names.nodes[obj.id] = name
-        actor = Actor(id=obj.id, name=name)
+        actor = (obj.id, name)
         attrs = {"role": obj.role.value, "availability": obj.spec.availability.value,
                  "state": obj.status.state.value}
         if obj.status.addr:
@@ -156,7 +157,7 @@ def derive(ev: Event, names: Names) -> list[Draft]:
                 return []
         return [(typ, action, actor, attrs)]
     name = obj.spec.name
-    actor = Actor(id=obj.id, name=name)
+    actor = (obj.id, name)
     attrs: dict[str, str] = {}
     if typ is EventType.SERVICE:
         if ev.action is EventAction.DELETE:
@@ -290,8 +291,7 @@ class EventLog:
         typ, action, actor, attrs = d
         if seq is None:
             seq = self.last[1] + 1 if self.last[0] == index and self.last[1] < EXEC_SEQ_BASE else 0
-        rec = EventRecord(id=event_id(index, seq), index=index, seq=seq, time=ts, type=typ,
-                          action=action, actor=actor, attributes=attrs, scope=scope)
+        rec = EventRecord(index, seq, ts, typ, action, actor[0], actor[1], attrs, scope)
         self._ring.append(rec)
         if scope is EventScope.CLUSTER:
             self.last = (index, seq)
@@ -306,11 +306,11 @@ class EventLog:
         if index <= self.last[0]:
             return
         attrs = {"term": str(term), "raft_id": str(leader)}
-        actor = Actor()
+        actor = ("", "")
         for n in self.store.view().list("nodes"):
             ms = n.manager_status
             if leader and ms is not None and ms.raft_id == leader:
-                actor = Actor(id=n.id, name=node_name(n))
+                actor = (n.id, node_name(n))
                 if ms.addr:
                     attrs["addr"] = ms.addr
         # The term's first entry carries no time: this replica's clock when
@@ -331,7 +331,7 @@ class EventLog:
             attrs["service.id"] = service
         if node in self.names.nodes:
             attrs["node.id"] = node
-        rec = self._append(index, self._clock(), (EventType.TASK, "exec", Actor(id=task, name=task), attrs),
+        rec = self._append(index, self._clock(), (EventType.TASK, "exec", (task, task), attrs),
                            seq=self._exec_seq, scope=EventScope.LOCAL)
         self._waiters.wake()
         return rec

@@ -82,7 +82,7 @@ async def events(request: web.Request) -> web.StreamResponse:
                 break
             cursor = max(cursor, rec.cursor)
             if matches(rec, filters):
-                out.append(rec.model_dump_json())
+                out.append(json.dumps(rec.to_dict()))
         if out:
             try:
                 await resp.write(("\n".join(out) + "\n").encode())

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
-from api.events import EventRecord
+from api.events import JSON_SCHEMA as EVENT_SCHEMA
 from api.objects import Config, ConfigSpec
 
 from .common import Route
@@ -16,7 +16,7 @@ from .errors import json_response
 
 def document() -> dict[str, Any]:
     _, schemas = models_json_schema(
-        [(Config, "serialization"), (ConfigSpec, "validation"), (EventRecord, "serialization")],
+        [(Config, "serialization"), (ConfigSpec, "validation")],
         ref_template="#/components/schemas/{model}",
     )
     err = {
@@ -24,6 +24,7 @@ def document() -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     components = dict(schemas.get("$defs", {}))
+    components["EventRecord"] = EVENT_SCHEMA
     components["Error"] = {
         "type": "object",
         "properties": {
