@@ -331,7 +331,9 @@ class EventLog:
             attrs["service.id"] = service
         if node in self.names.nodes:
             attrs["node.id"] = node
-        rec = self._append(index, self._clock(), (EventType.TASK, "exec", (task, task), attrs),
+        t = self.store.view().get("tasks", task)
+        tname = _task_name(t, self.names) if t is not None else task
+        rec = self._append(index, self._clock(), (EventType.TASK, "exec", (task, tname), attrs),
                            seq=self._exec_seq, scope=EventScope.LOCAL)
         self._waiters.wake()
         return rec
@@ -349,7 +351,14 @@ class EventLog:
                 f"(at most the newest {self.capacity}, and none from before a snapshot it installed); "
                 "resume from a newer id, or without --since"
             )
-        return [r for r in self._ring if r.cursor > cursor]
+        # The ring is in cursor order and followers ask for its last few.
+        out: list[EventRecord] = []
+        for r in reversed(self._ring):
+            if r.cursor <= cursor:
+                break
+            out.append(r)
+        out.reverse()
+        return out
 
     def since_time(self, t: float) -> list[EventRecord]:
         """Every kept event at or after unix time `t` (times are the leaders' clocks)."""

@@ -155,15 +155,16 @@ def test_exec_is_a_local_event_after_the_replicated_ones() -> None:
     log = EventLog(st, clock=lambda: 5000.0)
     f = Feeder(st)
     f.tx(Create("services", svc("s1", "web")))
-    rec = log.record_exec("s1", "t1", "n1", ["sh", "-c", "id"], "root")
+    f.tx(Create("tasks", task("t1", "s1")))
+    rec = log.record_exec("s1", "t1", "n1", ("sh", "-c", "id"), "root")
     assert rec.scope.value == "local" and rec.action == "exec" and rec.type.value == "task"
     assert rec.attributes["service"] == "web" and rec.attributes["argv"] == "sh -c id"
-    assert rec.index == 1 and rec.time == 5000.0
+    assert rec.index == 2 and rec.time == 5000.0 and rec.actor_name == "web.1.t1"
     f.tx(Create("configs", cfg("c")))
-    after = log.after((1, 0))
-    assert [r.action for r in after] == ["exec", "create"]
-    assert after[1].id == "2.0"  # the local event took no replicated rank
-    assert log.after(rec.cursor)[0].id == "2.0"
+    after = log.after((1, MAX_SEQ))
+    assert [r.action for r in after] == ["create", "exec", "create"]
+    assert after[2].id == "3.0"  # the local event took no replicated rank
+    assert log.after(rec.cursor)[0].id == "3.0"
 
 
 def test_filters() -> None:
