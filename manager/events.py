@@ -277,7 +277,12 @@ class EventLog:
         for ev in batch:
             if ev.version <= self.last[0]:
                 continue
-            for d in derive(ev, self.names):
+            try:
+                made = derive(ev, self.names)
+            except Exception:  # a bug here must not stop the log (nor the apply loop)
+                log.exception("event log: no event for %s %s at %d", ev.action, ev.table, ev.version)
+                continue
+            for d in made:
                 drafts.append((ev.version, float(ev.ts), d))
         for index, ts, d in drafts:
             self._append(index, ts, d)
