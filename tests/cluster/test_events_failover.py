@@ -73,6 +73,9 @@ def test_events_resume_on_another_manager_after_leader_kill() -> None:
             follower = asyncio.create_task(_follow(leader.addr, first, "--since", "0"))
             w = asyncio.create_task(writer())
             await asyncio.sleep(1.5)
+            deadline = time.monotonic() + 10
+            while not any(e["type"] == "config" for e in first) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
             assert len(acked) > 10, "writes were not flowing before the kill"
             assert first, "the client saw no events before the kill"
             leader.kill(signal.SIGKILL)
