@@ -24,6 +24,7 @@ def cli(ctx: click.Context, host: str | None, socket: str | None, tls_dir: str |
 
 def _register() -> None:
     from . import cluster, config, daemon, fleet, network, service, stack, swarm, system
+    from .events import events as events_cmd
 
     cli.add_command(daemon.daemon)
     cli.add_command(system.system)
@@ -34,6 +35,7 @@ def _register() -> None:
     cli.add_command(network.network)
     cli.add_command(config.config)
     cli.add_command(config.secret)
+    cli.add_command(events_cmd)
     try:  # node-local engine commands (image, container), when present
         from . import engine
 

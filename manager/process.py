@@ -31,6 +31,7 @@ from .controlapi.common import ManagerContext
 from .controlapi.errors import HTTPError
 from .controlapi.server import build_app
 from .dispatcher import Dispatcher, DispatcherSettings
+from .events import EventLog
 from .leadership import Supervisor
 from .membership import RoleManager
 
@@ -68,8 +69,13 @@ class ManagerProcess:
             advertise_addr=opts.advertise_addr or opts.listen_addr,
             ssl_context=client_ssl(opts.tls) if opts.tls else None,
         )
+        # The cluster's events (`orch events`), derived from the store's changes
+        # and the Raft log's term starts, from the first entry applied here.
+        self.events = EventLog(self.store)
+        self.raft.add_term_listener(self.events.term_started)
         # What the control API handlers use of this manager (also on the node's local socket).
-        self.control = ManagerContext(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image)
+        self.control = ManagerContext(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image,
+                                      events=self.events)
         self.app = build_app(lambda: self.control)
         if opts.tls is not None:
             self.app.middlewares.append(self._auth_middleware)  # inside error_middleware
@@ -193,6 +199,7 @@ class ManagerProcess:
                      settings=self.opts.settings,
                      advertise_addr=self.opts.advertise_addr or self.opts.listen_addr).rewrite_as_single_member()
         self.raft.open()
+        self.events.start()
         self._runner = web.AppRunner(self.app, handle_signals=False, access_log=None)
         await self._runner.setup()
         host, port = parse_addr(self.opts.listen_addr)
@@ -216,5 +223,6 @@ class ManagerProcess:
             self.raft.remove_leader_listener(leadership.leader_changed)
         await self.dispatcher.stop()
         await self.raft.stop()
+        await self.events.stop()
         if self._runner is not None:
             await self._runner.cleanup()

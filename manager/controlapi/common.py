@@ -56,6 +56,8 @@ class ManagerContext:
     secrets_key: Callable[[], bytes | None] = _no_secrets_key
     # Pins service images to digests; None leaves references as given.
     resolve_image: ImageResolver | None = None
+    # The cluster event log (manager.events.EventLog); None: no events here.
+    events: Any = None
 
 
 ManagerOf = Callable[[], ManagerContext | None]

@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 from pydantic.json_schema import models_json_schema
 
+from api.events import JSON_SCHEMA as EVENT_SCHEMA
 from api.objects import Config, ConfigSpec
 
 from .common import Route
@@ -23,6 +24,7 @@ def document() -> dict[str, Any]:
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
     }
     components = dict(schemas.get("$defs", {}))
+    components["EventRecord"] = EVENT_SCHEMA
     components["Error"] = {
         "type": "object",
         "properties": {
@@ -48,6 +50,23 @@ def document() -> dict[str, Any]:
                 "post": {
                     "requestBody": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ConfigSpec"}}}},
                     "responses": {"201": {"description": "created", "content": {"application/json": {"schema": ref}}}, "400": err, "409": err, "413": err, "503": err},
+                },
+            },
+            "/v1/events": {
+                "get": {
+                    "parameters": [
+                        {"name": "since", "in": "query", "schema": {"type": "string"},
+                         "description": "event id (INDEX or INDEX.SEQ: events after it), duration (10m) or time"},
+                        {"name": "until", "in": "query", "schema": {"type": "string"},
+                         "description": "same forms; the stream ends there (without it, it follows)"},
+                        {"name": "filter", "in": "query", "schema": {"type": "array", "items": {"type": "string"}},
+                         "explode": True, "description": "KEY=VALUE[,...]: type, event, service, node, task, id, scope"},
+                    ],
+                    "responses": {
+                        "200": {"description": "one EventRecord per line",
+                                "content": {"application/x-ndjson": {"schema": {"$ref": "#/components/schemas/EventRecord"}}}},
+                        "400": err, "410": err, "503": err,
+                    },
                 },
             },
             "/v1/configs/{ref}": {

@@ -15,13 +15,13 @@ from collections.abc import Iterable
 
 from aiohttp import web
 
-from . import cluster, configs, join, networks, nodes, openapi, secrets, services, stacks
+from . import cluster, configs, events, join, networks, nodes, openapi, secrets, services, stacks
 from .common import MANAGER_OF, MAX_BODY, ManagerOf, Route
 from .errors import error_middleware
 
 CONTROL_ROUTES: tuple[Route, ...] = (
     cluster.ROUTES + nodes.ROUTES + services.ROUTES + networks.ROUTES + secrets.ROUTES + configs.ROUTES
-    + stacks.ROUTES
+    + stacks.ROUTES + events.ROUTES
     + join.ROUTES + openapi.ROUTES
 )
 """What the CLI calls, on the TCP port (managers only) and the local socket."""

@@ -216,6 +216,10 @@ class RaftNode:
         self._leader_listeners: list[Callable[[int, int], None]] = []
         if on_leader_change is not None:
             self._leader_listeners.append(on_leader_change)
+        # Called as fn(index, term, leader) when a term's first entry (the new
+        # leader's empty entry) applies; leader is 0 when this node no longer
+        # knows who led that term (it is in a later one already).
+        self._term_listeners: list[Callable[[int, int, int], None]] = []
         self.members: dict[int, str] = {}
         self._offline = False  # rewriting state on disk: no network
         self._learned: dict[int, str] = {}  # peer addresses from connections, not (yet) from the config
@@ -571,6 +575,24 @@ class RaftNode:
             except Exception:  # a listener's bug must not stop the node (the ready loop treats errors as fatal)
                 log.exception("raft %d: leader listener %r failed", self.id, fn)
 
+    def add_term_listener(self, fn: Callable[[int, int, int], None]) -> None:
+        """Call `fn(index, term, leader)` as each term's first entry applies:
+        the same entries on every replica, so a history of leader changes
+        keyed by Raft index. It runs inside the ready loop: never block."""
+        self._term_listeners.append(fn)
+
+    def remove_term_listener(self, fn: Callable[[int, int, int], None]) -> None:
+        if fn in self._term_listeners:
+            self._term_listeners.remove(fn)
+
+    def _notify_term_start(self, e: Entry) -> None:
+        lead = self.lead if e.term == self.term else 0
+        for fn in list(self._term_listeners):
+            try:
+                fn(e.index, e.term, lead)
+            except Exception:  # as for leader listeners: never stop the node
+                log.exception("raft %d: term listener %r failed", self.id, fn)
+
     def _check_running(self) -> None:
         if self._stopped or self.fatal is not None:
             raise Stopped(f"raft node is stopped{': ' + str(self.fatal) if self.fatal else ''}")
@@ -733,6 +755,8 @@ class RaftNode:
             self._apply_conf_change(e)
         elif not e.data:
             self.sm.apply_noop(e.index)
+            if self._term_listeners:
+                self._notify_term_start(e)
         else:
             try:
                 origin, seq, payload = msgpack.unpackb(e.data, raw=False)

@@ -122,6 +122,9 @@ class MemoryStore:
         self._tables: dict[str, Table] = {n: Table(TABLES[n]) for n in TABLE_NAMES}
         self._index = 0
         self._hub = WatchHub(history_events, watch_queue_limit)
+        # Index of the last snapshot restore (0: none): a consumer deriving a
+        # history from watch events learns here that it has a gap below it.
+        self.restored_index = 0
 
     @property
     def index(self) -> int:
@@ -216,7 +219,7 @@ class MemoryStore:
                 if name is not None:
                     names[(op.table, name)] = None
                 staged[(op.table, oid)] = _DELETED
-                events.append(Event(index, EventAction.DELETE, op.table, cur, cur))
+                events.append(Event(index, EventAction.DELETE, op.table, cur, cur, ts))
                 continue
             payload = op.payload
             pid = payload.get("id")
@@ -260,7 +263,7 @@ class MemoryStore:
                         )
                     names[(op.table, name)] = oid
                 staged[(op.table, oid)] = new
-                events.append(Event(index, EventAction.CREATE, op.table, new, None))
+                events.append(Event(index, EventAction.CREATE, op.table, new, None, ts))
             else:  # UPDATE of an existing object
                 old_name = name_of(defn, cur)
                 if name != old_name:
@@ -274,7 +277,7 @@ class MemoryStore:
                     if old_name is not None:
                         names[(op.table, old_name)] = None
                 staged[(op.table, oid)] = new
-                events.append(Event(index, EventAction.UPDATE, op.table, new, cur))
+                events.append(Event(index, EventAction.UPDATE, op.table, new, cur, ts))
         self._check_claims(staged)
         return events, staged
 
@@ -392,6 +395,7 @@ class MemoryStore:
             events = self._diff(index, new_tables) if self._hub.watchers else ()
             self._tables = new_tables
             self._index = index
+            self.restored_index = index
             self._hub.publish_restore(index, events)
         finally:
             if gc_was_on:

@@ -41,13 +41,16 @@ class Event:
     """One change. `version` is the Raft index of the transaction (all events
     of one transaction share it). `obj` is the object after the change (for a
     delete: the object as it was); `old` the object before it (None for a
-    create)."""
+    create). `ts` is the transaction's time (unix seconds, chosen by the
+    leader that proposed it, so the same on every replica; 0.0 for the
+    differences a snapshot restore produces)."""
 
     version: int
     action: EventAction
     table: str
     obj: Any
     old: Any | None = None
+    ts: float = 0.0
 
 
 EventFilter = Callable[[Event], bool]
