@@ -30,6 +30,8 @@ VNI_MIN = 1
 VNI_MAX = (1 << 24) - 1
 MTU_MIN = 68
 MTU_MAX = 65535
+# A host link may be larger than any IP MTU: Linux's loopback is 65536.
+UNDERLAY_MTU_MAX = 65536
 # Outer Ethernet (14) + IPv4 (20) + UDP (8) + VXLAN (8) headers.
 VXLAN_OVERHEAD = 50
 DEFAULT_UNDERLAY_MTU = 1500
@@ -361,9 +363,9 @@ class NodeState:
             _set(self, "underlay_addr", addr)
         if self.underlay_mtu is not None:
             if (isinstance(self.underlay_mtu, bool) or not isinstance(self.underlay_mtu, int)
-                    or not MTU_MIN + VXLAN_OVERHEAD <= self.underlay_mtu <= MTU_MAX):
+                    or not MTU_MIN + VXLAN_OVERHEAD <= self.underlay_mtu <= UNDERLAY_MTU_MAX):
                 ck.add("underlay_mtu", f"{self.underlay_mtu!r} is out of range; VXLAN needs an underlay MTU of "
-                       f"{MTU_MIN + VXLAN_OVERHEAD}..{MTU_MAX}")
+                       f"{MTU_MIN + VXLAN_OVERHEAD}..{UNDERLAY_MTU_MAX}")
         for name, kind in (("networks", Network), ("endpoints", Endpoint), ("peers", Peer),
                            ("published", HostPort)):
             items = getattr(self, name)
@@ -522,7 +524,7 @@ class NodeState:
     def egress_mtu(self) -> int:
         if self.egress.mtu is not None:
             return self.egress.mtu
-        return self.underlay_mtu if self.underlay_mtu is not None else DEFAULT_UNDERLAY_MTU
+        return min(self.underlay_mtu, MTU_MAX) if self.underlay_mtu is not None else DEFAULT_UNDERLAY_MTU
 
     def endpoints_of(self, netns: str) -> tuple[Endpoint, ...]:
         return tuple(e for e in self.endpoints if e.netns == netns)

@@ -270,3 +270,10 @@ def test_mtu_follows_the_underlay() -> None:
     s = node(networks=[net(mtu=8950)], underlay_mtu=9000)
     assert s.mtu_of(s.networks[0]) == 8950
     assert s.egress_mtu == 9000
+    # A loopback underlay (65536, larger than any IP MTU) is accepted; the
+    # egress link gets the largest MTU a link can have.
+    s = node(networks=[net(mtu=65000)], underlay_mtu=65536)
+    assert s.mtu_of(s.networks[0]) == 65000 and s.egress_mtu == 65535
+    with pytest.raises(StateError) as e:
+        node(underlay_mtu=65537)
+    assert fields(e) == ["underlay_mtu"]
