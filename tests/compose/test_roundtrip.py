@@ -188,7 +188,7 @@ def _load(text: str) -> Any:
     return load([Source("stack.yml", text, "/srv/app")], environ=ENV, files=MemoryFiles(FILES))
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(compose_file())
 def test_stack_config_loads_back_to_the_same_model(data: dict[str, Any]) -> None:
     first = _load(dump_yaml(data)).project
