@@ -20,6 +20,7 @@ from rich.live import Live
 from rich.markup import escape
 
 from .client import Endpoint, request
+from .execclient import exec_command
 from .output import FORMAT_OPTION, fail, print_json, print_table
 from .specflags import (
     build_healthcheck,
@@ -351,6 +352,9 @@ def wait_all_converged(ep: Endpoint, sids: list[str], timeout: float, *, rollbac
 @click.group()
 def service() -> None:
     """Manage services (on a manager)."""
+
+
+service.add_command(exec_command)
 
 
 @service.command("create", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -1,0 +1,100 @@
+"""`orch service exec` on the multi-host fleet: two managers (the CLI talks
+to the follower, which relays to the leader) and a worker that runs the
+task; output, stderr, stdin and the exit status come back, and bad targets
+are clear errors. Every exec is in the leader's log."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.registry import RegistryEnv, SeededRegistry
+from tests.harness.fleet import Fleet, fleet_fixture
+from tests.harness.fleet_cluster import REPO, OrchFleet, start_registry
+
+pytestmark = [pytest.mark.root, pytest.mark.multihost]
+
+fleet = fleet_fixture(("m1", "m2", "w1", "reg"), scope="module")
+
+
+@pytest.fixture(scope="module")
+def of(fleet: Fleet, registry_env: RegistryEnv, open_registry: SeededRegistry,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OrchFleet, str]]:
+    reg = start_registry(fleet["reg"], registry_env.storage, tmp_path_factory.mktemp("fleet-reg"))
+    o = OrchFleet(fleet, heartbeat=1.0, extra=["--insecure-registry", reg])
+    try:
+        for h in ("m1", "m2", "w1"):
+            o.start(fleet[h])
+        o.init_and_join([fleet["m1"], fleet["m2"]], [fleet["w1"]])
+        o.wait_nodes(fleet["m2"], {"m1": "ready", "m2": "ready", "w1": "ready"})
+        yield o, reg
+    finally:
+        o.stop_all()
+
+
+def exec_(o: OrchFleet, h: Path | object, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return o.orch(h, "service", "exec", *args, check=False, input=input)  # type: ignore[arg-type]
+
+
+def test_service_exec_through_a_follower(of: tuple[OrchFleet, str]) -> None:
+    o, reg = of
+    m1, m2 = o.fleet["m1"], o.fleet["m2"]
+    o.orch(m2, "service", "create", "--name", "box", "--replicas", "1", "--constraint", "node.hostname==w1",
+           "--stop-signal", "KILL", f"{reg}/library/busybox-multi:latest", "sleep", "3600")
+    [task] = o.json(m2, "service", "ps", "box")
+    assert task["status"]["state"] == "running"
+    # Output on both streams and the exit status, from w1 through m2 (follower) and m1 (leader).
+    t0 = time.monotonic()
+    r = exec_(o, m2, "box", "sh", "-c", "echo out on $(hostname); echo err >&2; exit 7")
+    took = time.monotonic() - t0
+    assert (r.returncode, r.stderr.strip()) == (7, "err"), r
+    assert r.stdout.startswith("out on "), r
+    # stdin, to its end; the task by slot and by id.
+    r = exec_(o, m2, "-i", "box.1", "sh", "-c", "cat; echo; echo done", input="hello\nworld")
+    assert (r.returncode, r.stdout) == (0, "hello\nworld\ndone\n"), r
+    r = exec_(o, m1, task["id"][:12], "true")
+    assert r.returncode == 0, r
+    # A terminal: the command sees one (no stdin needed).
+    r = exec_(o, m1, "-t", "box", "sh", "-c", "tty")
+    assert r.returncode == 0 and "/dev/pts/" in r.stdout, r
+    # Bad targets and commands: exit 1 and a message saying what.
+    for args, why in [(("nosuch", "true"), "no service or task 'nosuch'"),
+                      (("box.5", "true"), "service box has no task box.5"),
+                      (("box", "no-such-binary"), "no-such-binary")]:
+        r = exec_(o, m2, *args)
+        assert r.returncode != 0 and why in r.stderr, (args, r)
+    assert "exec service=box task=" + task["id"] in m1.log_tail(400)
+    print(f"exec round trip through a follower (CLI start included): {took:.2f} s")
+    # A task that is not running any more.
+    o.orch(m2, "service", "scale", "box=0")
+    r = exec_(o, m2, "box", "true")
+    assert r.returncode == 1 and "box has no running task" in r.stderr, r
+
+
+@pytest.mark.slow
+def test_service_exec_throughput_and_round_trip(of: tuple[OrchFleet, str]) -> None:
+    """Figures: `cat` of 64 MiB out (MB/s) and `true` round trips, on the leader and through the follower."""
+    o, reg = of
+    m1, m2 = o.fleet["m1"], o.fleet["m2"]
+    o.orch(m1, "service", "create", "--name", "perf", "--replicas", "1", "--constraint", "node.hostname==w1",
+           "--stop-signal", "KILL", f"{reg}/library/busybox-multi:latest", "sleep", "3600")
+    for h in (m1, m2):
+        t0 = time.monotonic()
+        p = subprocess.run([sys.executable, "-m", "cli.main", "--socket", str(h.socket_path), "service", "exec",
+                            "perf", "sh", "-c", "head -c 67108864 /dev/zero"], capture_output=True, cwd=REPO,
+                           timeout=120)
+        dt = time.monotonic() - t0
+        assert p.returncode == 0 and len(p.stdout) == 64 << 20
+        ts = []
+        for _ in range(5):
+            t1 = time.monotonic()
+            assert exec_(o, h, "perf", "true").returncode == 0
+            ts.append(time.monotonic() - t1)
+        print(f"{h.name}: cat 64 MiB at {64 / dt:.1f} MiB/s (CLI start included); "
+              f"`true` round trip median {sorted(ts)[2]:.3f} s (CLI start included)")
+    o.orch(m1, "service", "rm", "perf")
