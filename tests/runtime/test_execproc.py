@@ -1,5 +1,6 @@
 """`agent.runtime.execproc`: processes run in real runc containers (output,
-exit status, stdin, a terminal and its size, kill)."""
+exit status, stdin, a terminal and its size, kill); `agent.execs` over it
+(flow control, input acks, cancel, errors)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,22 @@ from pathlib import Path
 
 import pytest
 
+from agent.execs import Execs
 from agent.runtime.execproc import STDERR, STDOUT, ExecProcess
 from agent.runtime.runtime import ContainerManager, RuntimeError_
 from agent.runtime.spec import ContainerSpec
+from api.session import (
+    EXEC_CHUNK,
+    EXEC_WINDOW,
+    ExecCancel,
+    ExecExit,
+    ExecInput,
+    ExecInputAck,
+    ExecOutput,
+    ExecOutputAck,
+    ExecStart,
+    Frame,
+)
 
 pytestmark = [
     pytest.mark.root,
@@ -100,3 +114,67 @@ async def test_exec_output_exit_stdin_tty_and_kill(mgr: ContainerManager, rootfs
     await mgr.stop(rec.id, timeout=2)
     with pytest.raises(RuntimeError_, match="not running"):
         await ExecProcess(mgr, rec.id, ["true"]).start()
+
+
+async def test_agent_execs_flow_control_and_errors(mgr: ContainerManager, rootfs: Path) -> None:
+    """`agent.execs.Execs` as the worker runs it: output stops at the window
+    until acknowledged; input is acknowledged; every exec ends with one
+    ExecExit (the status, or why nothing ran); cancel kills."""
+    rec = await mgr.run(ContainerSpec(args=["sleep", "60"]), str(rootfs), {})
+    sent: list[Frame] = []
+    arrived = asyncio.Event()
+
+    async def send(f: Frame) -> bool:
+        sent.append(f)
+        arrived.set()
+        return True
+
+    def spawn(cid: str, s: ExecStart) -> ExecProcess:
+        return ExecProcess(mgr, cid, s.argv, tty=s.tty, stdin=s.stdin)
+
+    execs = Execs(send, lambda tid: mgr.get(rec.id) if tid == "t1" else None, spawn)
+
+    async def until_exit(xid: str) -> ExecExit:
+        for _ in range(200):
+            ends = [f for f in sent if isinstance(f, ExecExit) and f.id == xid]
+            if ends:
+                return ends[0]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no exit for {xid}: {[f.KIND for f in sent]}")
+
+    def out_bytes(xid: str) -> int:
+        return sum(len(f.data) for f in sent if isinstance(f, ExecOutput) and f.id == xid)
+
+    size = 4 * EXEC_WINDOW
+    execs.on_frame(ExecStart(id="x1", task="t1", argv=("head", "-c", str(size), "/dev/zero")))
+    await asyncio.sleep(1.0)
+    held = out_bytes("x1")
+    assert EXEC_WINDOW <= held <= EXEC_WINDOW + EXEC_CHUNK, held  # stopped at the window
+    acked = 0
+    while not any(isinstance(f, ExecExit) for f in sent):
+        n = out_bytes("x1") - acked
+        if n:
+            execs.on_frame(ExecOutputAck(id="x1", n=n))
+            acked += n
+        arrived.clear()
+        await asyncio.wait_for(arrived.wait(), 10)
+    assert (await until_exit("x1")).code == 0 and out_bytes("x1") == size
+    # Input, acknowledged as written; its end closes stdin.
+    execs.on_frame(ExecStart(id="x2", task="t1", argv=("wc", "-c"), stdin=True))
+    execs.on_frame(ExecInput(id="x2", data=b"12345"))
+    execs.on_frame(ExecInput(id="x2", data=b"678", eof=True))
+    assert (await until_exit("x2")).code == 0
+    assert [f.n for f in sent if isinstance(f, ExecInputAck) and f.id == "x2"] == [5, 3]
+    assert b"".join(f.data for f in sent if isinstance(f, ExecOutput) and f.id == "x2").strip() == b"8"
+    # Cancel kills it; a task without a container here and a missing binary are errors.
+    execs.on_frame(ExecStart(id="x3", task="t1", argv=("sleep", "100")))
+    await asyncio.sleep(0.3)
+    execs.on_frame(ExecCancel(id="x3"))
+    assert (await until_exit("x3")).error == "exec cancelled" and not execs.running
+    execs.on_frame(ExecStart(id="x4", task="t2", argv=("true",)))
+    assert "task t2 has no container on this node" in (await until_exit("x4")).error
+    execs.on_frame(ExecStart(id="x5", task="t1", argv=("no-such-binary",)))
+    x5 = await until_exit("x5")
+    assert x5.code not in (0, None) and b"no-such-binary" in b"".join(
+        f.data for f in sent if isinstance(f, ExecOutput) and f.id == "x5")
+    await mgr.stop(rec.id, timeout=2)
