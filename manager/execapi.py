@@ -126,7 +126,7 @@ def find_task(store: MemoryStore, target: str) -> tuple[str, Task]:
         if len(ts) != 1:
             raise ExecRefused(f"service {name} has no task {tid!r}" if not ts
                               else f"task reference {tid!r} is ambiguous in service {name}")
-        return _running(name, ts[0], f"task {want}")
+        return _running(name, ts[0], f"task {name}.{want}")
     if slot_s.isdigit():
         ts = [t for t in tasks if t.slot == int(slot_s)]
         what = f"{name}.{slot_s}"
