@@ -7,8 +7,9 @@ bytes ahead of the manager's `ExecOutputAck`s, so a process writing fast
 (`cat` of a big file) waits for the user instead of filling the session;
 input is written to the process and acknowledged with `ExecInputAck`. The
 exec ends with one `ExecExit` after all of its output: the exit status, or
-why the process could not run. A session that ends kills every process it
-started (`cancel_all`): nobody would read them.
+why the process could not run. The processes of a session that ended are
+killed when the next one starts (`cancel_all`: nobody reads them any more)
+and when the worker stops.
 """
 
 from __future__ import annotations
@@ -101,6 +102,12 @@ class Execs:
         for ex in self.running.values():
             if ex.task is not None:
                 ex.task.cancel()
+
+    async def stop(self) -> None:
+        """Kill every exec process and wait until they are gone."""
+        tasks = [ex.task for ex in self.running.values() if ex.task is not None]
+        self.cancel_all()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, m: ExecStart, ex: _Exec) -> None:
         exit_frame = ExecExit(id=m.id, error="exec cancelled")

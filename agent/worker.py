@@ -245,6 +245,7 @@ class Worker:
         await asyncio.gather(*self._tasks, *self._busy.values(), *self._log_streams.values(),
                              return_exceptions=True)
         self._tasks = []
+        await self.execs.stop()
 
     async def leave(self, timeout: float = 60.0) -> None:
         """The node left its cluster: nothing is assigned any more. Remove
