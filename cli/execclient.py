@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import sys
@@ -34,7 +35,7 @@ async def run_exec(ep: Endpoint, target: str, cmd: list[str], *, interactive: bo
     """Run it; the exit status, or raise ConnectError / click.ClickException."""
     import aiohttp
 
-    cols, rows = shutil.get_terminal_size((80, 24)) if tty else (80, 24)
+    cols, rows = _term_size() if tty else (80, 24)
     req = {"target": target, "cmd": cmd, "tty": tty, "stdin": interactive, "user": user or "", "env": list(env),
            "workdir": workdir or "", "width": max(1, cols), "height": max(1, rows)}
     url = ep.base_url().replace("http", "ws", 1) + EXEC_PATH
@@ -77,7 +78,7 @@ async def _session(ws: Any, *, interactive: bool, tty: bool) -> int:
                         senders.append(asyncio.create_task(_send_stdin(ws)))
                     if tty and sys.stdin.isatty():
                         def on_winch() -> None:
-                            c, r = shutil.get_terminal_size((80, 24))
+                            c, r = _term_size()
                             asyncio.ensure_future(ws.send_str(json.dumps({"resize": [max(1, c), max(1, r)]})))
 
                         loop.add_signal_handler(signal.SIGWINCH, on_winch)
@@ -91,6 +92,17 @@ async def _session(ws: Any, *, interactive: bool, tty: bool) -> int:
         for t in senders:
             t.cancel()
         await asyncio.gather(*senders, return_exceptions=True)
+
+
+def _term_size() -> tuple[int, int]:
+    """This terminal's size (the terminal's own, not $COLUMNS/$LINES)."""
+    for f in (sys.stdout, sys.stdin, sys.stderr):
+        try:
+            sz = os.get_terminal_size(f.fileno())
+            return sz.columns, sz.lines
+        except (OSError, ValueError, AttributeError):
+            continue
+    return shutil.get_terminal_size((80, 24))
 
 
 async def _send_stdin(ws: Any) -> None:
@@ -110,6 +122,10 @@ async def _send_stdin(ws: Any) -> None:
         while True:
             await ready.wait()
             ready.clear()
+            # The wake-up may be stale (level-triggered, queued before the
+            # last read) and stdin blocks: read only what is there now.
+            if not select.select([fd], [], [], 0)[0]:
+                continue
             try:
                 data = os.read(fd, READ_CHUNK)
             except BlockingIOError:
@@ -134,7 +150,7 @@ def _raw_terminal(enabled: bool) -> Any:
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     try:
-        tty_mod.setraw(fd)
+        tty_mod.setraw(fd, termios.TCSANOW)  # keep what was typed ahead
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)

@@ -7,7 +7,9 @@ are three pipes read and written here. With a terminal, runc in the
 foreground makes the container's pty itself and copies between it and its
 own stdio when that is a terminal, so runc's stdio is the slave of a pty
 pair made here and the master is what we read and write (the terminal
-size is set on that pair; runc carries it over on SIGWINCH).
+size is set on that pair; runc carries it over on SIGWINCH). runc sizes
+the container's terminal just after the process started, so a command
+that asks for the size at once may see 0x0, as with `docker exec -t`.
 
 The process's exit status is runc's (128+N when a signal N killed it).
 Killing `runc exec` alone would leave the process running inside the
@@ -24,6 +26,7 @@ import pty
 import signal
 import struct
 import termios
+import tty
 import uuid
 from collections.abc import Sequence
 
@@ -64,8 +67,6 @@ class ExecProcess:
         self._out: asyncio.Queue[tuple[int, bytes] | None] = asyncio.Queue(8)
         self._readers: list[asyncio.Task[None]] = []
         self._writer: asyncio.StreamWriter | None = None
-        self._master_w: asyncio.WriteTransport | None = None
-        self._master_r: asyncio.ReadTransport | None = None
         self._open_streams = 0
         self._code: int | None = None
 
@@ -94,18 +95,15 @@ class ExecProcess:
             if self.tty:
                 self._master, self._slave = pty.openpty()
                 _set_winsize(self._master, *self.size)
+                # Raw from the start: what arrives before runc makes it raw
+                # must not be echoed or turned into lines here too.
+                tty.setraw(self._slave, termios.TCSANOW)
                 os.set_blocking(self._master, False)
                 self.proc = await asyncio.create_subprocess_exec(
                     *args, stdin=self._slave, stdout=self._slave, stderr=self._slave, start_new_session=True)
                 os.close(self._slave)  # runc holds it now; its last close is our EOF
                 self._slave = -1
-                reader = asyncio.StreamReader(limit=READ_CHUNK)
-                self._master_r, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                             os.fdopen(self._master, "rb", buffering=0, closefd=False))
-                if self.stdin:
-                    self._master_w, _ = await loop.connect_write_pipe(
-                        asyncio.Protocol, os.fdopen(os.dup(self._master), "wb", buffering=0))
-                self._readers = [asyncio.create_task(self._pump(reader, STDOUT))]
+                self._readers = [asyncio.create_task(self._pump_pty())]
             else:
                 self.proc = await asyncio.create_subprocess_exec(
                     *args, stdin=asyncio.subprocess.PIPE if self.stdin else asyncio.subprocess.DEVNULL,
@@ -129,6 +127,40 @@ class ExecProcess:
                 if not data:
                     break
                 await self._out.put((stream, data))
+        finally:
+            self._open_streams -= 1
+            if self._open_streams == 0:
+                await self._out.put(None)
+
+    async def _ready(self, writable: bool = False) -> None:
+        """Until the pty master is readable (writable). By hand, not with
+        connect_read_pipe: uvloop's pipe transports end at once on a pty."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+
+        def wake() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        (loop.add_writer if writable else loop.add_reader)(self._master, wake)
+        try:
+            await fut
+        finally:
+            (loop.remove_writer if writable else loop.remove_reader)(self._master)
+
+    async def _pump_pty(self) -> None:
+        try:
+            while True:
+                await self._ready()
+                try:
+                    data = os.read(self._master, READ_CHUNK)
+                except BlockingIOError:
+                    continue
+                except OSError:  # EIO: every slave is closed
+                    data = b""
+                if not data:
+                    break
+                await self._out.put((STDOUT, data))
         finally:
             self._open_streams -= 1
             if self._open_streams == 0:
@@ -164,8 +196,13 @@ class ExecProcess:
             if self._writer is not None:
                 self._writer.write(data)
                 await self._writer.drain()
-            elif self._master_w is not None and not self._master_w.is_closing():
-                self._master_w.write(data)
+            elif self.tty and self.stdin and self._master >= 0:
+                view = memoryview(data)
+                while view:
+                    try:
+                        view = view[os.write(self._master, view):]
+                    except BlockingIOError:
+                        await self._ready(writable=True)
         except (ConnectionError, OSError):
             pass
 
@@ -217,9 +254,6 @@ class ExecProcess:
         for t in self._readers:
             t.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
-        for tr in (self._master_w, self._master_r):
-            if tr is not None:
-                tr.close()
         if self._writer is not None:
             self._writer.close()
         self._close_fds()

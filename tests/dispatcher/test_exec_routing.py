@@ -53,7 +53,8 @@ class ExecEngine(FakeEngine):
         self.containers, self.cid = containers, cid
 
     def exec_process(self, cid: str, start: ExecStart) -> ExecProcess:
-        return ExecProcess(self.containers, self.cid, start.argv, tty=start.tty, stdin=start.stdin)
+        return ExecProcess(self.containers, self.cid, start.argv, tty=start.tty, stdin=start.stdin,
+                           width=start.width, height=start.height)
 
 
 @pytest.fixture
@@ -154,3 +155,49 @@ async def test_exec_routed_through_the_session(
     assert len(worker.execs.running) == 1
     session.start()
     await until_async(lambda: not worker.execs.running, 10, "the orphaned exec killed")
+
+
+async def test_the_cli_in_a_terminal(world: tuple[str, AgentSession, Worker, list[tuple[Any, ...]]]) -> None:
+    """`orch service exec -it` run from a terminal (a pty here): its terminal
+    goes raw, what is typed reaches the command's terminal (of the same size),
+    the output comes back, the exit status is the command's, and the
+    terminal is restored after."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import subprocess
+    import sys
+    import termios
+    import time
+
+    addr = world[0]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    before = termios.tcgetattr(slave)
+    p = subprocess.Popen([sys.executable, "-m", "cli.main", "--host", addr, "service", "exec", "-it", "web",
+                          "sh", "-c", "read l; stty size; echo got $l; exit 3"],
+                         stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 20
+        while termios.tcgetattr(master)[3] & termios.ECHO:  # until the CLI made its terminal raw
+            assert time.monotonic() < deadline and p.poll() is None, "the CLI never made its terminal raw"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # runc sets the terminal's size just after the process started
+        os.write(master, b"typed\r")
+        while p.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            while select.select([master], [], [], 0)[0]:
+                seen += os.read(master, 65536)
+        assert p.poll() == 3, seen
+        while select.select([master], [], [], 0)[0]:
+            seen += os.read(master, 65536)
+        assert b"33 111" in seen and b"got typed" in seen, seen
+        assert termios.tcgetattr(slave) == before
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        os.close(slave)
+        os.close(master)

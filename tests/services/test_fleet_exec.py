@@ -118,3 +118,59 @@ def test_service_exec_throughput_and_round_trip(of: tuple[OrchFleet, str]) -> No
                         "perf", "head", "-c", str(16 << 20), "/dev/zero"], capture_output=True, cwd=REPO, timeout=120)
     assert p.returncode == 0 and len(p.stdout) == 16 << 20
     o.orch(m1, "service", "rm", "perf")
+
+
+@pytest.mark.slow
+def test_service_exec_interactive_terminal(of: tuple[OrchFleet, str]) -> None:
+    """`-it` from a terminal: the CLI's terminal in raw mode, keys typed
+    reach a shell in the container, its size follows, the status is the shell's."""
+    import fcntl
+    import os
+    import pty
+    import select
+    import struct
+    import termios
+
+    o, reg = of
+    m2 = o.fleet["m2"]
+    o.orch(m2, "service", "create", "--name", "shell", "--replicas", "1", "--constraint", "node.hostname==w1",
+           "--stop-signal", "KILL", f"{reg}/library/busybox-multi:latest", "sleep", "3600")
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    p = subprocess.Popen([sys.executable, "-m", "cli.main", "--socket", str(m2.socket_path), "service", "exec",
+                          "-it", "shell", "sh"], stdin=slave, stdout=slave, stderr=slave, cwd=REPO,
+                         start_new_session=True)
+    os.close(slave)
+    seen = b""
+
+    def read_until(want: bytes, timeout: float = 20) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while want not in seen:
+            if time.monotonic() > deadline:
+                print(o.fleet["w1"].log_tail(30), o.fleet["m1"].log_tail(30), m2.log_tail(30))
+            assert time.monotonic() < deadline, seen
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        assert want in seen, seen
+
+    try:
+        deadline = time.monotonic() + 20
+        while termios.tcgetattr(master)[3] & termios.ECHO:  # until the CLI made its terminal raw
+            assert time.monotonic() < deadline and p.poll() is None, "the CLI never set raw mode"
+            time.sleep(0.05)
+        read_until(b"# ")  # the shell's prompt: it runs, its terminal has its size
+        os.write(master, b"stty size; echo $((6*7))\r")
+        read_until(b"33 111")
+        read_until(b"42")
+        os.write(master, b"exit 3\r")
+        assert p.wait(timeout=20) == 3
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    o.orch(m2, "service", "rm", "shell")
