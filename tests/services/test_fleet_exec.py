@@ -162,7 +162,7 @@ def test_service_exec_interactive_terminal(of: tuple[OrchFleet, str]) -> None:
         while termios.tcgetattr(master)[3] & termios.ECHO:  # until the CLI made its terminal raw
             assert time.monotonic() < deadline and p.poll() is None, "the CLI never set raw mode"
             time.sleep(0.05)
-        read_until(b"# ")  # the shell's prompt: it runs, its terminal has its size
+        read_until(b"built-in shell")  # the shell's banner: it runs, its terminal has its size
         os.write(master, b"stty size; echo $((6*7))\r")
         read_until(b"33 111")
         read_until(b"42")
