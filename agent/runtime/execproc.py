@@ -11,7 +11,8 @@ size is set on that pair; runc carries it over on SIGWINCH). runc sizes
 the container's terminal just after the process started, so a command
 that asks for the size at once may see 0x0, as with `docker exec -t`.
 
-The process's exit status is runc's (128+N when a signal N killed it).
+The process's exit status is runc's (128+N when a signal N killed it;
+127 or 126 when runc could not find or execute the command, as a shell).
 Killing `runc exec` alone would leave the process running inside the
 container, so `kill()` kills that process first (from runc's pid file).
 """
@@ -37,6 +38,7 @@ __all__ = ["ExecProcess", "STDOUT", "STDERR"]
 STDOUT = 1
 STDERR = 2
 READ_CHUNK = 64 << 10
+TAIL = 2048  # bytes of the last output kept
 DRAIN_AFTER_EXIT = 2.0  # seconds to wait for output after the process ended (a background child may hold it)
 
 
@@ -69,6 +71,7 @@ class ExecProcess:
         self._writer: asyncio.StreamWriter | None = None
         self._open_streams = 0
         self._code: int | None = None
+        self._tail = b""  # the last output, to tell runc's own failures apart
 
     def _args(self) -> list[str]:
         rec = self.containers.get(self.cid)
@@ -126,6 +129,7 @@ class ExecProcess:
                     data = b""
                 if not data:
                     break
+                self._tail = (self._tail + data)[-TAIL:]
                 await self._out.put((stream, data))
         finally:
             self._open_streams -= 1
@@ -160,6 +164,7 @@ class ExecProcess:
                     data = b""
                 if not data:
                     break
+                self._tail = (self._tail + data)[-TAIL:]
                 await self._out.put((STDOUT, data))
         finally:
             self._open_streams -= 1
@@ -240,6 +245,13 @@ class ExecProcess:
         """Its exit status (after `read()` returned None, all output is out)."""
         assert self.proc is not None
         code = await self.proc.wait()
+        if code == 255 and b"unable to start container process" in self._tail:
+            # runc could not start the command: the statuses a shell (and
+            # docker exec) gives for these, rather than runc's 255.
+            if b"executable file not found" in self._tail or b"no such file or directory" in self._tail:
+                return 127
+            if b"permission denied" in self._tail:
+                return 126
         return 128 - code if code < 0 else code
 
     async def close(self) -> None:
