@@ -26,7 +26,7 @@ from agent.session import AgentSession
 from agent.worker import Worker
 from api.objects import ContainerSpec, Node, NodeRole, NodeSpec, Service, ServiceSpec, Task, TaskSpec, TaskState
 from api.objects import TaskStatus
-from api.session import SESSION_PATH, ExecStart
+from api.session import ExecStart
 from manager import store as store_ops
 from manager.dispatcher import Dispatcher, DispatcherSettings
 from manager.execapi import EXEC_PATH, ExecAPI

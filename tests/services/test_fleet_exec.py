@@ -11,12 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.fixtures.registry import RegistryEnv, SeededRegistry
-from tests.harness.fleet import Fleet, fleet_fixture
+from tests.harness.fleet import Fleet, Host, fleet_fixture
 from tests.harness.fleet_cluster import REPO, OrchFleet, start_registry
 
 pytestmark = [pytest.mark.root, pytest.mark.multihost]
@@ -39,8 +38,8 @@ def of(fleet: Fleet, registry_env: RegistryEnv, open_registry: SeededRegistry,
         o.stop_all()
 
 
-def exec_(o: OrchFleet, h: Path | object, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return o.orch(h, "service", "exec", *args, check=False, input=input)  # type: ignore[arg-type]
+def exec_(o: OrchFleet, h: Host, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return o.orch(h, "service", "exec", *args, check=False, input=input)
 
 
 def test_service_exec_through_a_follower(of: tuple[OrchFleet, str]) -> None:
@@ -147,8 +146,6 @@ def test_service_exec_interactive_terminal(of: tuple[OrchFleet, str]) -> None:
         nonlocal seen
         deadline = time.monotonic() + timeout
         while want not in seen:
-            if time.monotonic() > deadline:
-                print(o.fleet["w1"].log_tail(30), o.fleet["m1"].log_tail(30), m2.log_tail(30))
             assert time.monotonic() < deadline, seen
             if select.select([master], [], [], 0.2)[0]:
                 try:
