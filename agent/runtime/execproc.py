@@ -212,12 +212,14 @@ class ExecProcess:
             pass
 
     async def close_stdin(self) -> None:
-        """End of input. A terminal has no end of input of its own: it is
-        the EOF character the user types, so nothing is done there."""
+        """End of input. On a terminal that is its EOF character (Ctrl-D),
+        which ends the input of a program reading a line at its start."""
         if self._writer is not None:
             w, self._writer = self._writer, None
             with contextlib.suppress(ConnectionError, OSError):
                 w.close()
+        elif self.tty and self.stdin:
+            await self.write(b"\x04")
 
     def resize(self, width: int, height: int) -> None:
         if self._master < 0 or self.proc is None:

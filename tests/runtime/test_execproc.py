@@ -91,6 +91,10 @@ async def test_exec_output_exit_stdin_tty_and_kill(mgr: ContainerManager, rootfs
         assert b"30 100" in seen and b"got hello" in seen and await p.wait() == 0, seen
     finally:
         await p.close()
+    # The end of input on a terminal: its EOF character.
+    out, _, code = await run(ExecProcess(mgr, rec.id, ["sh", "-c", "cat; echo end"], tty=True, stdin=True),
+                             stdin=b"abc\r")
+    assert code == 0 and out.endswith(b"abc\r\nend\r\n"), out
     # A resize reaches the process's terminal.
     p = ExecProcess(mgr, rec.id, ["sh", "-c", "read l; stty size"], tty=True, stdin=True)
     await p.start()
