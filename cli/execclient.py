@@ -44,12 +44,24 @@ async def run_exec(ep: Endpoint, target: str, cmd: list[str], *, interactive: bo
             try:
                 ws = await s.ws_connect(url, max_msg_size=4 << 20, heartbeat=None)
             except aiohttp.WSServerHandshakeError as e:
-                raise click.ClickException(f"the manager refused the exec ({e.status}): {e.message}") from None
+                raise click.ClickException(await _refusal(s, ep.base_url() + EXEC_PATH, e.status, e.message)) from None
             async with ws:
                 await ws.send_str(json.dumps(req))
                 return await _session(ws, interactive=interactive, tty=tty)
     except (aiohttp.ClientConnectionError, FileNotFoundError, PermissionError) as e:
         raise ConnectError(f"cannot reach the orch daemon at {ep.describe()}: {e}") from None
+
+
+async def _refusal(s: Any, url: str, status: int, reason: str) -> str:
+    """Why the websocket was refused: the API's error message (the handshake
+    error has only the status), asked again without the upgrade."""
+    try:
+        async with s.get(url) as r:
+            if r.status == status:
+                return str((await r.json(content_type=None))["error"]["message"])
+    except Exception:  # the status line is all there is
+        pass
+    return f"the manager refused the exec ({status} {reason})"
 
 
 async def _session(ws: Any, *, interactive: bool, tty: bool) -> int:

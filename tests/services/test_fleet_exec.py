@@ -69,6 +69,8 @@ def test_service_exec_through_a_follower(of: tuple[OrchFleet, str]) -> None:
                       (("box", "no-such-binary"), "no-such-binary")]:
         r = exec_(o, m2, *args)
         assert r.returncode == (127 if "binary" in why else 1) and why in r.stderr, (args, r)
+    r = exec_(o, o.fleet["w1"], "box", "true")  # a worker has no control API
+    assert r.returncode == 1 and "this node is not a manager" in r.stderr, r
     assert "exec service=box task=" + task["id"] in m1.log_tail(400)
     print(f"exec round trip through a follower (CLI start included): {took:.2f} s")
     # A task that is not running any more.
