@@ -24,6 +24,7 @@ from typing import Any, TypedDict
 from pydantic import Field
 
 from agent.images import ImageService
+from agent.runtime.execproc import ExecProcess
 from agent.runtime.health import HealthConfigError
 from agent.runtime.health import resolve as resolve_health
 from agent.runtime.runtime import ContainerManager, ContainerRecord, NotFound, RuntimeError_
@@ -31,6 +32,7 @@ from agent.runtime.spec import ContainerSpec, Mount, SpecError
 from agent.runtime.volumes import Volume, VolumeError, VolumeStore
 from api.objects import HealthcheckSpec, Model, MountSpec, MountType
 from api.privileges import PrivilegeError, check_sysctl, parse_device, parse_ulimit
+from api.session import ExecStart
 
 
 class EngineError(Exception):
@@ -275,3 +277,8 @@ class Engine:
              ) -> AsyncIterator[tuple[str, str, str]]:
         """(timestamp, stream, line) of a container's log."""
         return self.containers.logs(cid, follow=follow, tail=tail)
+
+    def exec_process(self, cid: str, start: ExecStart) -> ExecProcess:
+        """A process to run in container `cid` as `start` says (not started yet)."""
+        return ExecProcess(self.containers, cid, start.argv, tty=start.tty, stdin=start.stdin, user=start.user,
+                           env=start.env, workdir=start.workdir, width=start.width, height=start.height)

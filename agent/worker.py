@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agent.engine import EngineError, RunRequest, TaskFile
+from agent.execs import Execs
+from agent.runtime.execproc import ExecProcess
 from agent.images import ImageError
 from agent.networking import NetworkSetupError, TaskNetworks, is_ingress_sandbox
 from agent.runtime.runtime import ContainerRecord, NotFound, RuntimeError_
@@ -45,6 +47,8 @@ from api.session import (
     Endpoint,
     EndpointRemove,
     EndpointUpdate,
+    EXEC_MANAGER_FRAMES,
+    ExecStart,
     Frame,
     NetworkRemove,
     NetworkUpdate,
@@ -93,6 +97,8 @@ class TaskEngine(Protocol):
 
     def logs(self, cid: str, *, follow: bool = False, tail: int | None = None
              ) -> AsyncIterator[tuple[str, str, str]]: ...
+
+    def exec_process(self, cid: str, start: ExecStart) -> ExecProcess: ...
 
 
 @dataclass
@@ -212,6 +218,8 @@ class Worker:
                  networks: TaskNetworks | None = None, *, drain: float = DRAIN) -> None:
         self.engine = engine
         self.send = send
+        self.execs = Execs(send, lambda tid: self._containers_by_task().get(tid),
+                           lambda cid, start: self.engine.exec_process(cid, start))
         self.networks = networks  # None: this node runs no overlay networking (tasks on networks are rejected)
         self.drain = drain
         self.assigned = AssignmentSet()
@@ -239,6 +247,7 @@ class Worker:
         await asyncio.gather(*self._tasks, *self._busy.values(), *self._log_streams.values(),
                              return_exceptions=True)
         self._tasks = []
+        await self.execs.stop()
 
     async def leave(self, timeout: float = 60.0) -> None:
         """The node left its cluster: nothing is assigned any more. Remove
@@ -265,6 +274,9 @@ class Worker:
             if fut is not None and not fut.done():
                 fut.set_result(m)
             return
+        if isinstance(m, EXEC_MANAGER_FRAMES):
+            self.execs.on_frame(m)
+            return
         if isinstance(m, LogRequest):
             self._log_streams[m.id] = asyncio.create_task(self._stream_logs(m))
         elif isinstance(m, LogCancel):
@@ -275,6 +287,7 @@ class Worker:
             self.assigned.apply(m)
             if isinstance(m, AssignmentsFull):
                 self._synced = True
+                self.execs.cancel_all()  # a new session: nobody reads the old one's processes
                 # A new session: the manager may lack reports sent before it. Send ours again.
                 for tid, a in self.assigned.tasks.items():
                     st = self.state.get(tid)

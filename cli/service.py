@@ -18,6 +18,7 @@ import click
 
 from . import privflags, progress, taskps
 from .client import Endpoint, request
+from .execclient import exec_command
 from .output import FORMAT_OPTION, fail, print_json, print_table
 from .specflags import (
     build_healthcheck,
@@ -291,6 +292,9 @@ def node_names(ep: Endpoint) -> dict[str, str]:
 @click.group()
 def service() -> None:
     """Manage services (on a manager)."""
+
+
+service.add_command(exec_command)
 
 
 @service.command("create", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

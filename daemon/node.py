@@ -182,6 +182,16 @@ class NodeDaemon:
             return await m.service_logs(request)
 
         local.router.add_get("/v1/services/{ref}/logs", service_logs)
+
+        async def service_exec(request: web.Request) -> web.StreamResponse:
+            m = self._current_manager()
+            if m is None:
+                from manager.controlapi.errors import HTTPError
+
+                raise HTTPError(503, "not_manager", "this node is not a manager: run the command on a manager")
+            return await m.execapi.handle(request)
+
+        local.router.add_get("/v1/exec", service_exec)
         local.freeze()
         self._control = local
         return local

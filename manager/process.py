@@ -85,6 +85,21 @@ class ManagerProcess:
                                      secrets_key=lambda: self.opts.secrets_key)
         self.dispatcher.attach(self.app)
         self.app.router.add_get("/v1/services/{ref}/logs", self.service_logs)
+        from .execapi import EXEC_PATH, ExecAPI
+
+        from .execapi import log_exec
+
+        def record_exec(service: str, task: str, node: str, argv: Any, user: str) -> None:
+            log_exec(service, task, node, argv, user)  # the daemon's log, and
+            try:  # `orch events` on this manager; never a reason to refuse the exec
+                self.events.record_exec(service, task, node, argv, user)
+            except Exception:
+                log.exception("recording exec of task %s as an event", task)
+
+        self.execapi = ExecAPI(self.raft, self.store, self.dispatcher, caller=self._caller,
+                               relay_ssl=lambda: client_ssl(opts.tls) if opts.tls else None,
+                               record_exec=record_exec)
+        self.app.router.add_get(EXEC_PATH, self.execapi.handle)
         self.roles = RoleManager(self.raft, self.store)
         from .orchestrator.loop import Orchestrator
 
@@ -102,6 +117,15 @@ class ManagerProcess:
         if ident is not None:
             return ident.node_id
         return None if self.opts.tls is not None else request.query.get("node")
+
+    @staticmethod
+    def _caller(request: web.Request) -> tuple[str, bool]:
+        """Who calls (for records) and whether it may speak for another
+        caller: a manager relaying a user's request."""
+        ident = request.get(IDENTITY_KEY)
+        if ident is not None:
+            return f"node:{ident.node_id}", ident.role == "manager"
+        return "local", False  # the node's root-only socket (or a test manager without TLS)
 
     @web.middleware
     async def _auth_middleware(

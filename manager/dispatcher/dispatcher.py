@@ -58,6 +58,7 @@ from api.session import (
     AttachRequest,
     AttachResult,
     Close,
+    EXEC_AGENT_FRAMES,
     Frame,
     FrameError,
     Heartbeat,
@@ -211,6 +212,7 @@ class Dispatcher:
         self._status_event = asyncio.Event()
         self._attaching: set[asyncio.Task[None]] = set()
         self._log_subs: dict[str, asyncio.Queue[LogLines | LogEnd]] = {}
+        self._exec_subs: dict[str, tuple[str, Callable[[Frame | None], None]]] = {}
         self.stats = DispatcherStats()
 
     def attach(self, app: web.Application) -> None:
@@ -411,6 +413,16 @@ class Dispatcher:
             for nid in by_node:
                 self.send(nid, LogCancel(id=req))
 
+    # -- exec ------------------------------------------------------------------
+
+    def exec_open(self, node_id: str, exec_id: str, deliver: Callable[[Frame | None], None]) -> None:
+        """Route the exec frames node `node_id` sends for `exec_id` to
+        `deliver`; `deliver(None)` when the node's session ends first."""
+        self._exec_subs[exec_id] = (node_id, deliver)
+
+    def exec_close(self, exec_id: str) -> None:
+        self._exec_subs.pop(exec_id, None)
+
     # -- task status ---------------------------------------------------------
 
     def _queue_status(self, node_id: str, updates: tuple[StatusUpdate, ...]) -> None:
@@ -544,6 +556,10 @@ class Dispatcher:
                     q = self._log_subs.get(m.id)
                     if q is not None:
                         q.put_nowait(m)
+                elif isinstance(m, EXEC_AGENT_FRAMES):
+                    sub = self._exec_subs.get(m.id)  # type: ignore[attr-defined]
+                    if sub is not None and sub[0] == node_id:
+                        sub[1](m)
                 elif isinstance(m, AttachRequest):
                     # Answered from its own task: a commit must not hold up heartbeats.
                     t = asyncio.create_task(self._attach(sess, m))
@@ -555,6 +571,11 @@ class Dispatcher:
             sender.cancel()
             if self.sessions.get(node_id) is sess:
                 del self.sessions[node_id]
+                # The agent kills the processes of a session that ended.
+                for xid, (nid, deliver) in list(self._exec_subs.items()):
+                    if nid == node_id:
+                        del self._exec_subs[xid]
+                        deliver(None)
         return ws
 
     async def _pump(self, sess: _Session) -> None:

@@ -49,6 +49,7 @@ from api.session import (
     decode,
     encode,
 )
+from tests.api.test_session_exec import TO_AGENT, TO_MANAGER
 
 TASK = Task(id="t1", service_id="s1", node_id="n1", slot=2, spec=TaskSpec(container=ContainerSpec(
     image="busybox@sha256:" + "a" * 64, env=("A=1",), labels={"k": "v"})))
@@ -77,6 +78,8 @@ EXAMPLES: list[Frame] = [
     LogCancel(id="r"),
     AttachRequest(id="a1", container="probe", networks=("shared",)),
     AttachResult(id="a1", task_id="t1"),
+    *TO_AGENT,
+    *TO_MANAGER,
 ]
 
 
