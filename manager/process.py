@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from api.objects import TaskState
+from api.probe import NULL_PROBE, Probe
 from api.session import SESSION_PATH
 from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
@@ -53,6 +54,7 @@ class ManagerOptions:
     force_new_cluster: bool = False  # rewrite the Raft state as a single-member cluster first
     secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see pki.secretbox)
     resolve_image: Any = None  # async (ref) -> ref@digest, from this node's image service
+    probe: Probe = NULL_PROBE  # events the daemon's metrics count (api.probe)
 
 
 class ManagerProcess:
@@ -67,6 +69,7 @@ class ManagerProcess:
             initial_members=opts.initial_cluster,
             advertise_addr=opts.advertise_addr or opts.listen_addr,
             ssl_context=client_ssl(opts.tls) if opts.tls else None,
+            probe=opts.probe,
         )
         # What the control API handlers use of this manager (also on the node's local socket).
         self.control = ManagerContext(self.raft, self.store, lambda: self.opts.secrets_key, opts.resolve_image)
@@ -82,7 +85,7 @@ class ManagerProcess:
         self.roles = RoleManager(self.raft, self.store)
         from .orchestrator.loop import Orchestrator
 
-        self.orchestrator = Orchestrator(self.raft, self.store)
+        self.orchestrator = Orchestrator(self.raft, self.store, probe=opts.probe)
         from .stacks.reaper import StackReaper
 
         self.stack_reaper = StackReaper(self.raft, self.store)

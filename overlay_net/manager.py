@@ -32,6 +32,8 @@ from ipaddress import IPv4Address
 from types import TracebackType
 from typing import TypeVar
 
+from api.probe import NULL_PROBE, Probe
+
 from . import lb, nftlib
 from .lb import Balancer
 from .model import NodeState, ObservedState, Problem, StateError, check_prefix
@@ -91,6 +93,7 @@ class NetworkDataplane:
         self._lb_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(LB_WRITERS, thread_name_prefix=f"lb-{prefix}")
         self._lb_lock = asyncio.Lock()
         self._lb_cache = lb.TableCache()
+        self.probe: Probe = NULL_PROBE  # counts table writes for the daemon's metrics (set by its owner)
 
     async def __aenter__(self) -> NetworkDataplane:
         return self
@@ -191,6 +194,7 @@ class NetworkDataplane:
                         if declare:
                             raise
                         nftlib.run(lb.script(table, b, declare=True))  # the table was removed meanwhile
+                    self.probe.nft_update()
             except (NetnsGone, OSError, nftlib.NftError) as e:
                 return f"{ns}: {e}"
             return None
