@@ -184,14 +184,11 @@ class Metrics(Probe):
                                      ["answer"], buckets=_CPU + (0.25, 0.5, 1.0, 2.5), registry=r)
         self.nft_updates = Counter("orch_nft_rule_updates_total",
                                    "nftables tables rewritten (load balancing, published ports).", registry=r)
-        # Series that exist from the start, so rate() has a zero to start from.
-        for result in ("ok", "failed"):
-            self.proposals.labels(result)
-        for result in ("ok", "refused"):
-            self.transactions.labels(result)
-        for answer in ("local", "forwarded"):
-            self.dns_queries.labels(answer)
-            self.dns_seconds.labels(answer)
+        # Every labelled series exists from the start (rate() has a zero to
+        # start from), bound once: a label lookup per event costs more than the event.
+        self._proposals = {True: self.proposals.labels("ok"), False: self.proposals.labels("failed")}
+        self._transactions = {True: self.transactions.labels("ok"), False: self.transactions.labels("refused")}
+        self._dns = {a: (self.dns_queries.labels(a), self.dns_seconds.labels(a)) for a in ("local", "forwarded")}
         if node is not None:
             r.register(NodeCollector(node))
         self._runner: web.AppRunner | None = None
@@ -239,14 +236,14 @@ class Metrics(Probe):
         self.wal_fsync_seconds.observe(seconds)
 
     def raft_proposal(self, seconds: float, ok: bool) -> None:
-        self.proposals.labels("ok" if ok else "failed").inc()
+        self._proposals[bool(ok)].inc()
         self.proposal_seconds.observe(seconds)
 
     def raft_leader_change(self) -> None:
         self.leader_changes.inc()
 
     def store_transaction(self, seconds: float, ok: bool) -> None:
-        self.transactions.labels("ok" if ok else "refused").inc()
+        self._transactions[bool(ok)].inc()
         self.transaction_seconds.observe(seconds)
 
     def reconcile_pass(self, seconds: float) -> None:
@@ -269,8 +266,9 @@ class Metrics(Probe):
         self.start_seconds.observe(seconds)
 
     def dns_query(self, answer: str, seconds: float) -> None:
-        self.dns_queries.labels(answer).inc()
-        self.dns_seconds.labels(answer).observe(seconds)
+        queries, latency = self._dns.get(answer) or (self.dns_queries.labels(answer), self.dns_seconds.labels(answer))
+        queries.inc()
+        latency.observe(seconds)
 
     def nft_update(self) -> None:
         self.nft_updates.inc()
