@@ -28,6 +28,7 @@ from daemon.settings import SettingsError, check_metrics_addr
 from manager.process import ManagerOptions, ManagerProcess
 from manager.raft.driver import RaftSettings
 from tests.fixtures.registry import SeededRegistry, free_port
+from tests.overlay_net.test_dns import namespaces, upstream  # noqa: F401  (fixtures, by name)
 
 FAST = RaftSettings(tick_interval=0.02, proposal_timeout=2.0)
 PROMETHEUS = "/usr/bin/prometheus"
@@ -316,3 +317,26 @@ async def test_a_daemon_counts_its_pulls_and_container_starts(tmp_path: Path, op
     with pytest.raises(aiohttp.ClientConnectorError):  # stopped with the daemon
         async with aiohttp.ClientSession() as s:
             await s.get(url)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
+async def test_the_embedded_dns_counts_local_and_forwarded_queries(upstream: Any, namespaces: list[str]) -> None:
+    from overlay_net.dns import Resolver
+    from tests.overlay_net.test_dns import N1, UPSTREAM, a_records, new_ns, query, table
+
+    metrics = Metrics()
+    r = Resolver(table(), upstreams=[UPSTREAM], forward_timeout=0.5, probe=metrics)
+    try:
+        ns = await new_ns(namespaces)
+        await r.serve("c1", ns, [N1])
+        assert a_records(await query(ns, "web")) == {"10.0.1.2"}
+        assert a_records(await query(ns, "tasks.web")) == {"10.0.1.5", "10.0.1.6"}
+        assert a_records(await query(ns, "example.test")) == {"192.0.2.7"}
+    finally:
+        await r.close()
+    _, samples = parse(metrics.exposition().decode())
+    assert value(samples, "orch_dns_queries_total", answer="local") == 2
+    assert value(samples, "orch_dns_queries_total", answer="forwarded") == 1
+    assert value(samples, "orch_dns_query_duration_seconds_count", answer="forwarded") == 1
+    assert 0 < value(samples, "orch_dns_query_duration_seconds_sum", answer="forwarded") < 0.5
