@@ -340,3 +340,31 @@ async def test_the_embedded_dns_counts_local_and_forwarded_queries(upstream: Any
     assert value(samples, "orch_dns_queries_total", answer="forwarded") == 1
     assert value(samples, "orch_dns_query_duration_seconds_count", answer="forwarded") == 1
     assert 0 < value(samples, "orch_dns_query_duration_seconds_sum", answer="forwarded") < 0.5
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces, nftables)")
+async def test_nftables_table_writes_are_counted(namespaces: list[str]) -> None:
+    """Only tables that change are written, and only those are counted."""
+    from overlay_net import lb
+    from overlay_net.manager import NetworkDataplane
+    from tests.overlay_net.test_dns import new_ns
+
+    metrics = Metrics()
+    ns = await new_ns(namespaces)
+    dp = NetworkDataplane(f"mt{os.getpid() % 100000}-", "127.0.0.1")
+    dp.probe = metrics
+
+    def writes() -> float:
+        return value(parse(metrics.exposition().decode())[1], "orch_nft_rule_updates_total")
+
+    try:
+        vip = "10.0.1.2"
+        assert await dp.balance({ns: lb.Balancer(vips=(lb.VirtualService(vip, ("10.0.1.5",)),))}) == []
+        assert writes() == 1
+        assert await dp.balance({ns: lb.Balancer(vips=(lb.VirtualService(vip, ("10.0.1.5",)),))}) == []
+        assert writes() == 1  # unchanged: not written again
+        assert await dp.balance({ns: lb.Balancer(vips=(lb.VirtualService(vip, ("10.0.1.5", "10.0.1.6")),))}) == []
+        assert writes() == 2
+    finally:
+        await dp.close()
