@@ -55,7 +55,8 @@ class Probe:
         the cluster's names) or "forwarded" (asked the host's nameservers)."""
 
     def nft_update(self) -> None:
-        """An nftables table (load balancing, published ports) was rewritten."""
+        """An nftables table was written (the host table: egress and published
+        ports; a load-balancing table in a task's namespace)."""
 
 
 NULL_PROBE = Probe()

@@ -32,7 +32,7 @@ from ipaddress import IPv4Address
 from types import TracebackType
 from typing import TypeVar
 
-from api.probe import NULL_PROBE, Probe
+from api.probe import Probe
 
 from . import lb, nftlib
 from .lb import Balancer
@@ -93,7 +93,16 @@ class NetworkDataplane:
         self._lb_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(LB_WRITERS, thread_name_prefix=f"lb-{prefix}")
         self._lb_lock = asyncio.Lock()
         self._lb_cache = lb.TableCache()
-        self.probe: Probe = NULL_PROBE  # counts table writes for the daemon's metrics (set by its owner)
+
+    @property
+    def probe(self) -> Probe:
+        """Where nftables table writes are counted (the daemon's metrics; the
+        no-op probe by default): the host table's and every load-balancing table's."""
+        return self._kernel.probe
+
+    @probe.setter
+    def probe(self, probe: Probe) -> None:
+        self._kernel.probe = probe
 
     async def __aenter__(self) -> NetworkDataplane:
         return self
