@@ -183,7 +183,8 @@ class Metrics(Probe):
         self.dns_seconds = Histogram("orch_dns_query_duration_seconds", "Time to answer a DNS query.",
                                      ["answer"], buckets=_CPU + (0.25, 0.5, 1.0, 2.5), registry=r)
         self.nft_updates = Counter("orch_nft_rule_updates_total",
-                                   "nftables table writes (the host table: egress, published ports; load-balancing tables).", registry=r)
+                                   "nftables table writes (the host table: egress, published ports; "
+                                   "load-balancing tables).", registry=r)
         # Every labelled series exists from the start (rate() has a zero to
         # start from), bound once: a label lookup per event costs more than the event.
         self._proposals = {True: self.proposals.labels("ok"), False: self.proposals.labels("failed")}
