@@ -286,6 +286,7 @@ async def test_a_daemon_counts_its_pulls_and_container_starts(tmp_path: Path, op
     await d.start()
     url = f"http://{opts.metrics_addr}/metrics"
     try:
+        await asyncio.wait_for(d.manager.leadership.wait_elected(), 20)  # the single member elects itself
         async with aiohttp.ClientSession() as s:
             async with s.get(url) as r:
                 types, before = parse(await r.text())
