@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from api.objects import INGRESS_ATTACHMENT, Network, Task
+from api.probe import NULL_PROBE, Probe
 from api.session import Endpoint as TableEntry
 from overlay_net.lb import Balancer, IngressPort, VirtualService
 from overlay_net.model import Endpoint, HostPort, NodeState, Peer
@@ -246,6 +247,7 @@ class TaskNetworks:
         self._applied: NodeState | None = None  # the state the last sync applied, and when
         self._applied_at = 0.0
         self._resolver: Any = None  # overlay_net.dns.Resolver, made with the first networked task
+        self.probe: Probe = NULL_PROBE  # DNS queries and nftables writes, for the daemon's metrics
 
     def netns_path(self, task_id: str) -> str:
         return os.path.join(NETNS_DIR, task_netns_name(self.prefix, task_id))
@@ -274,6 +276,7 @@ class TaskNetworks:
             from overlay_net.manager import NetworkDataplane  # pyroute2: only once a task needs it
 
             self._dp = NetworkDataplane(self.prefix, addr)
+            self._dp.probe = self.probe
         return self._dp, addr
 
     async def prepare(self, task: Task, tasks: Iterable[Task], networks: Mapping[str, Network],
@@ -374,7 +377,7 @@ class TaskNetworks:
 
         try:
             if self._resolver is None:
-                self._resolver = Resolver()
+                self._resolver = Resolver(probe=self.probe)
             self._update_dns(networks, tables)
             nets = [a.network_id for a in task.networks if not is_ingress(networks.get(a.network_id))]
             await self._resolver.serve(task.id, self.netns_path(task.id), nets)

@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from api.objects import NodeDescription
+from api.probe import NULL_PROBE, Probe
 from api.session import (
     MANAGER_FRAMES,
     MAX_FRAME,
@@ -70,8 +71,10 @@ class AgentSession:
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         rng: random.Random | None = None,
+        probe: Probe = NULL_PROBE,
     ) -> None:
         self.state = SessionState(managers=list(managers))
+        self.probe = probe
         self.ssl_context = ssl_context
         self.describe = describe
         self.addr = addr
@@ -186,8 +189,11 @@ class AgentSession:
                     m = decode(frame.data, MANAGER_FRAMES)
                     if isinstance(m, HeartbeatAck):
                         st.heartbeats += 1
-                        if st.rtts is not None and self._hb_sent:
-                            st.rtts.append(time.monotonic() - self._hb_sent)
+                        if self._hb_sent:
+                            rtt = time.monotonic() - self._hb_sent
+                            self.probe.heartbeat_rtt(rtt)
+                            if st.rtts is not None:
+                                st.rtts.append(rtt)
                         st.period = m.period
                         if m.role is not None and self.on_role is not None:
                             self.on_role(m.role.value)

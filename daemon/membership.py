@@ -40,6 +40,7 @@ from api import codec
 from api.session import Frame
 from api.arch import oci_arch
 from api.objects import AddressPoolSpec
+from api.probe import NULL_PROBE, Probe
 from api.fsutil import write_atomic
 from pki import RootCA, TokenError, make_key_and_csr, parse_token, renewal_delay
 from pki.secretbox import load_key, new_key, save_key
@@ -106,6 +107,7 @@ class Membership:
         self._lock = asyncio.Lock()
         self.worker: Any = None  # agent.worker.Worker, set by the daemon
         self.resolve_image: Any = None  # the daemon's ImageService.resolve
+        self.probe: Probe = NULL_PROBE  # the daemon's metrics, for the manager and the session it starts
         self._role_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
 
@@ -187,7 +189,7 @@ class Membership:
             listen_addr=st.listen_addr, advertise_addr=st.advertise_addr, initial_cluster=initial,
             settings=self.settings.raft_settings(), tls=self.tls(), force_new_cluster=force_new_cluster,
             secrets_key=load_key(self.key_path), resolve_image=self.resolve_image,
-            dispatcher=self.settings.dispatcher_settings(),
+            dispatcher=self.settings.dispatcher_settings(), probe=self.probe,
         ))
         await self.manager.start()
 
@@ -218,6 +220,7 @@ class Membership:
             lambda: describe_host(self.hostname), addr=st.advertise_addr.rpartition(":")[0],
             on_managers=on_managers, on_role=on_role,
             on_message=self.worker.on_message if self.worker is not None else None,
+            probe=self.probe,
         )
         self.session.start()
         if renewals and (self._renew_task is None or self._renew_task.done()):

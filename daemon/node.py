@@ -31,6 +31,7 @@ from agent.runtime.runtime import ContainerManager
 from agent.networking import TaskNetworks
 from agent.runtime.volumes import VolumeStore
 from agent.worker import Worker
+from api.probe import NULL_PROBE, Probe
 
 from .localapi import add_cluster_routes, add_manager_routes, local_error_middleware
 from .membership import Membership
@@ -75,6 +76,9 @@ class NodeOptions:
     # places (network namespaces of sandboxes and tasks, the nftables table):
     # distinct per daemon when several share one machine (the test fleet).
     network_prefix: str = "orch-"
+    # "HOST:PORT" to serve Prometheus metrics on (GET /metrics, plain HTTP:
+    # bind it to loopback or a management network); None serves none.
+    metrics_addr: str | None = None
     # How a manager made by init, join or promotion runs (Raft timing,
     # snapshots, heartbeat period); None: the manager's defaults.
     manager_settings: ManagerSettings | None = None
@@ -97,9 +101,22 @@ class NodeDaemon:
         self.networks: TaskNetworks | None = None
         self._local: web.AppRunner | None = None
         self._control: web.Application | None = None
+        # daemon.metrics.Metrics when --metrics-addr is given: it is also the
+        # probe every part reports its events to; otherwise they report to
+        # the no-op probe and prometheus_client is never loaded.
+        self.metrics: Any = None
+        self.probe: Probe = NULL_PROBE
 
     async def start(self) -> None:
         os.makedirs(self.opts.data_dir, exist_ok=True)
+        if self.opts.metrics_addr is not None:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(self)
+            self.probe = self.metrics
+            # First, so that an address in use stops the daemon before it
+            # has started anything; parts not made yet are left out of scrapes.
+            await self.metrics.serve(self.opts.metrics_addr)
         self.images = ImageService(
             os.path.join(self.opts.data_dir, "images"),
             RegistryConfig(
@@ -112,6 +129,7 @@ class NodeDaemon:
             runtime=self.opts.runtime,
             cgroup_parent=self.opts.cgroup_parent,
         )
+        self.images.probe = self.containers.probe = self.probe
         # Containers outlive the daemon: adopt the running ones, collect the
         # exit codes of those that ended while it was down.
         await self.containers.recover()
@@ -123,9 +141,11 @@ class NodeDaemon:
         self.membership = Membership(self.opts.data_dir, hostname=self.opts.hostname,
                                      settings=self.opts.manager_settings)
         self.membership.resolve_image = self.images.resolve
+        self.membership.probe = self.probe
         add_cluster_routes(local, self.membership)
         add_manager_routes(local, self._control_routes)
         self.networks = TaskNetworks(self.opts.network_prefix, self._underlay_addr)
+        self.networks.probe = self.probe
         self.worker = Worker(Engine(self.images, self.containers, self.volumes), self.membership.send,
                              networks=self.networks)
         self.membership.worker = self.worker
@@ -134,7 +154,7 @@ class NodeDaemon:
         if self.opts.manager is not None:
             from manager.process import ManagerProcess  # a static manager (see _control_routes)
 
-            self.manager = ManagerProcess(self.opts.manager)
+            self.manager = ManagerProcess(replace(self.opts.manager, probe=self.probe))
             await self.manager.start()
         else:
             await self.membership.resume()
@@ -209,6 +229,8 @@ class NodeDaemon:
         return self.membership.manager if self.membership is not None else None
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self._local is not None:
             await self._local.cleanup()
         if self.opts.socket_path:

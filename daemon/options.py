@@ -69,6 +69,8 @@ OPTIONS: tuple[Option, ...] = (
            "Prefix of the network namespaces and nftables table overlay networking makes."),
     Option("heartbeat-period", "heartbeat_period", "float", 5.0,
            "Agent heartbeat period a manager of this node asks for (seconds).", minimum=0.05),
+    Option("metrics-addr", "metrics_addr", "str", None,
+           "HOST:PORT to serve Prometheus metrics on (GET /metrics); default: none."),
     Option("log-level", "log_level", "choice", "info", "How much the daemon logs.",
            choices=("debug", "info", "warning", "error")),
 )
@@ -91,6 +93,7 @@ FLAGS = {
     "snapshot_every": "--snapshot-every",
     "keep_entries": "--keep-entries",
     "heartbeat_period": "--heartbeat-period",
+    "metrics_addr": "--metrics-addr",
 }
 
 
@@ -148,6 +151,7 @@ def build_options(
     hostname: str | None,
     heartbeat_period: float,
     network_prefix: str = "orch-",
+    metrics_addr: str | None = None,
 ) -> NodeOptions:
     members = parse_initial_cluster(initial_cluster)
     if members and node_id not in members:
@@ -191,6 +195,7 @@ def build_options(
             cgroup_parent=cgroup_parent,
             hostname=hostname,
             network_prefix=network_prefix,
+            metrics_addr=metrics_addr or None,
             manager_settings=settings,
         )
     except SettingsError as e:

@@ -101,6 +101,26 @@ class ManagerSettings:
         return DispatcherSettings(period=self.heartbeat_period)
 
 
+def check_metrics_addr(addr: Any) -> tuple[str, int]:
+    """The (host, port) of NodeOptions.metrics_addr, "HOST:PORT" (an empty
+    host, ":9323", listens on every address)."""
+    problem = f"must be HOST:PORT, e.g. 127.0.0.1:9323, got {addr!r}"
+    if not isinstance(addr, str):
+        raise SettingsError("NodeOptions", "metrics_addr", problem)
+    host, sep, port = addr.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in addr):
+        raise SettingsError("NodeOptions", "metrics_addr", problem)
+    if host:
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if not all(part and part.replace("-", "").isalnum() for part in host.split(".")):
+                raise SettingsError("NodeOptions", "metrics_addr",
+                                    f"{host!r} is neither an IP address nor a host name ({problem})") from None
+    return host or "0.0.0.0", int(port)
+
+
 def check_node_options(opts: NodeOptions) -> None:
     """Raise SettingsError for the first NodeOptions field with a bad value."""
 
@@ -148,6 +168,8 @@ def check_node_options(opts: NodeOptions) -> None:
         check_prefix(opts.network_prefix)
     except StateError as e:
         raise bad("network_prefix", e.problems[0].message) from None
+    if opts.metrics_addr is not None:
+        check_metrics_addr(opts.metrics_addr)
     if opts.manager_settings is not None and not isinstance(opts.manager_settings, ManagerSettings):
         raise bad("manager_settings", f"must be a ManagerSettings, got {type(opts.manager_settings).__name__}")
     if not isinstance(opts.extra, dict):

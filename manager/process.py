@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from api.objects import TaskState
+from api.probe import NULL_PROBE, Probe
 from api.session import SESSION_PATH
 from manager.raft.driver import RaftNode, RaftSettings
 from manager.raft.transport import RAFT_PATH
@@ -54,6 +55,7 @@ class ManagerOptions:
     force_new_cluster: bool = False  # rewrite the Raft state as a single-member cluster first
     secrets_key: bytes | None = None  # the cluster's key for secrets at rest (see pki.secretbox)
     resolve_image: Any = None  # async (ref) -> ref@digest, from this node's image service
+    probe: Probe = NULL_PROBE  # events the daemon's metrics count (api.probe)
 
 
 class ManagerProcess:
@@ -68,6 +70,7 @@ class ManagerProcess:
             initial_members=opts.initial_cluster,
             advertise_addr=opts.advertise_addr or opts.listen_addr,
             ssl_context=client_ssl(opts.tls) if opts.tls else None,
+            probe=opts.probe,
         )
         # The cluster's events (`orch events`), derived from the store's changes
         # and the Raft log's term starts, from the first entry applied here.
@@ -103,7 +106,7 @@ class ManagerProcess:
         self.roles = RoleManager(self.raft, self.store)
         from .orchestrator.loop import Orchestrator
 
-        self.orchestrator = Orchestrator(self.raft, self.store)
+        self.orchestrator = Orchestrator(self.raft, self.store, probe=opts.probe)
         from .stacks.reaper import StackReaper
 
         self.stack_reaper = StackReaper(self.raft, self.store)

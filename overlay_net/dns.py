@@ -28,11 +28,14 @@ import random
 import re
 import socket
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Interface
 
 from dnslib import A, DNSHeader, DNSQuestion, DNSRecord, PTR, QTYPE, RCODE, RR  # type: ignore[import-untyped]
+
+from api.probe import NULL_PROBE, Probe
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +488,9 @@ class Resolver:
 
     def __init__(self, table: NameTable | None = None, *, upstreams: Sequence[tuple[str, int]] | None = None,
                  resolv_conf: str = "/etc/resolv.conf", forward_timeout: float = 2.0,
-                 address: str = DNS_ADDRESS, port: int = DNS_PORT, max_forwards: int = 256) -> None:
+                 address: str = DNS_ADDRESS, port: int = DNS_PORT, max_forwards: int = 256,
+                 probe: Probe = NULL_PROBE) -> None:
+        self.probe = probe  # queries answered and their latency, for the daemon's metrics
         if upstreams is None:
             upstreams, search = read_resolv_conf(resolv_conf)
             if table is None:
@@ -586,14 +591,24 @@ class Resolver:
             return _formerr(data)
         if q.header.qr:
             return None  # a response sent to us: drop, never answer
+        t0 = time.perf_counter()
         reply = answer_locally(self.table, s.networks, q)
         if reply is None:
             return q
-        return _pack(reply, _udp_limit(q) if udp else None)
+        out = _pack(reply, _udp_limit(q) if udp else None)
+        self.probe.dns_query("local", time.perf_counter() - t0)
+        return out
 
     async def _forward(self, q: DNSRecord, *, udp: bool) -> bytes:
         """Ask the upstreams in turn over UDP within forward_timeout;
         SERVFAIL when none answers."""
+        t0 = time.perf_counter()
+        try:
+            return await self._ask_upstreams(q, udp=udp)
+        finally:
+            self.probe.dns_query("forwarded", time.perf_counter() - t0)
+
+    async def _ask_upstreams(self, q: DNSRecord, *, udp: bool) -> bytes:
         limit = _udp_limit(q) if udp else None
         if not self.upstreams or self._forwards.locked():
             return _pack(_servfail(q), limit)

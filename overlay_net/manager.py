@@ -32,6 +32,8 @@ from ipaddress import IPv4Address
 from types import TracebackType
 from typing import TypeVar
 
+from api.probe import Probe
+
 from . import lb, nftlib
 from .lb import Balancer
 from .model import NodeState, ObservedState, Problem, StateError, check_prefix
@@ -91,6 +93,16 @@ class NetworkDataplane:
         self._lb_pool: ThreadPoolExecutor | None = ThreadPoolExecutor(LB_WRITERS, thread_name_prefix=f"lb-{prefix}")
         self._lb_lock = asyncio.Lock()
         self._lb_cache = lb.TableCache()
+
+    @property
+    def probe(self) -> Probe:
+        """Where nftables table writes are counted (the daemon's metrics; the
+        no-op probe by default): the host table's and every load-balancing table's."""
+        return self._kernel.probe
+
+    @probe.setter
+    def probe(self, probe: Probe) -> None:
+        self._kernel.probe = probe
 
     async def __aenter__(self) -> NetworkDataplane:
         return self
@@ -191,6 +203,7 @@ class NetworkDataplane:
                         if declare:
                             raise
                         nftlib.run(lb.script(table, b, declare=True))  # the table was removed meanwhile
+                    self.probe.nft_update()
             except (NetnsGone, OSError, nftlib.NftError) as e:
                 return f"{ns}: {e}"
             return None

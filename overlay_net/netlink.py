@@ -30,6 +30,8 @@ from typing import Any
 from pyroute2 import IPRoute, netns  # type: ignore[import-untyped]
 from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
 
+from api.probe import NULL_PROBE, Probe
+
 from . import nft
 from .model import (
     VXLAN_PORT,
@@ -166,6 +168,7 @@ class Kernel:
         self.host_netns = host_netns
         self._socks: dict[str | None, IPRoute] = {}
         self._coming_up: list[tuple[str | None, str]] = []
+        self.probe: Probe = NULL_PROBE  # counts nftables writes (see NetworkDataplane.probe)
 
     # -- sockets ------------------------------------------------------------------
 
@@ -612,6 +615,7 @@ class Kernel:
         cp = self._run_host(["nft", "-f", "-"], stdin=script)
         if cp.returncode != 0:
             raise DataplaneError(f"nft table {self.naming.nft_table}: {cp.stderr.strip()}")
+        self.probe.nft_update()
 
     def _do_WriteNftTable(self, a: WriteNftTable, desired: NodeState) -> None:
         self._nft(nft.render_replace(self.naming.nft_table, a.body))

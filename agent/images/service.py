@@ -29,6 +29,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from api.probe import NULL_PROBE, Probe
+
 from agent.images.client import RegistryClient, RegistryConfig
 from agent.images.errors import (
     AmbiguousImage,
@@ -158,6 +160,8 @@ class ImageService:
         self._unpack_flight: SingleFlight[None] = SingleFlight()
         self._pins: Counter[str] = Counter()
         self._downloads = asyncio.Semaphore(max(1, self.config.max_concurrent_downloads))
+        # Pull durations and downloaded bytes for the daemon's metrics (set by the daemon).
+        self.probe: Probe = NULL_PROBE
 
     async def close(self) -> None:
         await self.client.close()
@@ -176,7 +180,10 @@ class ImageService:
         key = str(r)
 
         async def run(emit: Callable[[Any], None]) -> str:
-            return await self._pull(r, emit)
+            t0 = time.monotonic()
+            digest = await self._pull(r, emit)
+            self.probe.image_pulled(time.monotonic() - t0)
+            return digest
 
         manifest_digest = await self._pull_flight.do(key, run, listener=progress)
         rec = self.store.get_image(manifest_digest)
@@ -303,6 +310,7 @@ class ImageService:
                 with self.store.writer(desc.digest, desc.size, f"{kind} {desc.digest} of {r}") as w:
                     await self.client.fetch_blob(r, desc, w, progress=lambda cur, tot: emit_raw((cur, tot)))
                     w.commit()
+                self.probe.image_bytes(desc.size)
 
         def listener(raw: Any) -> None:
             cur, tot = raw

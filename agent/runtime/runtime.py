@@ -26,6 +26,7 @@ from typing import Any
 
 from agent import proc
 from api.fsutil import write_atomic
+from api.probe import NULL_PROBE, Probe
 
 from .health import HealthConfig, HealthState
 from .logs import LogFiles, LogLine
@@ -93,6 +94,8 @@ class ContainerManager:
         # Called when a container ends or its health status changes (the
         # agent's worker turns these into task status updates).
         self.on_change = on_change
+        # Container create/start latencies for the daemon's metrics (set by the daemon).
+        self.probe: Probe = NULL_PROBE
         self.records: dict[str, ContainerRecord] = {}
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self._supervisor: asyncio.Task[None] | None = None
@@ -162,6 +165,7 @@ class ContainerManager:
         self, spec: ContainerSpec, rootfs: str, image_config: dict[str, Any], *, name: str | None = None,
         cid: str | None = None, healthcheck: HealthConfig | None = None,
     ) -> ContainerRecord:
+        t0 = time.monotonic()
         cid = cid or uuid.uuid4().hex
         name = name or cid[:12]
         if any(r.name == name for r in self.records.values()):
@@ -219,6 +223,7 @@ class ContainerManager:
             raise RuntimeError_(msg)
         rec.pid = int(st.get("pid") or 0)
         self._save(rec)
+        self.probe.container_created(time.monotonic() - t0)
         return rec
 
     async def _conmon_create(self, args: list[str], timeout: float = 30.0) -> tuple[int, str]:
@@ -289,6 +294,7 @@ class ContainerManager:
 
     async def start(self, ref: str) -> ContainerRecord:
         rec = self.get(ref)
+        t0 = time.monotonic()
         try:
             await self._run(*self._rt("start", rec.id))
         except RuntimeError_ as e:
@@ -297,6 +303,7 @@ class ContainerManager:
             raise
         rec.status = "running"
         rec.started = time.time()
+        self.probe.container_started(time.monotonic() - t0)
         self._save(rec)
         self.log_files(rec.id).track()
         self._start_health(rec)

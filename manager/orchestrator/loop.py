@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 
+from api.probe import NULL_PROBE, Probe
 from manager.raft.driver import RaftError, RaftNode
 from manager.store import MemoryStore
 from manager.store.errors import WatchError
@@ -36,8 +37,10 @@ TABLES = frozenset({"services", "tasks", "nodes", "clusters"}) | ALLOCATOR_TABLE
 class Orchestrator:
     """A `manager.leadership.Leader`: `lead()` runs while this manager leads."""
 
-    def __init__(self, raft: RaftNode, store: MemoryStore, *, batch: int = 200, idle: float = 1.0) -> None:
+    def __init__(self, raft: RaftNode, store: MemoryStore, *, batch: int = 200, idle: float = 1.0,
+                 probe: Probe = NULL_PROBE) -> None:
         self.raft = raft
+        self.probe = probe
         self.store = store
         self.batch = batch
         self.idle = idle  # a pass at least this often while leading (monitor windows, clocks)
@@ -82,6 +85,7 @@ class Orchestrator:
                         # batch (a network's allocation, then its tasks'
                         # addresses): decide it again from the store.
                         break
+                self.probe.reconcile_pass(time.monotonic() - t0)
                 if uncertain:
                     # It may still commit: read everything that did before
                     # deciding (and allocating) again.

@@ -34,6 +34,8 @@ from typing import Any, Protocol
 
 import msgpack
 
+from api.probe import NULL_PROBE, Probe
+
 from .core import Config, ProposalDropped, RawNode
 from .snap import Snapshotter
 from .storage import MemoryStorage
@@ -205,8 +207,11 @@ class RaftNode:
         ssl_context: Any = None,
         on_leader_change: Callable[[int, int], None] | None = None,
         advertise_addr: str = "",
+        probe: Probe = NULL_PROBE,
     ) -> None:
         self.id = node_id
+        # Events the daemon's metrics count (proposals, fsyncs, applies).
+        self.probe = probe
         self.dir = data_dir
         self.sm = state_machine
         self.settings = settings or RaftSettings()
@@ -314,6 +319,7 @@ class RaftNode:
                 self.storage.set_hard_state(hs)
                 self._restore_snapshot(snap)
                 self.term = 1
+        self.wal.on_fsync = self.probe.wal_fsync
         self.node = RawNode(self._raft_config(self.applied), self.storage)
 
     def rewrite_as_single_member(self) -> int:
@@ -421,7 +427,8 @@ class RaftNode:
             self.node.propose(data)
         except ProposalDropped as e:
             raise NoLeader(f"proposal dropped: {e}") from None
-        self._pending[seq] = _Pending(fut, time.monotonic())
+        t0 = time.monotonic()
+        self._pending[seq] = _Pending(fut, t0)
         self._wake.set()
         try:
             return await asyncio.wait_for(
@@ -434,6 +441,8 @@ class RaftNode:
             ) from None
         finally:
             self._pending.pop(seq, None)
+            self.probe.raft_proposal(time.monotonic() - t0, fut.done() and not fut.cancelled()
+                                     and fut.exception() is None)
 
     async def read_barrier(self, *, timeout: float | None = None) -> int:
         """Wait until this replica has applied everything committed before the
@@ -697,6 +706,7 @@ class RaftNode:
             self.role = rd.soft_state.role
             if old != self.lead:
                 log.info("raft %d: leader is now %d", self.id, self.lead)
+                self.probe.raft_leader_change()
                 self._notify_leader_change(old, self.lead)
         if rd.snapshot is not None and not rd.snapshot.is_empty():
             self.snapshotter.save(rd.snapshot)
@@ -764,7 +774,9 @@ class RaftNode:
                 log.error("raft %d: entry %d has no envelope; skipped", self.id, e.index)
                 self.sm.apply_noop(e.index)
             else:
+                t0 = time.perf_counter()
                 result = self.sm.apply(e.index, payload)
+                self.probe.store_transaction(time.perf_counter() - t0, getattr(result, "ok", True))
                 if origin == self.id:
                     p = self._pending.get(seq)
                     if p is not None and not p.future.done():

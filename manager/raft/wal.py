@@ -57,7 +57,9 @@ import logging
 import os
 import re
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -183,6 +185,10 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _ignore(_seconds: float) -> None:
+    pass
 
 
 def _fdatasync(fd: int) -> None:
@@ -341,6 +347,8 @@ class WAL:
     ) -> None:
         # Use WAL.create / WAL.open.
         self.dir = dir
+        # Told how long each flush took (the Raft driver passes its probe's).
+        self.on_fsync: Callable[[float], None] = _ignore
         self.metadata = metadata
         self.segment_size = segment_size
         self._segments = segments
@@ -612,10 +620,12 @@ class WAL:
 
     def _fsync(self) -> None:
         fd = self._check()
+        t0 = time.perf_counter()
         try:
             _fdatasync(fd)
         except OSError as e:
             raise self._fail("fsync", e) from e
+        self.on_fsync(time.perf_counter() - t0)
         self._unsynced = False
 
     def _cut(self) -> None:

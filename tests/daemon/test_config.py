@@ -37,7 +37,7 @@ def test_every_option_can_be_set_in_the_file() -> None:
         "manager: true", "socket: /run/o.sock", "tick-ms: 50", "election-ticks: 20", "snapshot-every: 7",
         "keep-entries: 0", "insecure-registry: [reg:5000, 10.0.0.0/8]", "registry-auth-file: /etc/orch/auth.json",
         "runtime: crun", "cgroup-parent: orch.slice/x", "hostname: vm1", "network-prefix: o-",
-        "heartbeat-period: 1", "log-level: debug",
+        "heartbeat-period: 1", "log-level: debug", "metrics-addr: 127.0.0.1:9323",
     ])
     cfg = parse_config(text, "/etc/orch/daemon.yaml")
     assert set(cfg.values) == {o.dest for o in OPTIONS}

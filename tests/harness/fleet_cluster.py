@@ -30,6 +30,7 @@ from tests.harness.fleet import Fleet, Host
 
 REPO = Path(__file__).resolve().parent.parent.parent
 PORT = 4242
+METRICS_PORT = 9323  # `make cluster-up`: each daemon's /metrics, on its host's address
 STATE = REPO / ".fleet"
 
 
@@ -78,10 +79,12 @@ def seed_storage(storage: Path, workdir: Path) -> None:
 
 
 class OrchFleet:
-    def __init__(self, fleet: Fleet, *, heartbeat: float = 0.5, extra: list[str] | None = None) -> None:
+    def __init__(self, fleet: Fleet, *, heartbeat: float = 0.5, extra: list[str] | None = None,
+                 metrics_port: int | None = None) -> None:
         self.fleet = fleet
         self.heartbeat = heartbeat
         self.extra = list(extra or [])
+        self.metrics_port = metrics_port  # serve --metrics-addr HOST_ADDR:PORT on every host; None: none
 
     def addr(self, h: Host) -> str:
         return f"{h.addr}:{PORT}"
@@ -90,7 +93,8 @@ class OrchFleet:
         return [sys.executable, "-m", "cli.main", "daemon", "--data-dir", str(h.data_dir),
                 "--socket", str(h.socket_path), "--cgroup-parent", h.cgroup_parent, "--hostname", h.name,
                 "--network-prefix", h.name_prefix,
-                "--listen-addr", self.addr(h), "--heartbeat-period", str(self.heartbeat), *self.extra]
+                "--listen-addr", self.addr(h), "--heartbeat-period", str(self.heartbeat),
+                *(["--metrics-addr", f"{h.addr}:{self.metrics_port}"] if self.metrics_port else []), *self.extra]
 
     def start(self, h: Host) -> None:
         Path(h.socket_path).unlink(missing_ok=True)
@@ -191,6 +195,8 @@ def _up(managers: int, workers: int) -> None:
         print(f"  orch service update --image {img}:docker web")
         print("  orch service rollback web")
         print("  orch service logs -f web")
+        print(f"\nPrometheus metrics: http://ADDR:{METRICS_PORT}/metrics of each host, from the fleet's underlay:")
+        print(f"  nsenter --net={info['client_netns']} curl -s http://{info['hosts'][0]['addr']}:{METRICS_PORT}/metrics")
         print("\nTear it down with: make cluster-down")
         return
     os.close(r)
@@ -204,7 +210,7 @@ def _up(managers: int, workers: int) -> None:
         fleet.up()
         seed_storage(STATE / "registry" / "storage", STATE / "registry" / "seed")
         reg_addr = start_registry(fleet["reg"], STATE / "registry" / "storage", STATE / "registry" / "serve")
-        of = OrchFleet(fleet, heartbeat=5.0, extra=["--insecure-registry", reg_addr])
+        of = OrchFleet(fleet, heartbeat=5.0, extra=["--insecure-registry", reg_addr], metrics_port=METRICS_PORT)
         hosts = [h for h in fleet if h.name != "reg"]
         for h in hosts:
             of.start(h)
