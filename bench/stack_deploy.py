@@ -1,0 +1,458 @@
+"""Stack deploy and removal (issue 12): orch against Docker Swarm, from the
+same compose file (bench/stack_deploy.yml), on the netns fleet
+(tests/harness/fleet.py: each host a network namespace on one bridge).
+
+The stack: ten services of one replica each on one overlay network, one of
+them (web, busybox httpd) publishing port 8082; the others run `sleep`. Both
+sides get the same image (one layer: the host's static busybox) from one
+registry on fleet host `reg`, named in the file through ${REGISTRY}.
+
+- orch: three `orch daemon`s, o1 the manager, o2 and o3 workers (the cluster
+  bench/service_net.py starts).
+- Docker Swarm: a private dockerd (Debian's docker.io; own roots, socket,
+  cgroup parent; no docker0; iptables only inside its host's namespace) in
+  each of s1 (manager), s2, s3: the swarm bench/service_net.py starts.
+  This kernel has no IPVS, which Swarm's virtual IPs and its ingress routing
+  mesh are built on: the file says `endpoint_mode: dnsrr` for every service
+  and publishes web's port in host mode, and both sides deploy it as it is.
+
+Each round, on each side (sides taking turns going first):
+
+  deploy   `orch stack deploy -d -c FILE bench` / `docker stack deploy -c FILE
+           bench` (both return once the stack is accepted) until every one
+           of the 10 services has a task in state running (the manager's task
+           list, polled every 50 ms over the manager's unix socket).
+  remove   `orch stack rm -d bench` / `docker stack rm bench` until no
+           container of the stack is left on any node (each node's own
+           container list, polled alike).
+
+A phase ends at the later of the CLI returning and the poll seeing the state
+("converged and known"); the CLI's own time is shown beside it. Between
+phases and rounds (untimed) each side waits until its stack network is gone
+from every node. Figures are medians over --rounds rounds (default 3). Goal
+(issue 12): orch >= 3x faster than Swarm to converge and to remove.
+
+For orch the run also shows where its deploy time goes: the CLI's start-up
+(`python3 -m cli.main --help`), and per task the time from the task's
+creation to its RUNNING report, beside the daemons' log lines about network
+preparation.
+
+Everything the run makes is removed at the end, also on Ctrl-C or SIGTERM;
+a final check lists anything left.
+
+    python3 bench/stack_deploy.py              # ~4 min on 2 cores
+    python3 bench/stack_deploy.py --rounds 1 --json
+    python3 bench/stack_deploy.py --skip-swarm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tests.harness.fleet import Fleet, Host
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from overlay import FleetRun, fmt, log  # noqa: E402  (stdlib only at import)
+from service_net import IMAGE_REPO, IMAGE_TAG, OUTSIDE, build_images, cpu_busy_pct  # noqa: E402
+from service_net import OrchSide as NetOrchSide  # noqa: E402
+from service_net import SwarmSide as NetSwarmSide  # noqa: E402
+
+COMPOSE = BENCH / "stack_deploy.yml"
+STACK = "bench"
+NET = f"{STACK}_net"
+SERVICES = 10
+GOAL = 3.0
+POLL = 0.05
+PHASE_TIMEOUT = 300.0  # seconds a phase may take before it counts as failed
+SETTLE_TIMEOUT = 120.0
+DOCKER_API = "/v1.41"  # docker.io 20.10's API
+PHASES = (("deploy", "deploy until all 10 run"), ("rm", "remove until no container is left"))
+NOTE_SWARM = ("Swarm has no IPVS here (kernel without CONFIG_IP_VS): no virtual IPs, no ingress routing mesh; the "
+              "compose file uses endpoint_mode dnsrr and a host-mode published port, on both sides")
+
+
+@dataclass
+class Phase:
+    side: str
+    phase: str
+    round: int
+    position: int  # 0: this side went first in the round
+    busy_before_pct: float = float("nan")
+    cli_s: float = float("nan")  # the CLI returned
+    seen_s: float = float("nan")  # the poll saw the state
+    total_s: float = float("nan")  # the later of both
+    polls: int = 0
+    error: str = ""
+
+
+def api(sock: str, path: str, timeout: float = 10) -> Any:
+    """GET over a daemon's unix socket (orch's or dockerd's: both speak JSON over HTTP)."""
+    from cli.client import Endpoint, request
+
+    return request(Endpoint(socket=sock), "GET", path, timeout=timeout)
+
+
+def dfilter(**kw: list[str]) -> str:
+    return "filters=" + urllib.parse.quote(json.dumps(kw))
+
+
+class OrchStack(NetOrchSide):
+    name = "orch"
+
+    def __init__(self, fleet: Fleet, reg: str, td: Any) -> None:
+        super().__init__(fleet, reg, td)
+        self.reg = reg
+        self.hosts = (self.h1, self.h2, self.h3)
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHONPATH": str(ROOT), "REGISTRY": self.reg}
+
+    def deploy_argv(self) -> list[str]:
+        return [sys.executable, "-m", "cli.main", "--socket", str(self.h1.socket_path), "stack", "deploy", "-d",
+                "-c", str(COMPOSE), STACK]
+
+    def rm_argv(self) -> list[str]:
+        return [sys.executable, "-m", "cli.main", "--socket", str(self.h1.socket_path), "stack", "rm", "-d", STACK]
+
+    def running(self) -> int:
+        """Services with a task running (only the stack runs on this cluster)."""
+        return len({t["service_id"] for t in api(str(self.h1.socket_path), "/v1/tasks")
+                    if t["desired_state"] == "running" and t["status"]["state"] == "running"})
+
+    def containers(self) -> int:
+        return sum(len(api(str(h.socket_path), "/v1/containers")) for h in self.hosts)
+
+    def settled(self) -> bool:
+        """No stack, no stack network, no container on any node."""
+        names = {n["spec"]["name"] for n in api(str(self.h1.socket_path), "/v1/networks")}
+        stacks = api(str(self.h1.socket_path), "/v1/stacks")
+        return NET not in names and not stacks and not self.containers()
+
+    def task_times(self) -> list[dict[str, Any]]:
+        """Per running task: its node and creation -> RUNNING report (s)."""
+        nodes = self.node_names()
+        return [{"node": nodes.get(t["node_id"], "?"), "s": t["status"]["timestamp"] - t["created_at"]}
+                for t in api(str(self.h1.socket_path), "/v1/tasks")
+                if t["desired_state"] == "running" and t["status"]["state"] == "running"]
+
+    def remove_all(self) -> None:
+        if all(h.alive() for h in self.hosts):
+            subprocess.run(self.rm_argv(), env=self.env(), cwd=ROOT, capture_output=True, timeout=120)
+
+
+class SwarmStack(NetSwarmSide):
+    name = "swarm"
+
+    def __init__(self, fleet: Fleet, reg: str, td: Any) -> None:
+        super().__init__(fleet, reg, td)
+        self.hosts = ("s1", "s2", "s3")
+
+    def sock(self, h: str) -> str:
+        return str(self.d[h].sock)
+
+    def env(self) -> dict[str, str]:
+        return {**self.d["s1"].env(), "REGISTRY": self.reg}
+
+    def deploy_argv(self) -> list[str]:
+        from container_start import DOCKER_CLI
+
+        return [DOCKER_CLI, "-H", f"unix://{self.sock('s1')}", "stack", "deploy", "-c", str(COMPOSE), STACK]
+
+    def rm_argv(self) -> list[str]:
+        from container_start import DOCKER_CLI
+
+        return [DOCKER_CLI, "-H", f"unix://{self.sock('s1')}", "stack", "rm", STACK]
+
+    def running(self) -> int:
+        tasks = api(self.sock("s1"), f"{DOCKER_API}/tasks?{dfilter(**{'desired-state': ['running']})}")
+        return len({t["ServiceID"] for t in tasks if t["Status"]["State"] == "running"})
+
+    def containers(self) -> int:
+        q = dfilter(label=[f"com.docker.stack.namespace={STACK}"])
+        return sum(len(api(self.sock(h), f"{DOCKER_API}/containers/json?all=1&{q}")) for h in self.hosts)
+
+    def settled(self) -> bool:
+        """No stack service, and the stack network gone from every node."""
+        if api(self.sock("s1"), f"{DOCKER_API}/services"):
+            return False
+        q = dfilter(name=[NET])
+        return not any(n["Name"] == NET for h in self.hosts for n in api(self.sock(h), f"{DOCKER_API}/networks?{q}")) \
+            and not self.containers()
+
+    def remove_all(self) -> None:
+        if self.alive("s1"):
+            subprocess.run(self.rm_argv(), env=self.env(), capture_output=True, timeout=120)
+
+
+def timed(side: Any, argv: list[str], env: dict[str, str], done: Callable[[], bool], ph: Phase) -> Phase:
+    """Run the command; poll `done` every POLL s from the moment it is issued."""
+    t0 = time.monotonic()
+    p = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while True:
+            if p.poll() is not None and ph.cli_s != ph.cli_s:  # nan: not yet recorded
+                ph.cli_s = time.monotonic() - t0
+                if p.returncode != 0:
+                    ph.error = f"{' '.join(argv[-4:])} exited {p.returncode}: {p.stderr.read().strip()[-500:]}"
+                    return ph
+            if ph.seen_s != ph.seen_s:
+                ph.polls += 1
+                try:
+                    ok = done()
+                except Exception:  # the API may refuse while the stack is half made; poll again
+                    ok = False
+                if ok:
+                    ph.seen_s = time.monotonic() - t0
+            if ph.cli_s == ph.cli_s and ph.seen_s == ph.seen_s:
+                ph.total_s = max(ph.cli_s, ph.seen_s)
+                return ph
+            if time.monotonic() - t0 > PHASE_TIMEOUT:
+                ph.error = f"not done after {PHASE_TIMEOUT:.0f} s (CLI {'returned' if p.poll() is not None else 'running'})"
+                return ph
+            time.sleep(POLL)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.communicate(timeout=30)
+
+
+def settle(side: Any) -> None:
+    deadline = time.monotonic() + SETTLE_TIMEOUT
+    while True:
+        try:
+            if side.settled():
+                return
+        except Exception:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{side.name}: the stack was not gone {SETTLE_TIMEOUT:.0f} s after its removal")
+        time.sleep(0.2)
+
+
+def run_round(side: Any, rnd: int, pos: int) -> list[Phase]:
+    settle(side)
+    d = Phase(side.name, "deploy", rnd, pos, busy_before_pct=cpu_busy_pct(0.3))
+    timed(side, side.deploy_argv(), side.env(), lambda: side.running() >= SERVICES, d)
+    out = [d]
+    log(f"round {rnd + 1}: {side.name} deploy {fmt(d.total_s)} s (CLI {fmt(d.cli_s)} s, all running at "
+        f"{fmt(d.seen_s)} s)" + (f" ERROR {d.error}" if d.error else ""))
+    if side.name == "orch" and not d.error:
+        side.last_tasks = side.task_times()
+    r = Phase(side.name, "rm", rnd, pos, busy_before_pct=cpu_busy_pct(0.3))
+    timed(side, side.rm_argv(), side.env(), lambda: side.containers() == 0, r)
+    out.append(r)
+    log(f"round {rnd + 1}: {side.name} rm {fmt(r.total_s)} s (CLI {fmt(r.cli_s)} s, no container at "
+        f"{fmt(r.seen_s)} s)" + (f" ERROR {r.error}" if r.error else ""))
+    return out
+
+
+def median(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def cli_startup(runs: int = 5) -> float:
+    """Median wall time of `python3 -m cli.main --help`: the interpreter and the CLI's imports."""
+    ts = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        subprocess.run([sys.executable, "-m", "cli.main", "--help"], cwd=ROOT, capture_output=True,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)
+        ts.append(time.monotonic() - t0)
+    return statistics.median(ts)
+
+
+def prepare_lines(fleet: Fleet) -> list[str]:
+    """What the orch daemons logged about network preparation and slow steps (a few lines)."""
+    out = []
+    for h in ("o1", "o2", "o3"):
+        for ln in fleet[h].log_tail(3000).splitlines():
+            low = ln.lower()
+            if ("prepar" in low or "slow" in low or "took" in low) and len(out) < 12:
+                out.append(f"{h}: {ln.strip()[:200]}")
+    return out
+
+
+def report(args: argparse.Namespace, phases: list[Phase], notes: list[str], swarm_note: str,
+           bounds: dict[str, Any], elapsed: float, problems: list[str]) -> dict[str, Any]:
+    fig: dict[str, dict[str, Any]] = {}
+    goals = []
+    for key, _ in PHASES:
+        row: dict[str, Any] = {}
+        for side in ("orch", "swarm"):
+            ps = [p for p in phases if p.side == side and p.phase == key and not p.error]
+            row[side] = {"total_s": median([p.total_s for p in ps]), "cli_s": median([p.cli_s for p in ps]),
+                         "seen_s": median([p.seen_s for p in ps]), "rounds": len(ps)}
+        o, s = row["orch"]["total_s"], row["swarm"]["total_s"]
+        row["ratio"] = s / o if o == o and s == s and o > 0 else float("nan")
+        fig[key] = row
+        goals.append({"goal": f"orch >= {GOAL:g}x faster than Swarm: {key}", "ratio": row["ratio"],
+                      "met": bool(row["ratio"] == row["ratio"] and row["ratio"] >= GOAL)})
+    return {"rounds": args.rounds, "services": SERVICES, "figures": fig, "goals": goals,
+            "phases": [asdict(p) for p in phases], "notes": notes, "swarm": swarm_note or "measured",
+            "orch_bounds": bounds, "elapsed_s": elapsed, "cleanup_problems": problems}
+
+
+def print_report(res: dict[str, Any]) -> None:
+    print(f"\nStack of {res['services']} services (1 replica each, one overlay network, one published port), "
+          f"median of {res['rounds']} round(s); seconds from the command issued")
+    for n in res["notes"]:
+        print(f"  {n}")
+    if res["swarm"] != "measured":
+        print(f"  Swarm: {res['swarm']}")
+    print(f"\n{'phase':36s} {'orch':>8s} {'(CLI)':>7s} {'swarm':>8s} {'(CLI)':>7s} {'swarm/orch':>11s}")
+    for key, label in PHASES:
+        r = res["figures"][key]
+        print(f"{label:36s} {fmt(r['orch']['total_s']):>8s} {fmt(r['orch']['cli_s']):>7s} "
+              f"{fmt(r['swarm']['total_s']):>8s} {fmt(r['swarm']['cli_s']):>7s} {fmt(r['ratio']):>10s}x")
+    errs = [p for p in res["phases"] if p["error"]]
+    for p in errs:
+        print(f"  failed: {p['side']} {p['phase']} round {p['round'] + 1}: {p['error'][:300]}")
+    print()
+    for g in res["goals"]:
+        print(f"goal {g['goal']}: {fmt(g['ratio'])}x  {'MET' if g['met'] else 'NOT MET'}")
+    b = res["orch_bounds"]
+    if b:
+        print("\nwhere orch's deploy time goes:")
+        for k, v in b.items():
+            if isinstance(v, list):
+                for x in v:
+                    print(f"  {k}: {x}")
+            else:
+                print(f"  {k}: {v}")
+    print(f"\nrun took {res['elapsed_s']:.0f} s")
+    if res["cleanup_problems"]:
+        print("LEFT BEHIND: " + "; ".join(res["cleanup_problems"]))
+    else:
+        print("cleanup check: no namespaces, processes, mounts, cgroups or files of this run left")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="deploy/remove rounds per side (default 3)")
+    ap.add_argument("--skip-swarm", action="store_true", help="no Docker Swarm side")
+    ap.add_argument("--keep-logs", type=Path, help="copy the daemons' logs into this directory")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
+    if os.geteuid() != 0:
+        ap.error("needs root (network namespaces, containers)")
+    for tool in ("nsenter", "nft", "runc", "conmon"):
+        if shutil.which(tool) is None:
+            ap.error(f"needs {tool} (Debian packages: util-linux nftables runc conmon)")
+
+    from container_start import DOCKER_CLI, DOCKERD
+    from tests.fixtures.registry import REGISTRY_BIN, RegistryProcess
+    from tests.harness.fleet_cluster import start_registry
+
+    if not os.path.exists(REGISTRY_BIN):
+        ap.error(f"needs {REGISTRY_BIN} (Debian package docker-registry)")
+    swarm_note = ""
+    if args.skip_swarm:
+        swarm_note = "skipped (--skip-swarm)"
+    elif not (os.path.exists(DOCKERD) and os.path.exists(DOCKER_CLI)):
+        swarm_note = f"not measured: {DOCKERD} or {DOCKER_CLI} is missing (Debian package docker.io)"
+    elif shutil.which("iptables") is None:
+        swarm_note = "not measured: dockerd needs iptables for host-mode ports (Debian package iptables)"
+
+    t_start = time.monotonic()
+    hosts = ["reg", "o1", "o2", "o3"] + ([] if swarm_note else ["s1", "s2", "s3"])
+    run = FleetRun("sd", hosts, outside=OUTSIDE, keep_logs=args.keep_logs)
+    fleet, td, work, run_id, pids = run.fleet, run.td, run.work, run.run_id, run.pids
+    phases: list[Phase] = []
+    notes: list[str] = []
+    bounds: dict[str, Any] = {}
+    problems: list[str] = []
+    rc = 0
+    try:
+        fleet.up()
+        log(f"fleet {run_id}: hosts {', '.join(f'{h.name}={h.addr}' for h in fleet)}")
+        image = build_images(work)
+        seed = RegistryProcess(work / "seed", work / "storage")
+        td.push("stop the seeding registry", seed.stop)
+        seed.start()
+        seed.pusher().push_image(IMAGE_REPO, IMAGE_TAG, image)
+        seed.stop()
+        reg = start_registry(fleet["reg"], work / "storage", work / "serve")
+        log(f"registry on host reg at {reg}")
+        log("orch: three daemons (o1 manager)")
+        orch = OrchStack(fleet, reg, td)
+        orch.up()
+        td.push("remove the orch stack", orch.remove_all)
+        pids += [h.pid for h in orch.hosts if h.pid]
+        sides: list[Any] = [orch]
+        notes.append(f"orch: o1 {orch.h1.addr} manager, o2 {orch.h2.addr} and o3 {orch.h3.addr} workers")
+        if not swarm_note:
+            log("swarm: private dockerds (s1 manager)")
+            swarm = SwarmStack(fleet, reg, td)
+            try:
+                swarm.up()
+                td.push("remove the swarm stack", swarm.remove_all)
+                sides.append(swarm)
+                version = swarm.docker("s1", "version", "--format", "{{.Server.Version}}").stdout.strip()
+                notes.append(f"swarm: dockerd {version} in s1 {swarm.h1.addr} (manager), s2 {swarm.h2.addr} and "
+                             f"s3 {swarm.h3.addr} workers")
+                notes.append(NOTE_SWARM)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                swarm_note = f"Swarm could not be set up here: {e}"
+                log(swarm_note)
+            pids += [fleet[h].pid for h in ("s1", "s2", "s3") if fleet[h].pid]
+        notes.append(f"compose file {COMPOSE.relative_to(ROOT)}, image {reg}/{IMAGE_REPO}:{IMAGE_TAG} (registry on "
+                     "fleet host reg)")
+        for rnd in range(args.rounds):
+            order = sides if rnd % 2 == 0 else list(reversed(sides))
+            for pos, side in enumerate(order):
+                phases += run_round(side, rnd, pos)
+        settle(orch)
+        bounds["CLI start-up (python3 -m cli.main --help, median of 5)"] = f"{cli_startup():.2f} s"
+        tt = getattr(orch, "last_tasks", [])
+        if tt:
+            per = sorted(tt, key=lambda x: x["s"])
+            bounds["task created -> RUNNING (last round)"] = (
+                f"min {per[0]['s']:.2f} s, median {median([x['s'] for x in per]):.2f} s, max {per[-1]['s']:.2f} s; "
+                + ", ".join(f"{n}: {sum(1 for x in per if x['node'] == n)} tasks, max "
+                            f"{max(x['s'] for x in per if x['node'] == n):.2f} s"
+                            for n in sorted({x['node'] for x in per})))
+        lines = prepare_lines(fleet)
+        if lines:
+            bounds["daemon log"] = lines
+    except KeyboardInterrupt:
+        log("interrupted: cleaning up")
+        rc = 130
+    except Exception as e:
+        log(f"failed: {type(e).__name__}: {e}")
+        rc = 1
+    finally:
+        problems = run.close()
+    if problems or any(p.error for p in phases):
+        rc = rc or 1
+    res = report(args, phases, notes, swarm_note, bounds, time.monotonic() - t_start, problems)
+    if args.json:
+        from container_start import _clean_json
+
+        print(json.dumps(_clean_json(res), indent=2))
+    else:
+        print_report(res)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
