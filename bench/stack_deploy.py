@@ -131,10 +131,16 @@ class OrchStack(NetOrchSide):
     def rm_argv(self) -> list[str]:
         return [sys.executable, "-m", "cli.main", "--socket", str(self.h1.socket_path), "stack", "rm", "-d", STACK]
 
+    def stack_services(self) -> set[str]:
+        return {s["id"] for s in api(str(self.h1.socket_path), "/v1/services")
+                if s["spec"]["name"].startswith(f"{STACK}_")}
+
     def running(self) -> int:
-        """Services with a task running (only the stack runs on this cluster)."""
+        """The stack's services with a task running."""
+        ids = self.stack_services()
         return len({t["service_id"] for t in api(str(self.h1.socket_path), "/v1/tasks")
-                    if t["desired_state"] == "running" and t["status"]["state"] == "running"})
+                    if t["service_id"] in ids and t["desired_state"] == "running"
+                    and t["status"]["state"] == "running"})
 
     def containers(self) -> int:
         return sum(len(api(str(h.socket_path), "/v1/containers")) for h in self.hosts)
@@ -147,10 +153,10 @@ class OrchStack(NetOrchSide):
 
     def task_times(self) -> list[dict[str, Any]]:
         """Per running task: its node and creation -> RUNNING report (s)."""
-        nodes = self.node_names()
+        nodes, ids = self.node_names(), self.stack_services()
         return [{"node": nodes.get(t["node_id"], "?"), "s": t["status"]["timestamp"] - t["created_at"]}
                 for t in api(str(self.h1.socket_path), "/v1/tasks")
-                if t["desired_state"] == "running" and t["status"]["state"] == "running"]
+                if t["service_id"] in ids and t["desired_state"] == "running" and t["status"]["state"] == "running"]
 
     def remove_all(self) -> None:
         if all(h.alive() for h in self.hosts):
@@ -181,8 +187,11 @@ class SwarmStack(NetSwarmSide):
         return [DOCKER_CLI, "-H", f"unix://{self.sock('s1')}", "stack", "rm", STACK]
 
     def running(self) -> int:
+        """The stack's services with a task running."""
+        ids = {s["ID"] for s in api(self.sock("s1"), f"{DOCKER_API}/services?"
+                                    + dfilter(label=[f"com.docker.stack.namespace={STACK}"]))}
         tasks = api(self.sock("s1"), f"{DOCKER_API}/tasks?{dfilter(**{'desired-state': ['running']})}")
-        return len({t["ServiceID"] for t in tasks if t["Status"]["State"] == "running"})
+        return len({t["ServiceID"] for t in tasks if t["ServiceID"] in ids and t["Status"]["State"] == "running"})
 
     def containers(self) -> int:
         q = dfilter(label=[f"com.docker.stack.namespace={STACK}"])
