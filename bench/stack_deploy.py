@@ -120,6 +120,9 @@ class OrchStack(NetOrchSide):
         super().__init__(fleet, reg, td)
         self.reg = reg
         self.hosts = (self.h1, self.h2, self.h3)
+        self.timeline: dict[str, dict[str, Any]] = {}  # task id -> node, created, state -> its timestamp
+        self.issued: list[float] = []  # wall time of each deploy command
+        self.svc_created: dict[str, float] = {}  # service id -> when the stack's transaction made it
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "PYTHONPATH": str(ROOT), "REGISTRY": self.reg}
@@ -132,15 +135,20 @@ class OrchStack(NetOrchSide):
         return [sys.executable, "-m", "cli.main", "--socket", str(self.h1.socket_path), "stack", "rm", "-d", STACK]
 
     def stack_services(self) -> set[str]:
-        return {s["id"] for s in api(str(self.h1.socket_path), "/v1/services")
-                if s["spec"]["name"].startswith(f"{STACK}_")}
+        svcs = [s for s in api(str(self.h1.socket_path), "/v1/services") if s["spec"]["name"].startswith(f"{STACK}_")]
+        for s in svcs:
+            self.svc_created.setdefault(s["id"], s["meta"]["created_at"])
+        return {s["id"] for s in svcs}
 
     def running(self) -> int:
-        """The stack's services with a task running."""
+        """The stack's services with a task running; notes when each task was first seen in each state."""
         ids = self.stack_services()
-        return len({t["service_id"] for t in api(str(self.h1.socket_path), "/v1/tasks")
-                    if t["service_id"] in ids and t["desired_state"] == "running"
-                    and t["status"]["state"] == "running"})
+        tasks = [t for t in api(str(self.h1.socket_path), "/v1/tasks") if t["service_id"] in ids]
+        for t in tasks:
+            tl = self.timeline.setdefault(t["id"], {"node": t["node_id"], "created": t["created_at"]})
+            tl.setdefault(t["status"]["state"], t["status"]["timestamp"])
+        return len({t["service_id"] for t in tasks
+                    if t["desired_state"] == "running" and t["status"]["state"] == "running"})
 
     def containers(self) -> int:
         return sum(len(api(str(h.socket_path), "/v1/containers")) for h in self.hosts)
@@ -150,13 +158,6 @@ class OrchStack(NetOrchSide):
         names = {n["spec"]["name"] for n in api(str(self.h1.socket_path), "/v1/networks")}
         stacks = api(str(self.h1.socket_path), "/v1/stacks")
         return NET not in names and not stacks and not self.containers()
-
-    def task_times(self) -> list[dict[str, Any]]:
-        """Per running task: its node and creation -> RUNNING report (s)."""
-        nodes, ids = self.node_names(), self.stack_services()
-        return [{"node": nodes.get(t["node_id"], "?"), "s": t["status"]["timestamp"] - t["created_at"]}
-                for t in api(str(self.h1.socket_path), "/v1/tasks")
-                if t["service_id"] in ids and t["desired_state"] == "running" and t["status"]["state"] == "running"]
 
     def remove_all(self) -> None:
         if all(h.alive() for h in self.hosts):
@@ -258,12 +259,12 @@ def settle(side: Any) -> None:
 def run_round(side: Any, rnd: int, pos: int) -> list[Phase]:
     settle(side)
     d = Phase(side.name, "deploy", rnd, pos, busy_before_pct=cpu_busy_pct(0.3))
+    if side.name == "orch":
+        side.issued.append(time.time())
     timed(side, side.deploy_argv(), side.env(), lambda: side.running() >= SERVICES, d)
     out = [d]
     log(f"round {rnd + 1}: {side.name} deploy {fmt(d.total_s)} s (CLI {fmt(d.cli_s)} s, all running at "
         f"{fmt(d.seen_s)} s)" + (f" ERROR {d.error}" if d.error else ""))
-    if side.name == "orch" and not d.error:
-        side.last_tasks = side.task_times()
     r = Phase(side.name, "rm", rnd, pos, busy_before_pct=cpu_busy_pct(0.3))
     timed(side, side.rm_argv(), side.env(), lambda: side.containers() == 0, r)
     out.append(r)
@@ -288,14 +289,80 @@ def cli_startup(runs: int = 5) -> float:
     return statistics.median(ts)
 
 
-def prepare_lines(fleet: Fleet) -> list[str]:
-    """What the orch daemons logged about network preparation and slow steps (a few lines)."""
-    out = []
-    for h in ("o1", "o2", "o3"):
-        for ln in fleet[h].log_tail(3000).splitlines():
-            low = ln.lower()
-            if ("prepar" in low or "slow" in low or "took" in low) and len(out) < 12:
-                out.append(f"{h}: {ln.strip()[:200]}")
+def orch_cli_steps(orch: OrchStack, runs: int = 3) -> dict[str, str]:
+    """Median wall times of the deploy command's parts, run on their own (no stack deployed):
+    parsing the file (`stack config`, offline), and parsing + the manager's plan (`deploy --dry-run`,
+    with and without resolving the image in the registry)."""
+    base = [sys.executable, "-m", "cli.main", "--socket", str(orch.h1.socket_path), "stack"]
+    cmds = {
+        "stack config (parse the file, offline)": [*base, "config", "-c", str(COMPOSE)],
+        "deploy --dry-run (parse, resolve the image, plan)": [*base, "deploy", "--dry-run", "-c", str(COMPOSE), STACK],
+        "deploy --dry-run --resolve-image never": [*base, "deploy", "--dry-run", "--resolve-image", "never", "-c",
+                                                   str(COMPOSE), STACK],
+    }
+    out = {}
+    for what, argv in cmds.items():
+        ts = []
+        for _ in range(runs):
+            t0 = time.monotonic()
+            r = subprocess.run(argv, env=orch.env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+            ts.append(time.monotonic() - t0)
+            if r.returncode not in (0, 1):  # --dry-run: 1 = "would change"
+                return {**out, what: f"failed ({r.returncode}): {r.stderr.strip()[-300:]}"}
+        out[what] = f"{statistics.median(ts):.2f} s"
+    return out
+
+
+STEPS = (("issued", "created", "deploy issued -> task created"),
+         ("created", "assigned", "created -> assigned (orchestrator, allocator, scheduler)"),
+         ("assigned", "preparing", "assigned -> preparing (dispatcher to the node's agent)"),
+         ("preparing", "starting", "preparing -> starting (image check + the task's network namespace)"),
+         ("starting", "running", "starting -> running (container create and start)"))
+
+
+def orch_task_steps(orch: OrchStack) -> dict[str, Any]:
+    """From the task states seen while polling (each with the timestamp the node reported): how long
+    each step took (medians over all rounds' tasks), and whether a node's network preparations overlap
+    (per node: their summed time against the span from the first's start to the last's end)."""
+    nodes = orch.node_names()
+    rows = []
+    for tl in orch.timeline.values():
+        issued = max((x for x in orch.issued if x <= tl["created"] + 0.5), default=None)
+        row = {"node": nodes.get(tl["node"], tl["node"]), "issued": issued, "created": tl["created"]}
+        row.update({k: tl[k] for k in ("assigned", "preparing", "starting", "running") if k in tl})
+        rows.append(row)
+    out: dict[str, Any] = {}
+    committed = sorted(orch.svc_created.values())
+    if committed and orch.issued:
+        ds = [min(c for c in committed if c >= iss) - iss for iss in orch.issued if any(c >= iss for c in committed)]
+        out["deploy issued -> services in the store (CLI start-up, parse, plan, Raft commit)"] = (
+            f"median {median(ds):.3f} s ({len(ds)} deploys)")
+    for a, b, what in STEPS:
+        ds = [r[b] - r[a] for r in rows if r.get(a) is not None and r.get(b) is not None]
+        if ds:
+            out[what] = f"median {median(ds):.3f} s, max {max(ds):.3f} s ({len(ds)} tasks)"
+    # Per node and round: network preparations (preparing -> starting) side by side.
+    per: list[str] = []
+    rounds = sorted({r["issued"] for r in rows if r["issued"] is not None})
+    for k, iss in enumerate(rounds):
+        for n in sorted({r["node"] for r in rows}):
+            xs = sorted((r["preparing"], r["starting"]) for r in rows if r["issued"] == iss and r["node"] == n
+                        and "preparing" in r and "starting" in r)
+            if len(xs) < 2:
+                continue
+            # All of a node's tasks enter preparing within a few ms; if their preparations ran side by
+            # side they would end together, one at a time (the agent's network lock) they end a step apart.
+            begins = max(b for b, _ in xs) - xs[0][0]
+            ends = sorted(e for _, e in xs)
+            gaps = [y - x for x, y in zip(ends, ends[1:])]
+            per.append(f"round {k + 1} {n}: {len(xs)} tasks entered preparing within {begins:.2f} s of each "
+                       f"other, reached starting {' '.join(f'{e - xs[0][0]:.2f}' for e in ends)} s later: "
+                       f"a step of {median(gaps):.2f} s (median) each")
+    if per:
+        out["per node (preparing -> starting of each task, s)"] = per
+    missed = sum(1 for r in rows if "preparing" not in r or "starting" not in r)
+    if missed:
+        out["tasks whose preparing or starting state the 50 ms poll did not see"] = missed
     return out
 
 
@@ -432,17 +499,8 @@ def main() -> int:
                 phases += run_round(side, rnd, pos)
         settle(orch)
         bounds["CLI start-up (python3 -m cli.main --help, median of 5)"] = f"{cli_startup():.2f} s"
-        tt = getattr(orch, "last_tasks", [])
-        if tt:
-            per = sorted(tt, key=lambda x: x["s"])
-            bounds["task created -> RUNNING (last round)"] = (
-                f"min {per[0]['s']:.2f} s, median {median([x['s'] for x in per]):.2f} s, max {per[-1]['s']:.2f} s; "
-                + ", ".join(f"{n}: {sum(1 for x in per if x['node'] == n)} tasks, max "
-                            f"{max(x['s'] for x in per if x['node'] == n):.2f} s"
-                            for n in sorted({x['node'] for x in per})))
-        lines = prepare_lines(fleet)
-        if lines:
-            bounds["daemon log"] = lines
+        bounds.update(orch_cli_steps(orch))
+        bounds.update(orch_task_steps(orch))
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         rc = 130
