@@ -234,7 +234,8 @@ def timed(side: Any, argv: list[str], env: dict[str, str], done: Callable[[], bo
                 ph.total_s = max(ph.cli_s, ph.seen_s)
                 return ph
             if time.monotonic() - t0 > PHASE_TIMEOUT:
-                ph.error = f"not done after {PHASE_TIMEOUT:.0f} s (CLI {'returned' if p.poll() is not None else 'running'})"
+                cli = "returned" if p.poll() is not None else "still running"
+                ph.error = f"not done after {PHASE_TIMEOUT:.0f} s (the CLI {cli})"
                 return ph
             time.sleep(POLL)
     finally:
