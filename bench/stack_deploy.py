@@ -279,39 +279,28 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
-def cli_startup(runs: int = 5) -> float:
-    """Median wall time of `python3 -m cli.main --help`: the interpreter and the CLI's imports."""
-    ts = []
-    for _ in range(runs):
-        t0 = time.monotonic()
-        subprocess.run([sys.executable, "-m", "cli.main", "--help"], cwd=ROOT, capture_output=True,
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60, check=True)
-        ts.append(time.monotonic() - t0)
-    return statistics.median(ts)
-
-
-def orch_cli_steps(orch: OrchStack, runs: int = 3) -> dict[str, str]:
-    """Median wall times of the deploy command's parts, run on their own (no stack deployed):
-    parsing the file (`stack config`, offline), and parsing + the manager's plan (`deploy --dry-run`,
-    with and without resolving the image in the registry)."""
-    base = [sys.executable, "-m", "cli.main", "--socket", str(orch.h1.socket_path), "stack"]
+def orch_cli_steps(orch: OrchStack, runs: int = 5) -> dict[str, str]:
+    """Median wall times of the deploy command's parts, run on their own with no stack deployed, taking
+    turns (others' load weighs on all alike): the interpreter and the CLI's start (`--help`), and the
+    file parsed and planned by the manager without the commit (`deploy --dry-run`), with and without
+    resolving the image in the registry."""
+    base = [sys.executable, "-m", "cli.main", "--socket", str(orch.h1.socket_path)]
     cmds = {
-        "stack config (parse the file, offline)": [*base, "config", "-c", str(COMPOSE)],
-        "deploy --dry-run (parse, resolve the image, plan)": [*base, "deploy", "--dry-run", "-c", str(COMPOSE), STACK],
-        "deploy --dry-run --resolve-image never": [*base, "deploy", "--dry-run", "--resolve-image", "never", "-c",
-                                                   str(COMPOSE), STACK],
+        "CLI start-up (orch --help)": [*base, "--help"],
+        "deploy --dry-run (start-up, parse, resolve the image, plan; no commit)": [
+            *base, "stack", "deploy", "--dry-run", "-c", str(COMPOSE), STACK],
+        "deploy --dry-run --resolve-image never": [
+            *base, "stack", "deploy", "--dry-run", "--resolve-image", "never", "-c", str(COMPOSE), STACK],
     }
-    out = {}
-    for what, argv in cmds.items():
-        ts = []
-        for _ in range(runs):
+    ts: dict[str, list[float]] = {what: [] for what in cmds}
+    for _ in range(runs):
+        for what, argv in cmds.items():
             t0 = time.monotonic()
             r = subprocess.run(argv, env=orch.env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
-            ts.append(time.monotonic() - t0)
+            ts[what].append(time.monotonic() - t0)
             if r.returncode not in (0, 1):  # --dry-run: 1 = "would change"
-                return {**out, what: f"failed ({r.returncode}): {r.stderr.strip()[-300:]}"}
-        out[what] = f"{statistics.median(ts):.2f} s"
-    return out
+                return {what: f"failed ({r.returncode}): {r.stderr.strip()[-300:]}"}
+    return {what: f"{statistics.median(xs):.2f} s (median of {runs})" for what, xs in ts.items()}
 
 
 STEPS = (("issued", "created", "deploy issued -> task created"),
@@ -499,9 +488,15 @@ def main() -> int:
             for pos, side in enumerate(order):
                 phases += run_round(side, rnd, pos)
         settle(orch)
-        bounds["CLI start-up (python3 -m cli.main --help, median of 5)"] = f"{cli_startup():.2f} s"
         bounds.update(orch_cli_steps(orch))
         bounds.update(orch_task_steps(orch))
+        from agent.worker import DRAIN
+
+        rms = [p for p in phases if p.side == "orch" and p.phase == "rm" and not p.error]
+        if rms:
+            bounds["remove"] = (f"the CLI returned after {median([p.cli_s for p in rms]):.2f} s, the last container "
+                                f"went at {median([p.seen_s for p in rms]):.2f} s (medians); {DRAIN:g} s of that is "
+                                "the drain a networked task gets before its stop signal (agent/worker.py DRAIN)")
     except KeyboardInterrupt:
         log("interrupted: cleaning up")
         rc = 130
