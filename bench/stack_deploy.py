@@ -32,10 +32,13 @@ phases and rounds (untimed) each side waits until its stack network is gone
 from every node. Figures are medians over --rounds rounds (default 3). Goal
 (issue 12): orch >= 3x faster than Swarm to converge and to remove.
 
-For orch the run also shows where its deploy time goes: the CLI's start-up
-(`python3 -m cli.main --help`), and per task the time from the task's
-creation to its RUNNING report, beside the daemons' log lines about network
-preparation.
+For orch the run also shows where its deploy time goes: the CLI's parts
+run on their own (start-up; `deploy --dry-run`: parse and plan without the
+commit), and per task the steps between the states the poll saw (each
+with the timestamp its node reported): created, assigned, preparing (image
+and network namespace), starting, running; per node, when each task's
+preparation ended (one at a time: a step apart). For remove: the CLI, the
+last container, and the 1 s drain a networked task gets.
 
 Everything the run makes is removed at the end, also on Ctrl-C or SIGTERM;
 a final check lists anything left.
