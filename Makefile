@@ -5,7 +5,7 @@ MANY_SEEDS ?= 20000
 
 DIST ?= dist
 
-.PHONY: dist vm-up vm-down test-vm install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay bench-service-net cluster-up cluster-down demo
+.PHONY: dist vm-up vm-down test-vm install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay bench-service-net bench-stack cluster-up cluster-down demo
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -63,3 +63,6 @@ bench-overlay:      ## overlay networks on the netns fleet: iperf3 orch vs under
 
 bench-service-net:  ## service names, VIPs, routing mesh and rolling updates on the netns fleet: orch vs Docker Swarm (dnsrr, host mode: no IPVS here)
 	$(PY) bench/service_net.py
+
+bench-stack:        ## a 10-service stack deployed and removed, orch vs Docker Swarm from one compose file, on the netns fleet
+	$(PY) bench/stack_deploy.py

@@ -743,13 +743,18 @@ class OrchSide:
         self.o.orch(self.h1, "service", "create", "--name", name, "--network", NET, "--stop-signal", "KILL",
                     *(["-d"] if detach else []), *flags, self.image, "sh", "-c", HTTPD, timeout=timeout)
 
-    def start(self) -> None:
+    def up(self) -> None:
+        """The cluster: three daemons, o1 the manager (also used by bench/stack_deploy.py)."""
         h1, h2, h3 = self.h1, self.h2, self.h3
         self.td.push("stop the orch daemons", self.stop_daemons)
         for h in (h1, h2, h3):
             self.o.start(h)
         self.o.init_and_join([h1], [h2, h3])
         self.o.wait_nodes(h1, {"o1": "ready", "o2": "ready", "o3": "ready"})
+
+    def start(self) -> None:
+        h1, h2, h3 = self.h1, self.h2, self.h3
+        self.up()
         self.td.push("remove the orch services and network", self.remove_all)
         self.o.orch(h1, "network", "create", "--subnet", ORCH_SUBNET, NET)
         self.net_id = next(n["id"] for n in self.api("GET", "/v1/networks") if n["spec"]["name"] == NET)
@@ -966,7 +971,8 @@ class SwarmSide:
         pids = self.docker(host, "inspect", "-f", "{{.State.Pid}}", *cids).stdout.split()
         return [f"/proc/{pid}/ns/net" for pid in sorted(pids, key=int)]
 
-    def start(self) -> None:
+    def up(self) -> None:
+        """The swarm: three dockerds, s1 the manager, nodes labelled h=<host> (also used by bench/stack_deploy.py)."""
         for h in (self.h1, self.h2, self.h3):
             self.dockerd(h)
         self.td.push("leave the swarm", self.leave)
@@ -986,6 +992,10 @@ class SwarmSide:
         for h in (self.h1, self.h2, self.h3):
             nid = self.docker(h.name, "info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
             self.docker("s1", "node", "update", "--label-add", f"h={h.name}", nid)
+
+    def start(self) -> None:
+        s1 = self.h1
+        self.up()
         self.td.push("remove the swarm services and network", self.remove_all)
         self.docker("s1", "network", "create", "-d", "overlay", "--subnet", SWARM_SUBNET, NET)
         self.create("client", "--endpoint-mode", "dnsrr", "--replicas", "2", "--constraint", "node.labels.h==s3",
