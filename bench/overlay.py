@@ -814,6 +814,19 @@ class FleetRun:
         self.pids: list[int] = []  # processes the run started outside the fleet's hosts' records
         self.keep_logs = keep_logs
 
+    def serve_image(self, repo: str, tag: str, image: Any, host: str = "reg") -> str:
+        """Push `image` to a seeding registry, then serve the same storage
+        from a registry on fleet host `host`; its address."""
+        from tests.fixtures.registry import RegistryProcess
+        from tests.harness.fleet_cluster import start_registry
+
+        seed = RegistryProcess(self.work / "seed", self.work / "storage")
+        self.td.push("stop the seeding registry", seed.stop)
+        seed.start()
+        seed.pusher().push_image(repo, tag, image)
+        seed.stop()
+        return start_registry(self.fleet[host], self.work / "storage", self.work / "serve")
+
     def close(self) -> list[str]:
         """Tear the run down (a second Ctrl-C cannot interrupt it); what is
         left behind, if anything."""
@@ -872,8 +885,7 @@ def main() -> int:
             ap.error(f"needs {tool} (Debian packages: iperf3 util-linux nftables runc conmon libc-bin)")
 
     from container_start import DOCKER_CLI, DOCKERD
-    from tests.fixtures.registry import REGISTRY_BIN, RegistryProcess
-    from tests.harness.fleet_cluster import start_registry
+    from tests.fixtures.registry import REGISTRY_BIN
 
     if not os.path.exists(REGISTRY_BIN):
         ap.error(f"needs {REGISTRY_BIN} (Debian package docker-registry)")
@@ -899,12 +911,7 @@ def main() -> int:
         image, tarball, files = build_images(work)
         notes.append(f"image {IMAGE_REPO}: busybox + {', '.join(files)} ({len(image.layers[0].blob.data) // 1024} "
                      "KiB gzip)")
-        seed = RegistryProcess(work / "seed", work / "storage")
-        td.push("stop the seeding registry", seed.stop)
-        seed.start()
-        seed.pusher().push_image(IMAGE_REPO, IMAGE_TAG, image)
-        seed.stop()
-        reg = start_registry(fleet["reg"], work / "storage", work / "serve")
+        reg = run.serve_image(IMAGE_REPO, IMAGE_TAG, image)
         log(f"registry on host reg at {reg}")
         orch = OrchSide(fleet, reg, td, args)
         log("orch: daemons, network, iperf3 tasks")

@@ -1389,8 +1389,7 @@ def main() -> int:
         ap.error("needs the dnslib Python package (make install)")
 
     from container_start import DOCKER_CLI, DOCKERD
-    from tests.fixtures.registry import REGISTRY_BIN, RegistryProcess
-    from tests.harness.fleet_cluster import start_registry
+    from tests.fixtures.registry import REGISTRY_BIN
 
     if not os.path.exists(REGISTRY_BIN):
         ap.error(f"needs {REGISTRY_BIN} (Debian package docker-registry)")
@@ -1417,12 +1416,7 @@ def main() -> int:
         fleet.up()
         log(f"fleet {run_id}: hosts {', '.join(f'{h.name}={h.addr}' for h in fleet)}")
         image = build_images(work)
-        seed = RegistryProcess(work / "seed", work / "storage")
-        td.push("stop the seeding registry", seed.stop)
-        seed.start()
-        seed.pusher().push_image(IMAGE_REPO, IMAGE_TAG, image)
-        seed.stop()
-        reg = start_registry(fleet["reg"], work / "storage", work / "serve")
+        reg = run.serve_image(IMAGE_REPO, IMAGE_TAG, image)
         log(f"registry on host reg at {reg}")
         ul = fleet["ul"]
         log("orch: daemons, network, client, web (6), one")
