@@ -52,7 +52,7 @@ bench-scheduler:    ## pure scheduler: 100k tasks onto 5k nodes
 bench-fleet:        ## one manager, 250/500/1000 simulated agents heartbeating over mutual TLS
 	$(PY) bench/fleet_scale.py
 
-bench-container-start:  ## 100 concurrent container starts through the engine vs docker run (private dockerd)
+bench-container-start:  ## 100 concurrent container starts through the engine vs plain `runc run -d` (the limit) and docker run (private dockerd)
 	$(PY) bench/container_start.py
 
 bench-service:      ## service create/scale/update of 100 tasks: orch vs Docker Swarm (private dockerd)

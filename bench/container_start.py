@@ -14,6 +14,12 @@ started timestamps) are recorded; then the mean RSS and PSS of the
 containers' conmon processes (the per-container monitor) and the agent's RSS
 after the run and at its peak.
 
+the runtime's limit: the same N containers as plain `runc run -d` of one
+OCI bundle (the busybox layer unpacked once, read-only, shared; each
+container its own cgroup), as many at a time as orch's requests, straight
+from this process: no image store, overlay mount, monitor or API. orch's
+share of that rate is the issue's goal (>= 0.8).
+
 docker: a private dockerd from Debian's docker.io (own data root, exec root,
 socket, pid file, config file, trust key, cgroup parent; no bridge, no
 iptables), the image pulled untimed, then N sequential
@@ -21,7 +27,8 @@ iptables), the image pulled untimed, then N sequential
 per-run latency, total time, mean RSS / PSS of the containerd shims, and
 dockerd + containerd RSS.
 
-Goals (from the issue): all N running in at most 1/3 of docker's time;
+Goals (from the issues): all N running in at most 1/3 of docker's time;
+orch's start rate at least 0.8 of the runtime's limit;
 monitor at most 2 MB RSS per container; agent idle RSS at most 60 MB.
 
 Everything the run made (containers, mounts, cgroups, registry, daemons,
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import math
 import os
@@ -45,6 +53,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import uuid
@@ -71,6 +80,7 @@ IMAGE_CONFIG: dict[str, Any] = {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]}
 CMD = ["sleep", "3600"]
 # Issue goals.
 GOAL_RATIO = 3.0
+GOAL_OF_LIMIT = 0.8  # orch's start rate at least this share of plain `runc run -d`'s
 GOAL_MONITOR_MB = 2.0
 GOAL_AGENT_IDLE_MB = 60.0
 # Paths a dockerd 20.10 creates outside --data-root/--exec-root; removed after
@@ -513,6 +523,88 @@ async def run_orch(args: argparse.Namespace, work: Path, registry: str, ref: str
     return res
 
 
+# -- the runtime's own limit: runc run -d straight from the shell -------------------------------
+
+
+def runc_bundle(bundle: Path) -> None:
+    """One OCI bundle of the same busybox layer: rootfs unpacked once, read-only, shared by every container."""
+    rootfs = bundle / "rootfs"
+    rootfs.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(busybox_layer().build())) as tf:
+        tf.extractall(rootfs, filter="tar")
+    subprocess.run(["runc", "spec", "--bundle", str(bundle)], check=True, capture_output=True)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = CMD
+    spec["process"]["env"] = IMAGE_CONFIG["Env"]
+    spec["root"]["readonly"] = True
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
+async def run_limit(args: argparse.Namespace, work: Path, td: Teardown) -> SideResult:
+    """N `runc run -d` of one bundle, as many at a time as orch's requests: what the runtime allows here.
+
+    No image store, no overlay mount, no monitor, no API: the floor under any engine's start path."""
+    res = SideResult("runc run -d", args.count, args.concurrency or args.count, monitor="none",
+                     agent="none")
+    bundle, state = work / "bundle", work / "runc-state"
+    parent = f"orch-bench-limit-{uuid.uuid4().hex[:8]}"
+    ids = [f"{parent}-{i}" for i in range(args.count)]
+
+    def runc(*a: str) -> list[str]:
+        return ["runc", "--root", str(state), *a]
+
+    def cleanup() -> None:
+        for cid in ids:
+            subprocess.run(runc("delete", "--force", cid), capture_output=True, timeout=60, check=False)
+        remove_cgroup_parent(parent)
+
+    td.push(f"remove {work}", lambda: shutil.rmtree(work, ignore_errors=True))
+    td.push("delete the runc containers", cleanup)
+    runc_bundle(bundle)
+    inflight = asyncio.Semaphore(args.concurrency or args.count)
+    spec = json.loads((bundle / "config.json").read_text())
+
+    async def one(i: int) -> tuple[float, int, str]:
+        # Each container its own cgroup under one parent, as orch's containers have.
+        # (runc refuses a symlinked rootfs: the config names the shared one by its absolute path.)
+        cfg = work / f"c{i}"
+        cfg.mkdir()
+        (cfg / "config.json").write_text(json.dumps({
+            **spec, "root": {**spec["root"], "path": str(bundle / "rootfs")},
+            "linux": {**spec["linux"], "cgroupsPath": f"/{parent}/{ids[i]}"}}))
+        # A detached container keeps runc's stdio: a file, not a pipe that would stay open.
+        with open(cfg / "stderr", "wb") as err:
+            async with inflight:
+                t0 = time.monotonic()
+                p = await asyncio.create_subprocess_exec(
+                    *runc("run", "--detach", "--bundle", str(cfg), ids[i]), stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=err)
+                rc = await p.wait()
+                lat = time.monotonic() - t0
+        return lat, rc, (cfg / "stderr").read_text(errors="replace").strip()
+
+    log(f"runc: {args.count} x `runc run -d`, {args.concurrency or args.count} at a time")
+    res.load_before = os.getloadavg()[0]
+    t_start = time.monotonic()
+    answers = await asyncio.gather(*(one(i) for i in range(args.count)))
+    t_answered = time.monotonic()
+    listed = json.loads(subprocess.run(runc("list", "--format", "json"), capture_output=True, text=True,
+                                       check=True).stdout or "null") or []
+    t_listed = time.monotonic()
+    errors: Counter[str] = Counter(err[:160] or f"exit {rc}" for _, rc, err in answers if rc)
+    res.started = sum(1 for _, rc, _ in answers if rc == 0)
+    res.failed, res.errors = sum(errors.values()), dict(errors)
+    res.running = sum(1 for c in listed if c.get("status") == "running" and os.path.exists(f"/proc/{c.get('pid', 0)}"))
+    res.set_latencies([lat for lat, rc, _ in answers if rc == 0],
+                      (t_listed if res.running == res.started else t_answered) - t_start)
+    log(f"runc: {res.started}/{args.count} started in {res.total_s:.2f}s ({res.per_s:.1f}/s), {res.running} running")
+    t0 = time.monotonic()
+    cleanup()
+    res.remove_s = time.monotonic() - t0
+    return res
+
+
 # -- docker ------------------------------------------------------------------------------------
 
 
@@ -693,9 +785,18 @@ def run_docker(args: argparse.Namespace, work: Path, registry: str, ref: str, td
 # -- report ---------------------------------------------------------------------------------------
 
 
-def goals(orch: SideResult, docker: SideResult | None) -> list[dict[str, Any]]:
+def goals(orch: SideResult, docker: SideResult | None, limit: SideResult | None = None) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     all_ok = orch.running == orch.count
+    if limit is not None and limit.running == limit.count:
+        share = limit.total_s / orch.total_s
+        out.append({"goal": f"orch's start rate >= {GOAL_OF_LIMIT:g} of plain `runc run -d`'s (the runtime's limit)",
+                    "value": f"{orch.total_s:.2f}s vs {limit.total_s:.2f}s ({share:.2f} of the limit)",
+                    "met": all_ok and share >= GOAL_OF_LIMIT})
+    else:
+        out.append({"goal": f"orch's start rate >= {GOAL_OF_LIMIT:g} of plain `runc run -d`'s (the runtime's limit)",
+                    "value": "limit not measured" if limit is None else f"runc: {limit.running}/{limit.count} ran",
+                    "met": None})
     if docker is not None and docker.started:
         ratio = docker.total_s / orch.total_s
         out.append({"goal": f"all {orch.count} running in <= 1/{GOAL_RATIO:g} of docker's time",
@@ -711,7 +812,8 @@ def goals(orch: SideResult, docker: SideResult | None) -> list[dict[str, Any]]:
     return out
 
 
-def print_table(orch: SideResult, docker: SideResult | None, docker_note: str) -> None:
+def print_table(orch: SideResult, docker: SideResult | None, docker_note: str,
+                limit: SideResult | None = None) -> None:
     def f(v: float, fmt: str) -> str:
         return "-" if v != v else format(v, fmt)
 
@@ -738,12 +840,13 @@ def print_table(orch: SideResult, docker: SideResult | None, docker_note: str) -
         ("image pull, untimed (s)", lambda r: f(r.pull_s, ".2f")),
         ("remove all (s)", lambda r: f(r.remove_s, ".2f")),
     ]
-    sides = [orch] + ([docker] if docker else [])
+    sides = [orch] + ([limit] if limit else []) + ([docker] if docker else [])
     w0 = max(len(r[0]) for r in rows)
     cells = [[fn(s) for s in sides] for _, fn in rows]
     ws = [max(len(s.engine), *(len(c[i]) for c in cells)) for i, s in enumerate(sides)]
     print(f"\ncontainer start: {orch.count} x busybox `{' '.join(CMD)}` (orch: through the engine API, "
-          f"{orch.concurrency} at a time; docker: sequential `docker run -d`)\n")
+          f"{orch.concurrency} at a time; runc run -d: one shared bundle, as many at a time, no engine; "
+          f"docker: sequential `docker run -d`)\n")
     print(f"{'':{w0}}  " + "  ".join(f"{s.engine:>{w}}" for s, w in zip(sides, ws)))
     for (label, _), c in zip(rows, cells):
         print(f"{label:{w0}}  " + "  ".join(f"{v:>{w}}" for v, w in zip(c, ws)))
@@ -751,6 +854,8 @@ def print_table(orch: SideResult, docker: SideResult | None, docker_note: str) -
         print(f"\ndocker: {docker_note}")
     elif docker.started and orch.total_s > 0:
         print(f"\nratio docker_time / orch_time: {docker.total_s / orch.total_s:.2f}")
+    if limit is not None and limit.started and orch.total_s > 0:
+        print(f"ratio limit_time / orch_time: {limit.total_s / orch.total_s:.2f} (orch's share of the runtime's rate)")
     if orch.phases:
         print(f"\norch: where each start's time went (s)  {'mean':>7} {'p50':>7} {'p99':>7} {'max':>7}")
         for name, st in orch.phases.items():
@@ -789,6 +894,8 @@ def main() -> int:
                     help="seconds idle before the idle RSS, and over which the CPU with N running is taken (default 5)")
     ap.add_argument("--concurrency", type=int, default=0,
                     help="orch requests in flight at once (default: all of --count at once, as the agent would)")
+    ap.add_argument("--skip-limit", action="store_true",
+                    help="do not measure the runtime's limit (N plain `runc run -d`)")
     ap.add_argument("--keep-logs", type=Path, default=None, help="copy the daemons' logs into this directory")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = ap.parse_args()
@@ -806,11 +913,12 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     # One teardown per part, so orch is gone before docker is measured.
-    td_main, td_orch, td_docker = Teardown(), Teardown(), Teardown()
+    td_main, td_orch, td_limit, td_docker = Teardown(), Teardown(), Teardown(), Teardown()
     top = Path(tempfile.mkdtemp(prefix="orch-bench-"))
     td_main.push(f"remove {top}", lambda: shutil.rmtree(top, ignore_errors=True))
     orch: SideResult | None = None
     docker: SideResult | None = None
+    limit: SideResult | None = None
     docker_note = ""
     rc = 0
     try:
@@ -820,6 +928,11 @@ def main() -> int:
             orch = asyncio.run(run_orch(args, top / "o", reg.addr, ref, td_orch))
         finally:
             td_orch.run()
+        if not args.skip_limit:
+            try:
+                limit = asyncio.run(run_limit(args, top / "l", td_limit))
+            finally:
+                td_limit.run()
         if args.skip_docker:
             docker_note = "skipped (--skip-docker)"
         elif not (os.path.exists(DOCKERD) and os.path.exists(DOCKER_CLI)):
@@ -838,10 +951,10 @@ def main() -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not leave things behind
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         log("cleaning up")
-        for td in (td_docker, td_orch, td_main):
+        for td in (td_docker, td_limit, td_orch, td_main):
             td.run()
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    problems = td_orch.problems + td_docker.problems + td_main.problems
+    problems = td_orch.problems + td_limit.problems + td_docker.problems + td_main.problems
     if problems:
         log("left behind: " + "; ".join(problems))
         rc = rc or 1
@@ -850,11 +963,13 @@ def main() -> int:
     if args.json:
         out = {"count": args.count, "image": IMAGE_REPO, "command": CMD, "orch": asdict(orch),
                "docker": asdict(docker) if docker else None, "docker_note": docker_note,
+               "limit": asdict(limit) if limit else None,
+               "share_of_limit": (limit.total_s / orch.total_s) if limit and limit.started else None,
                "ratio_docker_over_orch": (docker.total_s / orch.total_s) if docker and docker.started else None,
-               "goals": goals(orch, docker), "cleanup_problems": problems}
+               "goals": goals(orch, docker, limit), "cleanup_problems": problems}
         print(json.dumps(_clean_json(out), indent=2))
     else:
-        print_table(orch, docker, docker_note)
+        print_table(orch, docker, docker_note, limit)
     return rc
 
 
