@@ -17,11 +17,12 @@ the worker thread started in (the daemon's own, on a real node).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Interface
 from socket import AF_INET
@@ -57,8 +58,8 @@ from .plan import (
     CreateEgressBridge,
     CreateSandbox,
     CreateVxlan,
-    DelFdb,
     DeleteNftTable,
+    DelFdb,
     DelNeigh,
     DetachEgress,
     DetachEndpoint,
@@ -156,6 +157,15 @@ def _up(link: Any) -> bool:
     return bool(link["flags"] & IFF_UP)
 
 
+def _isolated(link: Any) -> bool:
+    return bool(_attr(link, "IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_ISOLATED"))
+
+
+_EgressKey = tuple[int, Any, Any]
+"""An egress veth's host side as observed: (ifindex, peer ifindex, alias
+naming the container's namespace). The same key means the same link."""
+
+
 # -- the kernel of one node ---------------------------------------------------------
 
 
@@ -168,6 +178,9 @@ class Kernel:
         self.host_netns = host_netns
         self._socks: dict[str | None, IPRoute] = {}
         self._coming_up: list[tuple[str | None, str]] = []
+        # Egress attachments as last observed, by their host side: what a
+        # one-container observation takes for the other containers'.
+        self._egress_seen: dict[_EgressKey, EgressAttachmentState] = {}
         self.probe: Probe = NULL_PROBE  # counts nftables writes (see NetworkDataplane.probe)
 
     # -- sockets ------------------------------------------------------------------
@@ -255,8 +268,22 @@ class Kernel:
             return []
         return sorted(n for n in names if self.naming.network_of_ns(n) is not None)
 
-    def observe(self, underlay_addr: IPv4Address) -> ObservedState:
-        sandboxes = tuple(self._observe_sandbox(n) for n in self.sandbox_names())
+    def observe(self, underlay_addr: IPv4Address, *, only_netns: str | None = None,
+                networks: Collection[str] = ()) -> ObservedState:
+        """What the kernel holds for this node's overlay.
+
+        only_netns (with the `networks` its endpoints are on): what a plan
+        for that one container reads (plan(..., only_netns=)), without the
+        cost of every other container on the node: only those networks'
+        sandboxes, and no look into other containers' namespaces (their
+        endpoints are listed without their container-side facts; their
+        egress attachments come from what an earlier observation saw when
+        the host side is the same link, peer and alias). Without it
+        (the whole-node sync), everything is read."""
+        names = self.sandbox_names()
+        if only_netns is not None:
+            names = [n for n in names if self.naming.network_of_ns(n) in networks]
+        sandboxes = tuple(self._observe_sandbox(n, only_netns) for n in names)
         host = self.ipr(None)
         underlay_mtu = None
         for a in host.get_addr(family=AF_INET):
@@ -270,10 +297,21 @@ class Kernel:
             if link.get_attr("IFLA_IFNAME") == self.naming.egress_bridge and _kind(link) == "bridge":
                 gw_index = link["index"]
                 bridge = BridgeState(self._addresses(None, link["index"]), link.get_attr("IFLA_MTU"), _up(link))
+        seen: dict[_EgressKey, EgressAttachmentState] = {}
         for link in host.get_links():
             name = link.get_attr("IFLA_IFNAME")
             if _kind(link) == "veth" and self.naming.is_egress_host_if(name):
-                egress.append(self._observe_egress(link, gw_index))
+                key = (link["index"], link.get_attr("IFLA_LINK"), link.get_attr("IFLA_IFALIAS"))
+                known = self._egress_seen.get(key)
+                if only_netns is not None and known is not None and known.netns != only_netns:
+                    a = dataclasses.replace(
+                        known, up=known.up and _up(link), isolated=_isolated(link),
+                        enslaved=gw_index is not None and link.get_attr("IFLA_MASTER") == gw_index)
+                else:
+                    a = self._observe_egress(link, gw_index)
+                seen[key] = a
+                egress.append(a)
+        self._egress_seen = seen
         with self.in_host():
             with open("/proc/sys/net/ipv4/ip_forward") as f:
                 forwarding = f.read().strip() == "1"
@@ -295,7 +333,7 @@ class Kernel:
             return None
         return links[0]
 
-    def _observe_sandbox(self, ns_name: str) -> SandboxState:
+    def _observe_sandbox(self, ns_name: str, only_netns: str | None = None) -> SandboxState:
         net_id = self.naming.network_of_ns(ns_name)
         assert net_id is not None
         path = f"{NETNS_DIR}/{ns_name}"
@@ -349,7 +387,8 @@ class Kernel:
                 stale.append(name)
                 continue
             ep_id, ep_netns = tag
-            peer = self._peer_in(ep_netns, link["index"], link.get_attr("IFLA_LINK"))
+            look = only_netns is None or ep_netns == only_netns  # (another container's: not read)
+            peer = self._peer_in(ep_netns, link["index"], link.get_attr("IFLA_LINK")) if look else None
             ifname = address = mac = mtu = None
             up = _up(link)
             if peer is not None:
@@ -385,7 +424,7 @@ class Kernel:
             for r in self.ipr(netns_path).get_routes(family=AF_INET, table=MAIN_TABLE):
                 if r["dst_len"] == 0 and r.get_attr("RTA_OIF") == peer["index"] and r.get_attr("RTA_GATEWAY"):
                     via = IPv4Address(r.get_attr("RTA_GATEWAY"))
-        isolated = bool(_attr(link, "IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_ISOLATED"))
+        isolated = _isolated(link)
         return EgressAttachmentState(
             netns=netns_path, host_ifname=host_if, ifname=ifname, address=address, default_via=via,
             mtu=mtu, up=up, enslaved=gw_index is not None and link.get_attr("IFLA_MASTER") == gw_index,
