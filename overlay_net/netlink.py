@@ -6,8 +6,9 @@ netlink socket belongs to the network namespace it was created in, so
 `Kernel` opens its sockets after entering a namespace with setns(2) on the
 calling thread and returns at once -- setns changes only that thread, and a
 fresh socket costs no child process (pyroute2's own `netns=` argument forks
-one per socket). The same trick runs `nft` and reads /proc/sys/net in the
-host namespace, which lets tests give every simulated host its own.
+one per socket). The same trick writes and lists the nftables table
+(libnftables in this thread: no fork of the daemon) and reads /proc/sys/net
+in the host namespace, which lets tests give every simulated host its own.
 
 The `host` namespace is where the underlay lives: the VXLAN devices' UDP
 sockets, the egress bridge and the nftables table. None means the namespace
@@ -20,7 +21,6 @@ import ctypes
 import dataclasses
 import errno
 import os
-import subprocess
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
@@ -33,7 +33,7 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 from api.probe import NULL_PROBE, Probe
 
-from . import nft
+from . import nft, nftlib
 from .model import (
     VXLAN_PORT,
     BridgeState,
@@ -237,11 +237,6 @@ class Kernel:
         with entered(self.host_netns):
             yield
 
-    def _run_host(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        # Forked from this thread, so the child starts in the host namespace.
-        with self.in_host():
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
-
     def _link(self, path: str | None, ifname: str) -> Any | None:
         idx = self.ipr(path).link_lookup(ifname=ifname)
         return self.ipr(path).get_links(idx[0])[0] if idx else None
@@ -315,8 +310,8 @@ class Kernel:
         with self.in_host():
             with open("/proc/sys/net/ipv4/ip_forward") as f:
                 forwarding = f.read().strip() == "1"
-        cp = self._run_host(["nft", "list", "table", "ip", self.naming.nft_table])
-        fp = nft.parse_fingerprint(cp.stdout) if cp.returncode == 0 else None
+        listed = self._nft_table()
+        fp = nft.parse_fingerprint(listed) if listed is not None else None
         return ObservedState(sandboxes=sandboxes, egress_bridge=bridge, egress=tuple(egress),
                              forwarding=forwarding, nft_fingerprint=fp, underlay_mtu=underlay_mtu)
 
@@ -651,10 +646,22 @@ class Kernel:
                 f.write("1")
 
     def _nft(self, script: str) -> None:
-        cp = self._run_host(["nft", "-f", "-"], stdin=script)
-        if cp.returncode != 0:
-            raise DataplaneError(f"nft table {self.naming.nft_table}: {cp.stderr.strip()}")
+        # In this thread, in the host namespace, through libnftables: no
+        # fork of the daemon's process per write (nor per observation).
+        try:
+            with self.in_host():
+                nftlib.run(script)
+        except nftlib.NftError as e:
+            raise DataplaneError(f"nft table {self.naming.nft_table}: {e}") from None
         self.probe.nft_update()
+
+    def _nft_table(self) -> str | None:
+        """The node's nftables table as `nft list` prints it; None when there is none."""
+        try:
+            with self.in_host():
+                return nftlib.run(f"list table ip {self.naming.nft_table}")
+        except nftlib.NftError:
+            return None
 
     def _do_WriteNftTable(self, a: WriteNftTable, desired: NodeState) -> None:
         self._nft(nft.render_replace(self.naming.nft_table, a.body))
@@ -705,8 +712,7 @@ class Kernel:
             if ours:
                 _quiet(lambda: ipr.link("del", index=link["index"]), errno.ENODEV)
                 removed.append(f"link {name}")
-        cp = self._run_host(["nft", "list", "table", "ip", self.naming.nft_table])
-        if cp.returncode == 0:
+        if self._nft_table() is not None:
             self._nft(nft.render_delete(self.naming.nft_table))
             removed.append(f"nft table ip {self.naming.nft_table}")
         return removed
