@@ -263,7 +263,10 @@ def test_recovery_after_kill9_and_after_a_drain(of: tuple[OrchFleet, str]) -> No
     # (Asked from the probe running now: on a loaded machine the restart can
     # outlast the heartbeat grace, w1 is marked DOWN and its probe task
     # replaced, as it should be.)
+    old_probe = probe["id"]
     (probe,) = wait_running(o, "probe", 1)
+    if probe["id"] != old_probe:
+        print(f"w1 was marked down during its restart: probe task {old_probe} replaced by {probe['id']}")
     before = {addr(t) for t in tasks(o, "echo")}
     o.orch(m1, "node", "update", "--availability", "drain", "w2")
     try:
