@@ -34,22 +34,32 @@ REPO = Path(__file__).resolve().parents[2]
 ORCH = "/opt/orch/bin/orch"
 
 
-def _firewall() -> tuple[str, str]:
-    fwd = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True, check=False).stdout
+def _forward_policy() -> str:
+    out = subprocess.run(["iptables", "-S", "FORWARD"], capture_output=True, text=True, check=False).stdout
+    return out.splitlines()[0] if out else ""
+
+
+def _docker_rules(fl: chosts.Fleet) -> list[str]:
+    """Lines of the machine's nftables ruleset (iptables-nft's too) that a dockerd managing the firewall
+    would have written: its chains, or anything naming the run's bridge or subnet. (The ruleset is not
+    compared whole: other test runs on the machine add and remove their own tables meanwhile.)"""
     rules = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=False).stdout
-    return fwd.splitlines()[0] if fwd else "", rules
+    return [ln.strip() for ln in rules.splitlines()
+            if "DOCKER" in ln or "docker" in ln or (fl.bridge and fl.bridge in ln) or f"{fl.subnet}." in ln]
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chosts.Fleet]:
     from tests.vm.registry import seed_storage
 
-    before = _firewall()
+    policy = _forward_policy()
     t0 = time.monotonic()
     fl = chosts.up(4, log=lambda m: print(f"[chosts] {m}", flush=True))
     print(f"[chosts] 4 container hosts up {time.monotonic() - t0:.1f} s after up()", flush=True)
     reg = None
     try:
+        # A running dockerd that managed the firewall would have set FORWARD to DROP and added its chains.
+        assert (_forward_policy(), _docker_rules(fl)) == (policy, [])
         work = tmp_path_factory.mktemp("chreg")
         reg = chosts.serve_registry(fl.gateway, seed_storage(work), work)
         yield fl
@@ -62,7 +72,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chosts.Fleet]:
     assert not os.path.exists(fl.dockerd.data_root) and not os.path.exists(fl.dockerd.exec_root)
     assert not os.path.exists(f"/sys/class/net/{fl.bridge}")
     assert not chosts._mounts_under(str(fl.dockerd.data_root))
-    assert _firewall() == before
+    assert (_forward_policy(), _docker_rules(fl)) == (policy, [])
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +285,15 @@ def test_uninstall_purge_leaves_nothing(fleet: chosts.Fleet) -> None:
                       "pgrep -c conmon").stdout.split()
     assert all(int(x) > 0 for x in have), have
     out = orch(fl, h4, "system", "uninstall", "--purge", timeout=300)
-    assert nothing_of_orch(fl, h4) == ["file /opt/orch"], out
-    fl.ssh(h4, "rm -rf /opt/orch")  # what `orch fleet down` removes after the purge
+    # What is left is what `orch fleet up` put there around orch: its venv (this orch) and the wheelhouse.
+    assert nothing_of_orch(fl, h4) == ["file /opt/orch", "file /var/tmp/orch-dist"], out
+    # Again: nothing to do, nothing fails.
+    out = orch(fl, h4, "system", "uninstall", "--purge", timeout=300)
+    assert not [ln for ln in out.splitlines() if ln.strip().startswith("changed")], out
+    # `orch fleet down` removes those too (after the same purge).
+    r = subprocess.run([sys.executable, "-m", "cli.main", "fleet", "down", "-i", fl.key, "-o", "StrictHostKeyChecking=no",
+                        "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", h4.target],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, check=False,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and f"[{h4.target}] uninstall done" in r.stdout, r.stdout + r.stderr
     assert nothing_of_orch(fl, h4) == []

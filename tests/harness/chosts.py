@@ -108,10 +108,10 @@ def build_rootfs(log: Log = print) -> tuple[Path, float]:
             'chroot "$1" systemctl mask ' + " ".join(MASKED),
             ': > "$1/etc/fstab"',
             'rm -f "$1"/etc/ssh/ssh_host_* "$1/etc/hostname" && : > "$1/etc/machine-id"',
-            'mkdir -p "$1/etc/systemd/journald.conf.d" && '
-            'printf "[Journal]\\nStorage=volatile\\n" > "$1/etc/systemd/journald.conf.d/chosts.conf"',
-            'printf "UseDNS no\\nPermitRootLogin prohibit-password\\nHostKey /etc/ssh/ssh_host_ed25519_key\\n"'
-            ' > "$1/etc/ssh/sshd_config.d/chosts.conf"',
+            ('mkdir -p "$1/etc/systemd/journald.conf.d" && '
+             'printf "[Journal]\\nStorage=volatile\\n" > "$1/etc/systemd/journald.conf.d/chosts.conf"'),
+            ('printf "UseDNS no\\nPermitRootLogin prohibit-password\\nHostKey /etc/ssh/ssh_host_ed25519_key\\n"'
+             ' > "$1/etc/ssh/sshd_config.d/chosts.conf"'),
             'rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*',
         ]
         tar = work / "root.tar"
@@ -125,7 +125,7 @@ def build_rootfs(log: Log = print) -> tuple[Path, float]:
                  f"deb {vmfleet.MIRROR.replace('/debian', '/debian-security')} bookworm-security main"]
         log(f"image: mmdebstrap ({len(PACKAGES)} packages) into a tar...")
         with open(work / "mmdebstrap.log", "w") as errlog:
-            cp = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=errlog)
+            cp = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=errlog, check=False)
         if cp.returncode != 0:
             raise RuntimeError(f"mmdebstrap failed ({cp.returncode}): "
                                f"{(work / 'mmdebstrap.log').read_text()[-3000:]}")
@@ -242,10 +242,9 @@ class Dockerd:
                 "--pidfile", str(self.exec_root / "dockerd.pid"),
                 "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
                 "--bridge=none", "--userland-proxy=false", "--storage-driver=overlay2", "--log-level=warn"]
-        logf = open(self.data_root / "dockerd.log", "ab")
-        p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                             start_new_session=True)
-        logf.close()
+        with open(self.data_root / "dockerd.log", "ab") as logf:
+            p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
         self.pid = p.pid
         t0 = time.monotonic()
         import docker
@@ -256,7 +255,7 @@ class Dockerd:
             try:
                 docker.DockerClient(base_url=self.url, timeout=5).ping()
                 break
-            except Exception:
+            except Exception:  # noqa: BLE001  (not answering yet)
                 if time.monotonic() - t0 > 60:
                     raise RuntimeError(f"dockerd did not answer on {self.sock} in 60 s: {self.log()[-3000:]}")
                 time.sleep(0.2)
@@ -284,7 +283,7 @@ class Dockerd:
                 pass
         for root in (self.exec_root, self.data_root):
             for mp in _mounts_under(str(root)):
-                subprocess.run(["umount", "-l", mp], capture_output=True)
+                subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
         # The cgroup parent dockerd made (/sys/fs/cgroup/*/docker), when it did not exist before.
         for d in sorted(set(_docker_cgroups()) - self.cgroups_before):
             for sub in sorted(Path(d).rglob("*"), key=lambda s: len(s.parts), reverse=True):
@@ -362,14 +361,15 @@ class Fleet:
         argv = ["ssh", "-i", self.key, "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
         for o in self.ssh_options():
             argv += ["-o", o]
-        cp = subprocess.run([*argv, h.target, "--", command], capture_output=True, text=True, timeout=timeout)
+        cp = subprocess.run([*argv, h.target, "--", command], capture_output=True, text=True, timeout=timeout,
+                            check=False)
         if check and cp.returncode != 0:
             raise RuntimeError(f"{h.name}: {command!r} exited with {cp.returncode}: {cp.stdout}{cp.stderr}")
         return cp
 
     def close_ssh(self, h: Host) -> None:
         subprocess.run(["ssh", "-o", f"ControlPath={self.run_dir}/ssh-%C", "-O", "exit", h.target],
-                       capture_output=True)
+                       capture_output=True, check=False)
 
     def add_host(self, name: str) -> Host:
         """Start a container host and wait until it answers ssh with systemd up."""
@@ -392,8 +392,9 @@ class Fleet:
         c.start()
         self._no_default_route(h)
         pub = Path(self.key + ".pub").read_text().strip()
-        r = c.exec(["sh", "-c", f"mkdir -p -m 700 /root/.ssh && echo {shlex.quote(pub)} > "
-                                "/root/.ssh/authorized_keys && chmod 600 /root/.ssh/authorized_keys"])
+        put_key = (f"mkdir -p -m 700 /root/.ssh && echo {shlex.quote(pub)} > /root/.ssh/authorized_keys && "
+                   "chmod 600 /root/.ssh/authorized_keys")
+        r = c.exec(["sh", "-c", put_key])
         if r.exit_code != 0:
             raise RuntimeError(f"{name}: cannot put the SSH key in: {r.output.decode(errors='replace')}")
         self.wait_up(h)
@@ -419,7 +420,7 @@ class Fleet:
         try:
             out, err = h.container.get_logs()
             return (out + err).decode(errors="replace")
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001
             return f"(no logs: {e})"
 
     def restart(self, h: Host) -> None:
@@ -439,19 +440,18 @@ class Fleet:
         if h.container is not None and h.container._container is not None:
             try:
                 h.container.stop()
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001  (teardown goes on)
                 self.log(f"{h.name}: remove: {e}")
         try:
             self.client().volumes.get(h.volume).remove(force=True)
-        except Exception:
-            pass
+        except Exception as e:  # noqa: BLE001  (teardown goes on)
+            self.log(f"{h.name}: volume: {e}")
 
 
 def _pick_subnet() -> str:
     """10.78.N: not on any link or route of the machine (N from the run id)."""
-    used = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"], capture_output=True,
-                          text=True).stdout + subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True,
-                                                             text=True).stdout
+    used = "".join(subprocess.run(["ip", "-4", "-o", *what], capture_output=True, text=True, check=False).stdout
+                   for what in (["route", "show", "table", "all"], ["addr"]))
     for _ in range(256):
         n = int.from_bytes(os.urandom(1), "big")
         if f"10.78.{n}." not in used and "10.78.0.0/16" not in used:
@@ -499,7 +499,7 @@ def up(n: int, log: Log = print) -> Fleet:
             options={"com.docker.network.bridge.name": fl.bridge},
             ipam=IPAMConfig(pool_configs=[IPAMPool(subnet=f"{fl.subnet}.0/24", gateway=fl.gateway)]))
         if fl.gateway not in subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", fl.bridge],
-                                            capture_output=True, text=True).stdout:
+                                            capture_output=True, text=True, check=False).stdout:
             # An internal network may leave the bridge without the gateway address: the run's registry needs it.
             subprocess.run(["ip", "addr", "add", f"{fl.gateway}/24", "dev", fl.bridge], check=True)
         t0 = time.monotonic()
@@ -519,7 +519,7 @@ def down(fl: Fleet) -> None:
     def attempt(what: str, fn: Callable[[], object]) -> None:
         try:
             fn()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001  (teardown goes on)
             fl.log(f"teardown: {what}: {e}")
 
     if fl.dockerd.pid and _alive(fl.dockerd.pid):
@@ -537,7 +537,7 @@ def down(fl: Fleet) -> None:
         cl.close()
     attempt("dockerd", fl.dockerd.stop)
     if fl.bridge and os.path.exists(f"/sys/class/net/{fl.bridge}"):
-        subprocess.run(["ip", "link", "delete", fl.bridge], capture_output=True)
+        subprocess.run(["ip", "link", "delete", fl.bridge], capture_output=True, check=False)
     for k, v in fl.env_before.items():
         if v is None:
             os.environ.pop(k, None)
