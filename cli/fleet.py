@@ -73,7 +73,7 @@ class SSH:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             out, _ = await asyncio.wait_for(p.communicate(stdin), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             p.kill()
             await p.wait()
             return 124, f"timed out after {timeout:.0f} s"
@@ -182,7 +182,7 @@ class Fleet:
     async def copy(self, r: HostRun, blob: bytes) -> None:
         await r.ssh.step("copy", f"rm -rf {STAGE} && mkdir -p {STAGE} && tar -C {STAGE} -xf -", stdin=blob)
 
-    async def install(self, r: HostRun, with_config: bool) -> None:
+    async def install(self, r: HostRun) -> None:
         # A venv left by an earlier run gets this orch (same version number, new build) in place of its own.
         # --no-compile: pip would byte-compile every module of every wheel (minutes under emulation);
         # Python compiles what the daemon imports, once.
@@ -190,6 +190,8 @@ class Fleet:
                                     f"else python3 -m venv {VENV}; fi && "
                                     f"{VENV}/bin/pip install -q --no-compile --disable-pip-version-check --no-index "
                                     f"--find-links {STAGE}/wheels orch")
+
+    async def system_install(self, r: HostRun, with_config: bool) -> None:
         cfg = f" --config {STAGE}/daemon.yaml" if with_config else ""
         await r.ssh.step("system install", f"{ORCH} system install{cfg}")
 
@@ -205,7 +207,8 @@ class Fleet:
                 return
             await self.timed(r, "packages", self.check(r, runtime))
             await self.timed(r, "copy", self.copy(r, blob))
-            await self.timed(r, "install", self.install(r, with_config))
+            await self.timed(r, "install", self.install(r))
+            await self.timed(r, "system install", self.system_install(r, with_config))
             r.state = "installed"
         except StepError:
             pass
@@ -263,8 +266,10 @@ class Fleet:
 
     def summary(self, leader: HostRun | None) -> int:
         self.echo("")
-        cols = ("copy", "install", "init", "join")
-        self.echo(f"{'HOST':<24} {'RESULT':<20} {'ROLE':<8} " + " ".join(f"{c.upper():>8}" for c in cols)
+        # Seconds per step (connect and the package check are in TOTAL); SERVICE is `orch system install`:
+        # the unit written, the daemon started and answering.
+        cols = {"copy": "COPY", "install": "INSTALL", "system install": "SERVICE", "init": "INIT", "join": "JOIN"}
+        self.echo(f"{'HOST':<24} {'RESULT':<20} {'ROLE':<8} " + " ".join(f"{h:>8}" for h in cols.values())
                   + f" {'TOTAL':>8}")
         for r in self.runs:
             result = r.state if r.state != "failed" else f"failed at {r.failed_step}"
