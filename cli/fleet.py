@@ -31,6 +31,8 @@ from .output import fail
 VENV = "/opt/orch"
 ORCH = f"{VENV}/bin/orch"
 STAGE = "/var/tmp/orch-dist"
+UNIT = "/etc/systemd/system/orch.service"
+CONFIG_DIR = "/etc/orch"
 
 
 class StepError(Exception):
@@ -143,7 +145,10 @@ class Fleet:
             out = await coro
         except StepError as e:
             r.state, r.failed_step, r.output = "failed", e.step, e.output
-            self.say(r, f"FAILED at {e.step}: {e.output.strip()[-2000:]}")
+            out = e.output.strip()
+            if len(out) > 2000:  # the first line says what failed, the end is the latest output
+                out = out[:800] + "\n...\n" + out[-1200:]
+            self.say(r, f"FAILED at {e.step}: {out}")
             raise
         r.times[step] = time.monotonic() - t
         self.say(r, f"{step} done ({r.times[step]:.1f} s)")
@@ -206,12 +211,28 @@ class Fleet:
                 self.say(r, f"already a {r.role} of the cluster: left as it is")
                 return
             await self.timed(r, "packages", self.check(r, runtime))
+        except StepError:
+            return
+        # A host with nothing of orch on it is left that way when a step fails (an earlier install is not
+        # touched: it may be an upgrade that the operator wants to look at).
+        rc, _ = await r.ssh.run(f"test -e {VENV} || test -e {UNIT} || test -e {CONFIG_DIR}", timeout=60)
+        fresh = rc == 1
+        try:
             await self.timed(r, "copy", self.copy(r, blob))
             await self.timed(r, "install", self.install(r))
             await self.timed(r, "system install", self.system_install(r, with_config))
             r.state = "installed"
         except StepError:
-            pass
+            if fresh:
+                await self.roll_back(r)
+
+    async def roll_back(self, r: HostRun) -> None:
+        rc, out = await r.ssh.run(f"if test -x {ORCH}; then {ORCH} system uninstall --purge; fi; "
+                                  f"rm -rf {VENV} {STAGE}", timeout=300)
+        if rc == 0:
+            self.say(r, "rolled back: nothing of orch is left on it")
+        else:
+            self.say(r, f"could not roll back ({out.strip()[-1000:]}): run `orch fleet down {r.ssh.target}`")
 
     async def init(self, r: HostRun) -> None:
         adv = _advertise(r.ssh.addr)

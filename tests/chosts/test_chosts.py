@@ -171,6 +171,21 @@ def test_bad_input_is_named_with_its_step_and_nothing_is_half_installed(
     assert "nothing was installed" in r.stdout
     assert nothing_of_orch(fl, h4) == []
 
+    # A daemon that does not start (a drop-in of the machine's makes it exit): named with its step, and
+    # what was copied and installed on the fresh host is rolled back.
+    dropin = "/etc/systemd/system/orch.service.d"
+    fl.ssh(h4, f"mkdir -p {dropin} && printf '[Service]\\nExecStart=\\nExecStart=/bin/false\\nRestart=no\\n' "
+               f"> {dropin}/broken.conf")
+    try:
+        r = fleet_up(fl, wheels, config, h4.target)
+    finally:
+        fl.ssh(h4, f"rm -rf {dropin} && systemctl daemon-reload && systemctl reset-failed")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"[{h4.target}] FAILED at system install: error: system install: wait for the daemon: the service is " \
+           "failed" in " ".join(r.stdout.split()), r.stdout
+    assert f"[{h4.target}] rolled back: nothing of orch is left on it" in r.stdout, r.stdout
+    assert nothing_of_orch(fl, h4) == []
+
 
 def test_fleet_up_three_hosts_then_a_fourth(fleet: chosts.Fleet, wheels: Path, config: Path) -> None:
     fl = fleet
