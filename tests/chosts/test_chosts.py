@@ -72,6 +72,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[chosts.Fleet]:
     assert not os.path.exists(fl.dockerd.data_root) and not os.path.exists(fl.dockerd.exec_root)
     assert not os.path.exists(f"/sys/class/net/{fl.bridge}")
     assert not chosts._mounts_under(str(fl.dockerd.data_root))
+    assert not chosts._cgroups(fl.dockerd.cgroup_parent)
     assert (_forward_policy(), _docker_rules(fl)) == (policy, [])
 
 

@@ -23,8 +23,10 @@ separate kernels).
   the host side of its bridge is the only address they reach (a registry
   there serves the test images).
 - Teardown (always): containers, volumes, the network, the image, dockerd
-  (by pid) and its containerd, mounts under the data root, the data and
-  exec roots.
+  (by pid) and its containerd, mounts under the data root, the run's cgroup
+  parent (dockerd --cgroup-parent /orch-chosts-RID), the data and exec
+  roots. A run killed before its teardown is swept by the next `up()` (its
+  owner pid is gone): its dockerd, bridge, mounts, cgroups and files.
 """
 
 from __future__ import annotations
@@ -211,7 +213,11 @@ class Dockerd:
     data_root: Path
     exec_root: Path
     pid: int = 0
-    cgroups_before: frozenset[str] = frozenset()
+
+    @property
+    def cgroup_parent(self) -> str:
+        """The cgroup its containers go under (/sys/fs/cgroup/*/orch-chosts-RID): the run's own."""
+        return self.exec_root.name
 
     @property
     def sock(self) -> str:
@@ -224,7 +230,6 @@ class Dockerd:
     def start(self, log: Log) -> None:
         self.data_root.mkdir(parents=True)
         self.exec_root.mkdir(parents=True)
-        self.cgroups_before = frozenset(_docker_cgroups())
         cfg = self.data_root / "daemon.json"
         conf: dict[str, Any] = {}  # not /etc/docker/daemon.json: the machine's settings do not apply
         lacking = caps_lacking()
@@ -239,7 +244,7 @@ class Dockerd:
         argv = [shutil.which("dockerd", path=os.environ.get("PATH", "") + ":/usr/sbin") or "dockerd",
                 "--config-file", str(cfg), "--data-root", str(self.data_root / "data"),
                 "--exec-root", str(self.exec_root), "--host", self.url,
-                "--pidfile", str(self.exec_root / "dockerd.pid"),
+                "--pidfile", str(self.exec_root / "dockerd.pid"), "--cgroup-parent", f"/{self.cgroup_parent}",
                 "--iptables=false", "--ip6tables=false", "--ip-forward=false", "--ip-masq=false",
                 "--bridge=none", "--userland-proxy=false", "--storage-driver=overlay2", "--log-level=warn"]
         with open(self.data_root / "dockerd.log", "ab") as logf:
@@ -284,8 +289,8 @@ class Dockerd:
         for root in (self.exec_root, self.data_root):
             for mp in _mounts_under(str(root)):
                 subprocess.run(["umount", "-l", mp], capture_output=True, check=False)
-        # The cgroup parent dockerd made (/sys/fs/cgroup/*/docker), when it did not exist before.
-        for d in sorted(set(_docker_cgroups()) - self.cgroups_before):
+        # The run's cgroup parent, in every hierarchy.
+        for d in _cgroups(self.cgroup_parent):
             for sub in sorted(Path(d).rglob("*"), key=lambda s: len(s.parts), reverse=True):
                 if sub.is_dir():
                     _rmdir_quietly(sub)
@@ -294,9 +299,9 @@ class Dockerd:
         shutil.rmtree(self.data_root, ignore_errors=True)
 
 
-def _docker_cgroups() -> list[str]:
+def _cgroups(name: str) -> list[str]:
     base = Path("/sys/fs/cgroup")
-    dirs = [base / "docker", *(d / "docker" for d in base.iterdir() if d.is_dir())] if base.is_dir() else []
+    dirs = [base / name, *(d / name for d in base.iterdir() if d.is_dir())] if base.is_dir() else []
     return [str(d) for d in dirs if d.is_dir()]
 
 
@@ -476,12 +481,14 @@ def up(n: int, log: Log = print) -> Fleet:
     tar, build_s = build_rootfs(log)
     if build_s:
         log(f"image: root filesystem built in {build_s:.1f} s ({tar.stat().st_size >> 20} MiB tar)")
+    sweep_stale(log)
     rid = uuid.uuid4().hex[:6]
     fl = Fleet(rid, Dockerd(Path(f"/var/tmp/orch-chosts-{rid}"), Path(f"/run/orch-chosts-{rid}")),
                Path(f"/var/tmp/orch-chosts-{rid}/run"), log=log)
     try:
         fl.dockerd.start(log)
         fl.run_dir.mkdir()
+        (fl.dockerd.data_root / "owner.pid").write_text(f"{os.getpid()}\n")
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", fl.key], check=True)
         # testcontainers finds the engine through DOCKER_HOST; its reaper (Ryuk) would need Docker Hub.
         from testcontainers.core.config import testcontainers_config
@@ -518,6 +525,30 @@ def up(n: int, log: Log = print) -> Fleet:
     except BaseException:
         down(fl)
         raise
+
+
+def sweep_stale(log: Log = print) -> None:
+    """What runs killed before their teardown left (their owner process is gone): their dockerd (which
+    stops its containers), bridge, mounts and directories."""
+    for data_root in Path("/var/tmp").glob("orch-chosts-*"):
+        rid = data_root.name.removeprefix("orch-chosts-")
+        try:
+            owner = int((data_root / "owner.pid").read_text())
+        except (OSError, ValueError):
+            owner = 0
+        if owner and _alive(owner):
+            continue
+        if not owner and time.time() - data_root.stat().st_mtime < 600:
+            continue  # a run starting right now (it writes owner.pid once its dockerd answers)
+        d = Dockerd(data_root, Path(f"/run/orch-chosts-{rid}"))
+        try:
+            d.pid = int((d.exec_root / "dockerd.pid").read_text())
+        except (OSError, ValueError):
+            d.pid = 0
+        log(f"sweep: run {rid} (owner gone): dockerd {d.pid or '-'}, its bridge and files removed")
+        d.stop()
+        if os.path.exists(f"/sys/class/net/orchch{rid}"):
+            subprocess.run(["ip", "link", "delete", f"orchch{rid}"], capture_output=True, check=False)
 
 
 def down(fl: Fleet) -> None:
