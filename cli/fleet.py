@@ -31,6 +31,8 @@ from .output import fail
 VENV = "/opt/orch"
 ORCH = f"{VENV}/bin/orch"
 STAGE = "/var/tmp/orch-dist"
+UNIT = "/etc/systemd/system/orch.service"
+CONFIG_DIR = "/etc/orch"
 
 
 class StepError(Exception):
@@ -73,7 +75,7 @@ class SSH:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             out, _ = await asyncio.wait_for(p.communicate(stdin), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             p.kill()
             await p.wait()
             return 124, f"timed out after {timeout:.0f} s"
@@ -143,7 +145,10 @@ class Fleet:
             out = await coro
         except StepError as e:
             r.state, r.failed_step, r.output = "failed", e.step, e.output
-            self.say(r, f"FAILED at {e.step}: {e.output.strip()[-2000:]}")
+            out = e.output.strip()
+            if len(out) > 2000:  # the first line says what failed, the end is the latest output
+                out = out[:800] + "\n...\n" + out[-1200:]
+            self.say(r, f"FAILED at {e.step}: {out}")
             raise
         r.times[step] = time.monotonic() - t
         self.say(r, f"{step} done ({r.times[step]:.1f} s)")
@@ -182,7 +187,7 @@ class Fleet:
     async def copy(self, r: HostRun, blob: bytes) -> None:
         await r.ssh.step("copy", f"rm -rf {STAGE} && mkdir -p {STAGE} && tar -C {STAGE} -xf -", stdin=blob)
 
-    async def install(self, r: HostRun, with_config: bool) -> None:
+    async def install(self, r: HostRun) -> None:
         # A venv left by an earlier run gets this orch (same version number, new build) in place of its own.
         # --no-compile: pip would byte-compile every module of every wheel (minutes under emulation);
         # Python compiles what the daemon imports, once.
@@ -190,6 +195,8 @@ class Fleet:
                                     f"else python3 -m venv {VENV}; fi && "
                                     f"{VENV}/bin/pip install -q --no-compile --disable-pip-version-check --no-index "
                                     f"--find-links {STAGE}/wheels orch")
+
+    async def system_install(self, r: HostRun, with_config: bool) -> None:
         cfg = f" --config {STAGE}/daemon.yaml" if with_config else ""
         await r.ssh.step("system install", f"{ORCH} system install{cfg}")
 
@@ -204,11 +211,28 @@ class Fleet:
                 self.say(r, f"already a {r.role} of the cluster: left as it is")
                 return
             await self.timed(r, "packages", self.check(r, runtime))
+        except StepError:
+            return
+        # A host with nothing of orch on it is left that way when a step fails (an earlier install is not
+        # touched: it may be an upgrade that the operator wants to look at).
+        rc, _ = await r.ssh.run(f"test -e {VENV} || test -e {UNIT} || test -e {CONFIG_DIR}", timeout=60)
+        fresh = rc == 1
+        try:
             await self.timed(r, "copy", self.copy(r, blob))
-            await self.timed(r, "install", self.install(r, with_config))
+            await self.timed(r, "install", self.install(r))
+            await self.timed(r, "system install", self.system_install(r, with_config))
             r.state = "installed"
         except StepError:
-            pass
+            if fresh:
+                await self.roll_back(r)
+
+    async def roll_back(self, r: HostRun) -> None:
+        rc, out = await r.ssh.run(f"if test -x {ORCH}; then {ORCH} system uninstall --purge; fi; "
+                                  f"rm -rf {VENV} {STAGE}", timeout=300)
+        if rc == 0:
+            self.say(r, "rolled back: nothing of orch is left on it")
+        else:
+            self.say(r, f"could not roll back ({out.strip()[-1000:]}): run `orch fleet down {r.ssh.target}`")
 
     async def init(self, r: HostRun) -> None:
         adv = _advertise(r.ssh.addr)
@@ -263,8 +287,10 @@ class Fleet:
 
     def summary(self, leader: HostRun | None) -> int:
         self.echo("")
-        cols = ("copy", "install", "init", "join")
-        self.echo(f"{'HOST':<24} {'RESULT':<20} {'ROLE':<8} " + " ".join(f"{c.upper():>8}" for c in cols)
+        # Seconds per step (connect and the package check are in TOTAL); SERVICE is `orch system install`:
+        # the unit written, the daemon started and answering.
+        cols = {"copy": "COPY", "install": "INSTALL", "system install": "SERVICE", "init": "INIT", "join": "JOIN"}
+        self.echo(f"{'HOST':<24} {'RESULT':<20} {'ROLE':<8} " + " ".join(f"{h:>8}" for h in cols.values())
                   + f" {'TOTAL':>8}")
         for r in self.runs:
             result = r.state if r.state != "failed" else f"failed at {r.failed_step}"
