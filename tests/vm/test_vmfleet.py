@@ -128,9 +128,20 @@ def test_fleet_up_a_service_and_a_reboot(fleet: vmfleet.Fleet, wheels: Path, tmp
     assert f"[{vm2.target}] already a worker of the cluster: left as it is" in r.stdout
     assert f"[{vm3.target}] join done" in r.stdout
 
-    nodes = json.loads(orch(fl, vm1, "node", "ls", "--format", "json"))
-    assert sorted((n["description"]["hostname"], n["role"], n["status"]["state"]) for n in nodes) == [
-        ("vm1", "manager", "ready"), ("vm2", "worker", "ready"), ("vm3", "worker", "ready")]
+    # `join done` is the node's certificate and record; READY is its agent's first session with a
+    # manager, which comes later under emulation (fleet up's own node ls may still show it Down).
+    t0 = time.monotonic()
+    nodes: list[dict[str, Any]] = []
+
+    def all_ready() -> bool | str:
+        nodes[:] = json.loads(orch(fl, vm1, "node", "ls", "--format", "json"))
+        got = sorted((n["description"]["hostname"], n["role"], n["status"]["state"]) for n in nodes)
+        return got == [("vm1", "manager", "ready"), ("vm2", "worker", "ready"), ("vm3", "worker", "ready")] or \
+            str(got)
+
+    wait_for("the three nodes READY", all_ready, 180)
+    print(f"[fleet up + vm3] all three nodes READY {time.monotonic() - t0:.1f} s after fleet up returned",
+          flush=True)
     for vm in fl.vms:
         assert fl.ssh(vm, "systemctl is-enabled orch; systemctl is-active orch").stdout.split() == \
             ["enabled", "active"]
