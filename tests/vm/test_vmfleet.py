@@ -1,5 +1,8 @@
 """orch installed on 3 fresh Debian 12 VMs (each its own kernel, pure cgroup
-v2) by `orch fleet up`, a service across them, a reboot.
+v2) by `orch fleet up`, services across them, a reboot; then, on the same
+fleet, a service on an overlay network across the VMs, the engine's memory,
+pids and cpu limits with runc and with crun, and a VM powered off (last: it
+stays off).
 
 The VMs come from tests/harness/vmfleet.py; `orch fleet up` runs inside the
 fleet's network namespace (the only place the VMs are reachable from) with
