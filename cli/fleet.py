@@ -103,6 +103,7 @@ class HostRun:
     output: str = ""
     times: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    node_id: str = ""  # once it joined (or made) the cluster
 
 
 def _advertise(addr: str) -> str | None:
@@ -238,12 +239,18 @@ class Fleet:
         adv = _advertise(r.ssh.addr)
         await r.ssh.step("init", f"{ORCH} init" + (f" --advertise-addr {adv}" if adv else ""))
         r.state, r.role = "joined", "manager"
+        await self._learn_node_id(r)
 
     async def join(self, r: HostRun, token: str, manager: str, role: str) -> None:
         adv = _advertise(r.ssh.addr)
         await r.ssh.step("join", f"{ORCH} join --token {shlex.quote(token)}"
                                  + (f" --advertise-addr {adv}" if adv else "") + f" {shlex.quote(manager)}")
         r.state, r.role = "joined", role
+        await self._learn_node_id(r)
+
+    async def _learn_node_id(self, r: HostRun) -> None:
+        st = await self.status(r)
+        r.node_id = str(((st or {}).get("daemon") or {}).get("cluster", {}).get("node_id") or "")
 
     async def up(self, blob: bytes, with_config: bool, runtime: str, managers: int) -> int:
         await asyncio.gather(*(self.prepare(r, blob, with_config, runtime) for r in self.runs))
@@ -301,7 +308,32 @@ class Fleet:
         return 1 if any(r.state == "failed" for r in self.runs) else 0
 
 
-async def _node_ls(leader: HostRun, echo: Any) -> None:
+READY_WAIT = 120.0
+"""Seconds `fleet up` waits for the nodes it joined to be READY (a join
+returns before the node's agent has its first session) before `node ls`."""
+
+
+async def _node_ls(leader: HostRun, runs: list[HostRun], echo: Any, wait: float = READY_WAIT) -> None:
+    joined = {r.node_id: r.ssh.target for r in runs if r.state == "joined" and r.node_id}
+    deadline = time.monotonic() + wait
+    said = False
+    while joined:
+        rc, out = await leader.ssh.run(f"{ORCH} node ls --format json", timeout=60)
+        try:
+            states = {n["id"]: n["status"]["state"] for n in json.loads(out[out.index("["):])} if rc == 0 else {}
+        except (ValueError, KeyError, TypeError):
+            states = {}
+        waiting = sorted(t for i, t in joined.items() if states.get(i) != "ready")
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            echo(f"not READY after {wait:.0f} s: {', '.join(waiting)} (see `orch node ls` and the host's "
+                 "`journalctl -u orch`)")
+            break
+        if not said:
+            echo(f"waiting for {len(waiting)} joined node(s) to report READY...")
+            said = True
+        await asyncio.sleep(1.0)
     rc, out = await leader.ssh.run(f"{ORCH} node ls")
     echo("")
     echo(out.rstrip() if rc == 0 else f"orch node ls failed on {leader.ssh.target}: {out.strip()}")
@@ -368,7 +400,7 @@ def up(hosts: tuple[str, ...], managers: int, dist: str, config_file: str | None
                 rc = await fl.up(blob, text is not None, runtime, managers)
                 leader = next((r for r in fl.runs if r.role == "manager" and r.state != "failed"), None)
                 if leader is not None:
-                    await _node_ls(leader, click.echo)
+                    await _node_ls(leader, fl.runs, click.echo)
                 return rc
             finally:
                 await asyncio.gather(*(h.close() for h in hs))

@@ -195,6 +195,12 @@ def test_fleet_up_three_hosts_then_a_fourth(fleet: chosts.Fleet, wheels: Path, c
     r = fleet_up(fl, wheels, config, h1.target, h2.target, h3.target)
     print(f"[fleet up 3 container hosts] {time.monotonic() - t0:.1f} s\n{r.stdout}", flush=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    # fleet up returns once the nodes it joined are READY (a join returns
+    # before the agent's first session): the node table it printed says so.
+    table = r.stdout[r.stdout.rindex("HOSTNAME"):].splitlines()
+    for h in ("host1", "host2", "host3"):
+        row = next(line for line in table if f" {h} " in line)
+        assert "Ready" in row, table
 
     # The second run adds host4 and leaves the others alone (their daemons are not restarted).
     pids = {h.name: fl.ssh(h, "systemctl show -p MainPID --value orch").stdout.strip() for h in (h1, h2, h3)}
