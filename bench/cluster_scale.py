@@ -268,6 +268,8 @@ class Cluster:
             mport = free_port()
             node = LoopNode(f"m{i + 1}", d, free_port(), f"orch-bench-cl{tag}-{i + 1}",
                             ["--heartbeat-period", str(args.period), "--metrics-addr", f"127.0.0.1:{mport}",
+                             "--snapshot-every", str(args.snapshot_every),
+                             *(["--election-ticks", str(args.election_ticks)] if args.election_ticks else []),
                              "--log-level", "info"])
             self.managers.append(node)
             self.metrics_port[node.name] = mport
@@ -317,6 +319,8 @@ class Cluster:
             time.sleep(0.5)
 
     def close(self) -> None:
+        if self.args.keep:
+            print(f"keeping {self.base} (--keep)", flush=True)
         for a in self.agents:
             if a.poll() is None:
                 a.kill()
@@ -330,7 +334,8 @@ class Cluster:
                     break
                 except OSError:
                     time.sleep(0.1)
-        shutil.rmtree(self.base, ignore_errors=True)
+        if not self.args.keep:
+            shutil.rmtree(self.base, ignore_errors=True)
 
     # -- queries --
 
@@ -433,8 +438,12 @@ def create_phase(cl: Cluster, args: argparse.Namespace) -> dict[str, Any]:
     watcher = cl.follower()
     ph = Phase(cl, leader)
     for i in range(args.services):
-        code, body = api(leader, "POST", "/v1/services", service_spec(f"s{i}", args.replicas))
-        if code != 201:
+        for _attempt in range(5):
+            code, body = api(leader, "POST", "/v1/services", service_spec(f"s{i}", args.replicas))
+            if code in (201, 409):  # 409: an attempt that timed out took effect after all
+                break
+            print(f"  create s{i}: HTTP {code}: {body}; again", flush=True)
+        else:
             raise SystemExit(f"create s{i}: HTTP {code}: {body}")
     created_s = time.monotonic() - ph.t0
     rss_at_10k: dict[str, float] = {}
@@ -572,7 +581,9 @@ def report(r: dict[str, Any], args: argparse.Namespace) -> None:
     c, f, rs, d = r["create"], r["failover"], r["restore"], r["scale_down"]
     total = c["tasks"]
     print(f"\n== {args.nodes:,} nodes, {args.services} services x {args.replicas:,} = {total:,} tasks; "
-          f"3 managers (fsync on), heartbeat period {args.period:g} s; {os.cpu_count()} CPUs; "
+          f"3 managers (fsync on, snapshot every {args.snapshot_every:,} entries, election after "
+          f"{args.election_ticks or 10} ticks of 100 ms), heartbeat period "
+          f"{args.period:g} s; {os.cpu_count()} CPUs; "
           f"load average at start {r['load_start'][0]:.1f}, end {r['load_end'][0]:.1f}")
     print(f"setup: {args.nodes} joins in {r['join_s']:.1f} s")
 
@@ -644,6 +655,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _interrupted(signum: int, frame: Any) -> None:
+    # Once: a second signal (timeout(1) forwards its own, Ctrl-C pressed
+    # twice) must not break off the cleanup the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
@@ -654,8 +669,15 @@ def main() -> None:
     ap.add_argument("--replicas", type=int, default=1000, help="replicas per service (default 1,000)")
     ap.add_argument("--procs", type=int, default=4, help="agent processes (default 4)")
     ap.add_argument("--period", type=float, default=5.0, help="heartbeat period (s), default Swarm's 5")
+    ap.add_argument("--snapshot-every", type=int, default=1000,
+                    help="the managers' --snapshot-every (entries; default 1,000 here, 10,000 in the daemon: "
+                         "a run makes a few thousand entries of up to 200 writes, so the default would take "
+                         "no snapshot to measure)")
+    ap.add_argument("--election-ticks", type=int, default=0,
+                    help="the managers' --election-ticks (default: the daemon's, 10 ticks of 100 ms)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds any one wait may take")
     ap.add_argument("--json", action="store_true", help="the figures as JSON too")
+    ap.add_argument("--keep", action="store_true", help="keep the managers' data and logs (path printed)")
     ap.add_argument("--agent-worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.agent_worker:
@@ -663,6 +685,7 @@ def main() -> None:
         return
     # Ctrl-C and SIGTERM both unwind through the cleanup.
     signal.signal(signal.SIGTERM, _interrupted)
+    signal.signal(signal.SIGINT, _interrupted)
     r = run(args)
     report(r, args)
     if args.json:
