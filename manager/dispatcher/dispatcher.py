@@ -508,6 +508,10 @@ class Dispatcher:
             return ws
         peer = request.transport.get_extra_info("peername") if request.transport else None
         addr = reg.addr or (str(peer[0]) if peer else "")
+        # Heard from now: a liveness check running while the registration is
+        # being committed must not mark the node DOWN right after it (nothing
+        # would mark it READY again while this session lives).
+        self.last_seen[node_id] = self.clock()
         try:
             await self._mark_ready(node, reg.description, addr)
         except (RaftError, TxFailed) as e:

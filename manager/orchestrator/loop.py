@@ -14,9 +14,9 @@ Most changes are to tasks and services, and a pass after them is partial:
 it reconciles only the services whose tasks or spec changed since (read
 from the store's indexes), plus those with tasks waiting to be placed, so
 its cost follows what changed, not the size of the store. A full pass
-(every service, every task) follows a change to anything else (nodes, the
-cluster, networks...), a write that failed, a wake-up time coming due, and
-at least every `full_every` seconds.
+(every service, every task) follows a change to anything else (a node as
+the passes see it, the cluster, networks...), a write that failed, a
+wake-up time coming due, and at least every `full_every` seconds.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ from api.probe import NULL_PROBE, Probe
 from manager.raft.driver import RaftError, RaftNode
 from manager.store import MemoryStore
 from manager.store.errors import WatchError
-from manager.store.watch import Event
+from manager.store.watch import Event, EventAction
 from manager.tx import TxFailed, commit
 
 from manager.allocator.stage import TABLES as ALLOCATOR_TABLES
 from manager.allocator.stage import NetworkStage
 
 from .placement import PlacementCache
-from .reconcile import plan
+from .reconcile import plan, same_to_orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class Orchestrator:
     """A `manager.leadership.Leader`: `lead()` runs while this manager leads."""
 
     def __init__(self, raft: RaftNode, store: MemoryStore, *, batch: int = 200, idle: float = 1.0,
-                 full_every: float = 10.0, probe: Probe = NULL_PROBE) -> None:
+                 full_every: float = 30.0, probe: Probe = NULL_PROBE) -> None:
         self.raft = raft
         self.probe = probe
         self.store = store
@@ -90,6 +90,9 @@ class Orchestrator:
                     changed.add(ev.obj.service_id)
                 elif ev.table == "services":
                     changed.add(ev.obj.id)
+                elif (ev.table == "nodes" and ev.action is EventAction.UPDATE
+                      and same_to_orchestrator(ev.old, ev.obj)):
+                    continue  # a write the passes cannot tell from none (a session's registration)
                 else:
                     changed = None
 

@@ -151,6 +151,17 @@ class _Context:
         return r
 
 
+def same_to_orchestrator(old: Node | None, new: Node | None) -> bool:
+    """Whether a pass reads the same from both versions of a node: its
+    state, availability and what the scheduler's filters see (`node_info`).
+    A node written again unchanged in these (an agent registering anew)
+    changes no decision."""
+    if old is None or new is None:
+        return False
+    return (old.status.state == new.status.state and old.spec.availability == new.spec.availability
+            and node_info(old) == node_info(new))
+
+
 def live(t: Task, nodes: dict[str, Node]) -> bool:
     """Wanted running, not ended, and not stranded on a lost or drained node."""
     if t.desired_state > TaskState.RUNNING or t.status.state.terminal:

@@ -25,7 +25,7 @@ from api.objects import (
     UpdateOrder,
     evolve,
 )
-from manager.orchestrator.reconcile import plan, waiting_services
+from manager.orchestrator.reconcile import plan, same_to_orchestrator, waiting_services
 from manager.store import Create, Delete, Update
 
 from .test_reconcile import Cluster, GiB, mknode, mkservice
@@ -183,3 +183,16 @@ def test_a_node_going_down_is_left_to_a_full_pass() -> None:
     c.tx(Update("nodes", evolve(n1, status__state=NodeState.DOWN)))
     assert plan(c.store.view(), c.now, services_changed=set()).ops == []
     assert plan(c.store.view(), c.now).ops != []
+
+
+def test_a_node_written_again_unchanged_needs_no_full_pass() -> None:
+    """The loop makes the pass after a node event full unless the node reads
+    the same to a pass (an agent registering anew rewrites it)."""
+    n = mknode("n1", zone="eu")
+    again = evolve(n, status__addr="10.0.0.9", status__message="")
+    assert same_to_orchestrator(n, again)
+    assert not same_to_orchestrator(n, evolve(n, status__state=NodeState.DOWN))
+    assert not same_to_orchestrator(n, evolve(n, spec__availability=NodeAvailability.DRAIN))
+    assert not same_to_orchestrator(n, evolve(n, spec__labels={"zone": "us"}))
+    assert not same_to_orchestrator(n, evolve(n, description__memory_bytes=GiB))
+    assert not same_to_orchestrator(None, n)
