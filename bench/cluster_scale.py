@@ -450,6 +450,7 @@ def create_phase(cl: Cluster, args: argparse.Namespace) -> dict[str, Any]:
             if code in (201, 409):  # 409: an attempt that timed out took effect after all
                 break
             print(f"  create s{i}: HTTP {code}: {body}; again", flush=True)
+            leader = cl.leader(timeout=60)  # it may have changed
         else:
             raise SystemExit(f"create s{i}: HTTP {code}: {body}")
     created_s = time.monotonic() - ph.t0
