@@ -13,7 +13,9 @@ failure is the supervisor's to log and restart.
 Most changes are to tasks and services, and a pass after them is partial:
 it reconciles only the services whose tasks or spec changed since (read
 from the store's indexes), plus those with tasks waiting to be placed, so
-its cost follows what changed, not the size of the store. A full pass
+its cost follows what changed, not the size of the store. A task's status
+report that cannot change any decision (`reconcile.quiet_task_change`: a
+running start, outside of updates) does not count as a change. A full pass
 (every service, every task) follows a change to anything else (a node as
 the passes see it, the cluster, networks...), a write that failed, a
 wake-up time coming due, and at least every `full_every` seconds.
@@ -37,7 +39,7 @@ from manager.allocator.stage import TABLES as ALLOCATOR_TABLES
 from manager.allocator.stage import NetworkStage
 
 from .placement import PlacementCache
-from .reconcile import plan, same_to_orchestrator
+from .reconcile import plan, quiet_task_change, same_to_orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +85,14 @@ class Orchestrator:
         def take(events: Sequence[Event]) -> None:
             nonlocal changed
             self.allocator.observe(events)  # releases of what the store no longer holds
+            view = self.store.view()
             for ev in events:
                 if changed is None:
                     return
                 if ev.table == "tasks":
-                    changed.add(ev.obj.service_id)
+                    if ev.obj.service_id not in changed and not (
+                            ev.action is EventAction.UPDATE and quiet_task_change(ev.old, ev.obj, view)):
+                        changed.add(ev.obj.service_id)
                 elif ev.table == "services":
                     changed.add(ev.obj.id)
                 elif (ev.table == "nodes" and ev.action is EventAction.UPDATE

@@ -162,6 +162,39 @@ def same_to_orchestrator(old: Node | None, new: Node | None) -> bool:
             and node_info(old) == node_info(new))
 
 
+_SETTLED_UPDATES = (None, UpdateState.COMPLETED, UpdateState.ROLLBACK_COMPLETED)
+
+
+def quiet_task_change(old: Task | None, new: Task, view: Any) -> bool:
+    """Whether a pass over the task's service decides the same after this
+    change as before it, so the change need not make the service's next
+    pass: a task of a replicated service with no update under way, alone in
+    its slot, moved forward by its node between ASSIGNED and RUNNING, and
+    nothing else about it changed. Such a task is live before and after,
+    so no slot, restart, scale-down, reaping or placement decision reads
+    the difference; only a rolling update (its batch in flight), a
+    start-first replacement (its old task waits for the new one to run)
+    and a dependent's gate do, and the first two are excluded here while the
+    third is re-read on every pass while the dependent waits."""
+    if old is None or old.id != new.id or old.status.state == new.status.state:
+        return False
+    if not (TaskState.ASSIGNED <= old.status.state < new.status.state <= TaskState.RUNNING):
+        return False
+    if new.desired_state != TaskState.RUNNING or not new.slot:
+        return False
+    if evolve(new, status=old.status, meta=old.meta) != old:
+        return False
+    svc = view.get("services", new.service_id)
+    if svc is None or svc.spec.mode != ServiceMode.REPLICATED or new.spec_version != svc.spec_version:
+        return False
+    if new.slot > svc.spec.replicas:
+        return False
+    if (svc.update_status.state if svc.update_status is not None else None) not in _SETTLED_UPDATES:
+        return False
+    return all(t.id == new.id or t.desired_state > TaskState.RUNNING
+               for t in view.find("tasks", "slot", (new.service_id, new.slot)))
+
+
 def live(t: Task, nodes: dict[str, Node]) -> bool:
     """Wanted running, not ended, and not stranded on a lost or drained node."""
     if t.desired_state > TaskState.RUNNING or t.status.state.terminal:
