@@ -34,8 +34,8 @@ vm-up:              ## 3 Debian 12 VMs under qemu (image from Debian packages, c
 vm-down:            ## stop the VMs, remove their namespace, taps and overlays
 	$(PY) -m tests.harness.vmfleet down
 
-test-vm:            ## orch fleet up on 3 fresh VMs, a service across them, a reboot (needs qemu; ~10 min under emulation)
-	ORCH_VM_TESTS=1 $(PY) -m pytest -q -m vm -p no:cacheprovider tests/vm
+test-vm:            ## orch fleet up on 3 fresh VMs, services and an overlay network across them, a reboot, a VM powered off, engine limits with runc and crun (needs qemu; prints the time of each phase)
+	ORCH_VM_TESTS=1 PYTHONPATH=$(CURDIR) $(PY) -m pytest -q -s -m vm -p no:cacheprovider tests/vm
 
 cluster-up:         ## a local fleet: 3 managers + 2 workers, each host a network namespace (state in .fleet/)
 	$(PY) -m tests.harness.fleet_cluster up

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -216,21 +217,29 @@ def host_ports(prefix: str, tasks: Iterable[Task], networks: Mapping[str, Networ
         if t.id not in ready or not wants_network(t):
             continue
         path = os.path.join(NETNS_DIR, task_netns_name(prefix, t.id))
-        nets = [networks[a.network_id] for a in t.networks if a.network_id in networks]
-        if all(n.spec.internal for n in nets):
-            # Only a namespace with an egress interface can be reached from the
-            # node; an internal ingress network is refused by the managers.
-            log.warning("task %s publishes ports but is on internal networks only; not published", t.id)
-            continue
-        if is_ingress_sandbox(t):
+        if is_ingress_sandbox(t):  # (an internal ingress network is refused by the managers)
             for p in ingress_ports(networks, tables):
                 claim(HostPort(p.protocol, p.published, path, p.published))
             continue
         e = table.get(t.id)
-        for p in e.ports if e is not None else ():
-            if p.mode == "host":
-                claim(HostPort(p.protocol, p.published, path, p.target))
+        own = [p for p in (e.ports if e is not None else ()) if p.mode == "host"]
+        if not own:
+            continue
+        nets = [networks[a.network_id] for a in t.networks if a.network_id in networks]
+        if all(n.spec.internal for n in nets):
+            # Only a namespace with an egress interface can be reached from the node.
+            _warn_once(f"task {t.id} publishes ports in host mode but is on internal networks only; "
+                       "not published")
+            continue
+        for p in own:
+            claim(HostPort(p.protocol, p.published, path, p.target))
     return tuple(out[k] for k in sorted(out))
+
+
+@functools.lru_cache(maxsize=1024)
+def _warn_once(message: str) -> None:
+    """Log a warning the first time (the tables are recomputed at every change)."""
+    log.warning("%s", message)
 
 
 class TaskNetworks:

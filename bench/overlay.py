@@ -779,6 +779,20 @@ def leftovers(run_id: str, base_dir: str, pids: list[int], outside_before: dict[
     return out
 
 
+def swarm_unavailable(skip: bool, *, host_ports: bool = False) -> str:
+    """Why Swarm's side will not be measured ("" when it will): --skip-swarm, or
+    Debian's docker.io (or iptables, which dockerd needs for host-mode ports) missing."""
+    from container_start import DOCKER_CLI, DOCKERD
+
+    if skip:
+        return "skipped (--skip-swarm)"
+    if not (os.path.exists(DOCKERD) and os.path.exists(DOCKER_CLI)):
+        return f"not measured: {DOCKERD} or {DOCKER_CLI} is missing (Debian package docker.io)"
+    if host_ports and shutil.which("iptables") is None:
+        return "not measured: dockerd needs iptables for host-mode ports (Debian package iptables)"
+    return ""
+
+
 class FleetRun:
     """One benchmark run on a netns fleet of its own, safe to interrupt.
 
@@ -884,16 +898,11 @@ def main() -> int:
         if shutil.which(tool) is None:
             ap.error(f"needs {tool} (Debian packages: iperf3 util-linux nftables runc conmon libc-bin)")
 
-    from container_start import DOCKER_CLI, DOCKERD
     from tests.fixtures.registry import REGISTRY_BIN
 
     if not os.path.exists(REGISTRY_BIN):
         ap.error(f"needs {REGISTRY_BIN} (Debian package docker-registry)")
-    swarm_note = ""
-    if args.skip_swarm:
-        swarm_note = "skipped (--skip-swarm)"
-    elif not (os.path.exists(DOCKERD) and os.path.exists(DOCKER_CLI)):
-        swarm_note = f"not measured: {DOCKERD} or {DOCKER_CLI} is missing (Debian package docker.io)"
+    swarm_note = swarm_unavailable(args.skip_swarm)
 
     t_start = time.monotonic()
     hosts = ["reg", "a", "b"] + ([] if swarm_note else ["sa", "sb"])

@@ -117,7 +117,7 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from overlay import FleetRun, fmt, log, pct  # noqa: E402  (stdlib only at import)
+from overlay import FleetRun, fmt, log, pct, swarm_unavailable  # noqa: E402  (stdlib only at import)
 
 HTTP_PORT = 8000
 MESH_PORT = 8080
@@ -1388,18 +1388,11 @@ def main() -> int:
     except ImportError:
         ap.error("needs the dnslib Python package (make install)")
 
-    from container_start import DOCKER_CLI, DOCKERD
     from tests.fixtures.registry import REGISTRY_BIN
 
     if not os.path.exists(REGISTRY_BIN):
         ap.error(f"needs {REGISTRY_BIN} (Debian package docker-registry)")
-    swarm_note = ""
-    if args.skip_swarm:
-        swarm_note = "skipped (--skip-swarm)"
-    elif not (os.path.exists(DOCKERD) and os.path.exists(DOCKER_CLI)):
-        swarm_note = f"not measured: {DOCKERD} or {DOCKER_CLI} is missing (Debian package docker.io)"
-    elif shutil.which("iptables") is None:
-        swarm_note = "not measured: dockerd needs iptables for host-mode ports (Debian package iptables)"
+    swarm_note = swarm_unavailable(args.skip_swarm, host_ports=True)
 
     t_start = time.monotonic()
     hosts = ["reg", "ul", "o1", "o2", "o3"] + ([] if swarm_note else ["s1", "s2", "s3"])

@@ -65,14 +65,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tests.harness.fleet import Fleet, Host
+    from tests.harness.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
-from overlay import FleetRun, fmt, log  # noqa: E402  (stdlib only at import)
+from overlay import FleetRun, fmt, log, swarm_unavailable  # noqa: E402  (stdlib only at import)
 from service_net import IMAGE_REPO, IMAGE_TAG, OUTSIDE, build_images, cpu_busy_pct  # noqa: E402
 from service_net import OrchSide as NetOrchSide  # noqa: E402
 from service_net import SwarmSide as NetSwarmSide  # noqa: E402
@@ -428,18 +428,11 @@ def main() -> int:
         if shutil.which(tool) is None:
             ap.error(f"needs {tool} (Debian packages: util-linux nftables runc conmon)")
 
-    from container_start import DOCKER_CLI, DOCKERD
     from tests.fixtures.registry import REGISTRY_BIN
 
     if not os.path.exists(REGISTRY_BIN):
         ap.error(f"needs {REGISTRY_BIN} (Debian package docker-registry)")
-    swarm_note = ""
-    if args.skip_swarm:
-        swarm_note = "skipped (--skip-swarm)"
-    elif not (os.path.exists(DOCKERD) and os.path.exists(DOCKER_CLI)):
-        swarm_note = f"not measured: {DOCKERD} or {DOCKER_CLI} is missing (Debian package docker.io)"
-    elif shutil.which("iptables") is None:
-        swarm_note = "not measured: dockerd needs iptables for host-mode ports (Debian package iptables)"
+    swarm_note = swarm_unavailable(args.skip_swarm, host_ports=True)
 
     t_start = time.monotonic()
     hosts = ["reg", "o1", "o2", "o3"] + ([] if swarm_note else ["s1", "s2", "s3"])

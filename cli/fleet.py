@@ -31,6 +31,8 @@ from .output import fail
 VENV = "/opt/orch"
 ORCH = f"{VENV}/bin/orch"
 STAGE = "/var/tmp/orch-dist"
+UNIT = "/etc/systemd/system/orch.service"
+CONFIG_DIR = "/etc/orch"
 
 
 class StepError(Exception):
@@ -73,7 +75,7 @@ class SSH:
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         try:
             out, _ = await asyncio.wait_for(p.communicate(stdin), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             p.kill()
             await p.wait()
             return 124, f"timed out after {timeout:.0f} s"
@@ -101,6 +103,7 @@ class HostRun:
     output: str = ""
     times: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    node_id: str = ""  # once it joined (or made) the cluster
 
 
 def _advertise(addr: str) -> str | None:
@@ -143,7 +146,10 @@ class Fleet:
             out = await coro
         except StepError as e:
             r.state, r.failed_step, r.output = "failed", e.step, e.output
-            self.say(r, f"FAILED at {e.step}: {e.output.strip()[-2000:]}")
+            out = e.output.strip()
+            if len(out) > 2000:  # the first line says what failed, the end is the latest output
+                out = out[:800] + "\n...\n" + out[-1200:]
+            self.say(r, f"FAILED at {e.step}: {out}")
             raise
         r.times[step] = time.monotonic() - t
         self.say(r, f"{step} done ({r.times[step]:.1f} s)")
@@ -182,7 +188,7 @@ class Fleet:
     async def copy(self, r: HostRun, blob: bytes) -> None:
         await r.ssh.step("copy", f"rm -rf {STAGE} && mkdir -p {STAGE} && tar -C {STAGE} -xf -", stdin=blob)
 
-    async def install(self, r: HostRun, with_config: bool) -> None:
+    async def install(self, r: HostRun) -> None:
         # A venv left by an earlier run gets this orch (same version number, new build) in place of its own.
         # --no-compile: pip would byte-compile every module of every wheel (minutes under emulation);
         # Python compiles what the daemon imports, once.
@@ -190,6 +196,8 @@ class Fleet:
                                     f"else python3 -m venv {VENV}; fi && "
                                     f"{VENV}/bin/pip install -q --no-compile --disable-pip-version-check --no-index "
                                     f"--find-links {STAGE}/wheels orch")
+
+    async def system_install(self, r: HostRun, with_config: bool) -> None:
         cfg = f" --config {STAGE}/daemon.yaml" if with_config else ""
         await r.ssh.step("system install", f"{ORCH} system install{cfg}")
 
@@ -204,22 +212,45 @@ class Fleet:
                 self.say(r, f"already a {r.role} of the cluster: left as it is")
                 return
             await self.timed(r, "packages", self.check(r, runtime))
+        except StepError:
+            return
+        # A host with nothing of orch on it is left that way when a step fails (an earlier install is not
+        # touched: it may be an upgrade that the operator wants to look at).
+        rc, _ = await r.ssh.run(f"test -e {VENV} || test -e {UNIT} || test -e {CONFIG_DIR}", timeout=60)
+        fresh = rc == 1
+        try:
             await self.timed(r, "copy", self.copy(r, blob))
-            await self.timed(r, "install", self.install(r, with_config))
+            await self.timed(r, "install", self.install(r))
+            await self.timed(r, "system install", self.system_install(r, with_config))
             r.state = "installed"
         except StepError:
-            pass
+            if fresh:
+                await self.roll_back(r)
+
+    async def roll_back(self, r: HostRun) -> None:
+        rc, out = await r.ssh.run(f"if test -x {ORCH}; then {ORCH} system uninstall --purge; fi; "
+                                  f"rm -rf {VENV} {STAGE}", timeout=300)
+        if rc == 0:
+            self.say(r, "rolled back: nothing of orch is left on it")
+        else:
+            self.say(r, f"could not roll back ({out.strip()[-1000:]}): run `orch fleet down {r.ssh.target}`")
 
     async def init(self, r: HostRun) -> None:
         adv = _advertise(r.ssh.addr)
         await r.ssh.step("init", f"{ORCH} init" + (f" --advertise-addr {adv}" if adv else ""))
         r.state, r.role = "joined", "manager"
+        await self._learn_node_id(r)
 
     async def join(self, r: HostRun, token: str, manager: str, role: str) -> None:
         adv = _advertise(r.ssh.addr)
         await r.ssh.step("join", f"{ORCH} join --token {shlex.quote(token)}"
                                  + (f" --advertise-addr {adv}" if adv else "") + f" {shlex.quote(manager)}")
         r.state, r.role = "joined", role
+        await self._learn_node_id(r)
+
+    async def _learn_node_id(self, r: HostRun) -> None:
+        st = await self.status(r)
+        r.node_id = str(((st or {}).get("daemon") or {}).get("cluster", {}).get("node_id") or "")
 
     async def up(self, blob: bytes, with_config: bool, runtime: str, managers: int) -> int:
         await asyncio.gather(*(self.prepare(r, blob, with_config, runtime) for r in self.runs))
@@ -263,8 +294,10 @@ class Fleet:
 
     def summary(self, leader: HostRun | None) -> int:
         self.echo("")
-        cols = ("copy", "install", "init", "join")
-        self.echo(f"{'HOST':<24} {'RESULT':<20} {'ROLE':<8} " + " ".join(f"{c.upper():>8}" for c in cols)
+        # Seconds per step (connect and the package check are in TOTAL); SERVICE is `orch system install`:
+        # the unit written, the daemon started and answering.
+        cols = {"copy": "COPY", "install": "INSTALL", "system install": "SERVICE", "init": "INIT", "join": "JOIN"}
+        self.echo(f"{'HOST':<24} {'RESULT':<20} {'ROLE':<8} " + " ".join(f"{h:>8}" for h in cols.values())
                   + f" {'TOTAL':>8}")
         for r in self.runs:
             result = r.state if r.state != "failed" else f"failed at {r.failed_step}"
@@ -275,7 +308,32 @@ class Fleet:
         return 1 if any(r.state == "failed" for r in self.runs) else 0
 
 
-async def _node_ls(leader: HostRun, echo: Any) -> None:
+READY_WAIT = 120.0
+"""Seconds `fleet up` waits for the nodes it joined to be READY (a join
+returns before the node's agent has its first session) before `node ls`."""
+
+
+async def _node_ls(leader: HostRun, runs: list[HostRun], echo: Any, wait: float = READY_WAIT) -> None:
+    joined = {r.node_id: r.ssh.target for r in runs if r.state == "joined" and r.node_id}
+    deadline = time.monotonic() + wait
+    said = False
+    while joined:
+        rc, out = await leader.ssh.run(f"{ORCH} node ls --format json", timeout=60)
+        try:
+            states = {n["id"]: n["status"]["state"] for n in json.loads(out[out.index("["):])} if rc == 0 else {}
+        except (ValueError, KeyError, TypeError):
+            states = {}
+        waiting = sorted(t for i, t in joined.items() if states.get(i) != "ready")
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            echo(f"not READY after {wait:.0f} s: {', '.join(waiting)} (see `orch node ls` and the host's "
+                 "`journalctl -u orch`)")
+            break
+        if not said:
+            echo(f"waiting for {len(waiting)} joined node(s) to report READY...")
+            said = True
+        await asyncio.sleep(1.0)
     rc, out = await leader.ssh.run(f"{ORCH} node ls")
     echo("")
     echo(out.rstrip() if rc == 0 else f"orch node ls failed on {leader.ssh.target}: {out.strip()}")
@@ -342,7 +400,7 @@ def up(hosts: tuple[str, ...], managers: int, dist: str, config_file: str | None
                 rc = await fl.up(blob, text is not None, runtime, managers)
                 leader = next((r for r in fl.runs if r.role == "manager" and r.state != "failed"), None)
                 if leader is not None:
-                    await _node_ls(leader, click.echo)
+                    await _node_ls(leader, fl.runs, click.echo)
                 return rc
             finally:
                 await asyncio.gather(*(h.close() for h in hs))

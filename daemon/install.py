@@ -18,6 +18,7 @@ cgroups, then its files.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -51,8 +52,26 @@ class InstallError(Exception):
         self.step = step
 
 
-def render_unit(orch_bin: str, config_path: str = CONFIG_PATH) -> str:
+# When the host shuts down (not on a restart or a plain stop of the unit),
+# the containers go too: SIGTERM, SIGKILL after 10 s, as `docker stop` does.
+# Without it a container whose PID 1 ignores SIGTERM (a pid namespace's init
+# without a handler: `sleep`) holds the shutdown for systemd's final 90 s.
+SHUTDOWN_STOP = (
+    "/bin/sh -c 'test \"$$(systemctl is-system-running)\" = stopping || exit 0; "
+    "procs() {{ cat $$(find /sys/fs/cgroup -path \"*/{parent}/*\" -name cgroup.procs) 2>/dev/null | sort -u; }}; "
+    "p=$$(procs); test -n \"$$p\" || exit 0; kill -TERM $$p 2>/dev/null; i=0; "
+    "while test -n \"$$(procs)\" && test $$i -lt 100; do sleep 0.1; i=$$((i+1)); done; "
+    "p=$$(procs); test -z \"$$p\" || kill -KILL $$p 2>/dev/null; exit 0'"
+)
+
+
+def render_unit(orch_bin: str, config_path: str = CONFIG_PATH, cgroup_parent: str = "orch") -> str:
     """The systemd unit of `orch daemon` (pure)."""
+    parent = cgroup_parent.strip("/")
+    stop = ""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*", parent):
+        stop = ("# At shutdown only: the containers are stopped (SIGTERM, SIGKILL after 10 s).\n"
+                f"ExecStopPost={SHUTDOWN_STOP.format(parent=parent)}\n")
     return f"""\
 # Written by `orch system install`; `orch system uninstall` removes it.
 [Unit]
@@ -72,7 +91,7 @@ RestartSec=2s
 # Containers (conmon + the OCI runtime) outlive a restart of the daemon,
 # which adopts them again: stopping the unit stops the daemon only.
 KillMode=process
-TimeoutStopSec=30s
+{stop}TimeoutStopSec=30s
 # Not OOM-killed before the containers it runs (they get 0 back).
 OOMScoreAdjust={OOM_SCORE_ADJ}
 LimitNOFILE=1048576
@@ -223,7 +242,8 @@ def install(layout: Layout, orch_bin: str, *, config_text: str | None = None, co
     made = not data.is_dir()
     data.mkdir(mode=0o700, parents=True, exist_ok=True)
     rep.add("data directory", made, str(data))
-    unit_changed = _write_if_changed(layout.unit, render_unit(orch_bin, str(layout.config)), 0o644)
+    unit_changed = _write_if_changed(layout.unit, render_unit(orch_bin, str(layout.config), values["cgroup_parent"]),
+                                     0o644)
     rep.add("unit", unit_changed, str(layout.unit))
 
     # 3. systemd.

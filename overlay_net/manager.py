@@ -258,7 +258,11 @@ class NetworkDataplane:
     def _apply_sync(self, desired: NodeState, only_netns: str | None) -> list[Action]:
         kernel = self._kernel
         try:
-            observed = kernel.observe(desired.underlay_addr)
+            if only_netns is None:
+                observed = kernel.observe(desired.underlay_addr)
+            else:
+                nets = {e.network_id for e in desired.endpoints_of(only_netns)}
+                observed = kernel.observe(desired.underlay_addr, only_netns=only_netns, networks=nets)
             desired = self._complete(desired, observed)
             actions = plan(desired, observed, only_netns=only_netns)
             done: list[Action] = []

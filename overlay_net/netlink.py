@@ -6,8 +6,9 @@ netlink socket belongs to the network namespace it was created in, so
 `Kernel` opens its sockets after entering a namespace with setns(2) on the
 calling thread and returns at once -- setns changes only that thread, and a
 fresh socket costs no child process (pyroute2's own `netns=` argument forks
-one per socket). The same trick runs `nft` and reads /proc/sys/net in the
-host namespace, which lets tests give every simulated host its own.
+one per socket). The same trick writes and lists the nftables table
+(libnftables in this thread: no fork of the daemon) and reads /proc/sys/net
+in the host namespace, which lets tests give every simulated host its own.
 
 The `host` namespace is where the underlay lives: the VXLAN devices' UDP
 sockets, the egress bridge and the nftables table. None means the namespace
@@ -17,11 +18,11 @@ the worker thread started in (the daemon's own, on a real node).
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import os
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from ipaddress import IPv4Address, IPv4Interface
 from socket import AF_INET
@@ -32,7 +33,7 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 from api.probe import NULL_PROBE, Probe
 
-from . import nft
+from . import nft, nftlib
 from .model import (
     VXLAN_PORT,
     BridgeState,
@@ -57,8 +58,8 @@ from .plan import (
     CreateEgressBridge,
     CreateSandbox,
     CreateVxlan,
-    DelFdb,
     DeleteNftTable,
+    DelFdb,
     DelNeigh,
     DetachEgress,
     DetachEndpoint,
@@ -156,6 +157,15 @@ def _up(link: Any) -> bool:
     return bool(link["flags"] & IFF_UP)
 
 
+def _isolated(link: Any) -> bool:
+    return bool(_attr(link, "IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_ISOLATED"))
+
+
+_EgressKey = tuple[int, Any, Any]
+"""An egress veth's host side as observed: (ifindex, peer ifindex, alias
+naming the container's namespace). The same key means the same link."""
+
+
 # -- the kernel of one node ---------------------------------------------------------
 
 
@@ -168,6 +178,9 @@ class Kernel:
         self.host_netns = host_netns
         self._socks: dict[str | None, IPRoute] = {}
         self._coming_up: list[tuple[str | None, str]] = []
+        # Egress attachments as last observed, by their host side: what a
+        # one-container observation takes for the other containers'.
+        self._egress_seen: dict[_EgressKey, EgressAttachmentState] = {}
         self.probe: Probe = NULL_PROBE  # counts nftables writes (see NetworkDataplane.probe)
 
     # -- sockets ------------------------------------------------------------------
@@ -224,11 +237,6 @@ class Kernel:
         with entered(self.host_netns):
             yield
 
-    def _run_host(self, argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        # Forked from this thread, so the child starts in the host namespace.
-        with self.in_host():
-            return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=30)
-
     def _link(self, path: str | None, ifname: str) -> Any | None:
         idx = self.ipr(path).link_lookup(ifname=ifname)
         return self.ipr(path).get_links(idx[0])[0] if idx else None
@@ -255,8 +263,22 @@ class Kernel:
             return []
         return sorted(n for n in names if self.naming.network_of_ns(n) is not None)
 
-    def observe(self, underlay_addr: IPv4Address) -> ObservedState:
-        sandboxes = tuple(self._observe_sandbox(n) for n in self.sandbox_names())
+    def observe(self, underlay_addr: IPv4Address, *, only_netns: str | None = None,
+                networks: Collection[str] = ()) -> ObservedState:
+        """What the kernel holds for this node's overlay.
+
+        only_netns (with the `networks` its endpoints are on): what a plan
+        for that one container reads (plan(..., only_netns=)), without the
+        cost of every other container on the node: only those networks'
+        sandboxes, and no look into other containers' namespaces (their
+        endpoints are listed without their container-side facts; their
+        egress attachments come from what an earlier observation saw when
+        the host side is the same link, peer and alias). Without it
+        (the whole-node sync), everything is read."""
+        names = self.sandbox_names()
+        if only_netns is not None:
+            names = [n for n in names if self.naming.network_of_ns(n) in networks]
+        sandboxes = tuple(self._observe_sandbox(n, only_netns) for n in names)
         host = self.ipr(None)
         underlay_mtu = None
         for a in host.get_addr(family=AF_INET):
@@ -270,15 +292,26 @@ class Kernel:
             if link.get_attr("IFLA_IFNAME") == self.naming.egress_bridge and _kind(link) == "bridge":
                 gw_index = link["index"]
                 bridge = BridgeState(self._addresses(None, link["index"]), link.get_attr("IFLA_MTU"), _up(link))
+        seen: dict[_EgressKey, EgressAttachmentState] = {}
         for link in host.get_links():
             name = link.get_attr("IFLA_IFNAME")
             if _kind(link) == "veth" and self.naming.is_egress_host_if(name):
-                egress.append(self._observe_egress(link, gw_index))
+                key = (link["index"], link.get_attr("IFLA_LINK"), link.get_attr("IFLA_IFALIAS"))
+                known = self._egress_seen.get(key)
+                if only_netns is not None and known is not None and known.netns != only_netns:
+                    a = dataclasses.replace(
+                        known, up=known.up and _up(link), isolated=_isolated(link),
+                        enslaved=gw_index is not None and link.get_attr("IFLA_MASTER") == gw_index)
+                else:
+                    a = self._observe_egress(link, gw_index)
+                seen[key] = a
+                egress.append(a)
+        self._egress_seen = seen
         with self.in_host():
             with open("/proc/sys/net/ipv4/ip_forward") as f:
                 forwarding = f.read().strip() == "1"
-        cp = self._run_host(["nft", "list", "table", "ip", self.naming.nft_table])
-        fp = nft.parse_fingerprint(cp.stdout) if cp.returncode == 0 else None
+        listed = self._nft_table()
+        fp = nft.parse_fingerprint(listed) if listed is not None else None
         return ObservedState(sandboxes=sandboxes, egress_bridge=bridge, egress=tuple(egress),
                              forwarding=forwarding, nft_fingerprint=fp, underlay_mtu=underlay_mtu)
 
@@ -295,7 +328,7 @@ class Kernel:
             return None
         return links[0]
 
-    def _observe_sandbox(self, ns_name: str) -> SandboxState:
+    def _observe_sandbox(self, ns_name: str, only_netns: str | None = None) -> SandboxState:
         net_id = self.naming.network_of_ns(ns_name)
         assert net_id is not None
         path = f"{NETNS_DIR}/{ns_name}"
@@ -349,7 +382,8 @@ class Kernel:
                 stale.append(name)
                 continue
             ep_id, ep_netns = tag
-            peer = self._peer_in(ep_netns, link["index"], link.get_attr("IFLA_LINK"))
+            look = only_netns is None or ep_netns == only_netns  # (another container's: not read)
+            peer = self._peer_in(ep_netns, link["index"], link.get_attr("IFLA_LINK")) if look else None
             ifname = address = mac = mtu = None
             up = _up(link)
             if peer is not None:
@@ -385,7 +419,7 @@ class Kernel:
             for r in self.ipr(netns_path).get_routes(family=AF_INET, table=MAIN_TABLE):
                 if r["dst_len"] == 0 and r.get_attr("RTA_OIF") == peer["index"] and r.get_attr("RTA_GATEWAY"):
                     via = IPv4Address(r.get_attr("RTA_GATEWAY"))
-        isolated = bool(_attr(link, "IFLA_LINKINFO", "IFLA_INFO_SLAVE_DATA", "IFLA_BRPORT_ISOLATED"))
+        isolated = _isolated(link)
         return EgressAttachmentState(
             netns=netns_path, host_ifname=host_if, ifname=ifname, address=address, default_via=via,
             mtu=mtu, up=up, enslaved=gw_index is not None and link.get_attr("IFLA_MASTER") == gw_index,
@@ -612,10 +646,22 @@ class Kernel:
                 f.write("1")
 
     def _nft(self, script: str) -> None:
-        cp = self._run_host(["nft", "-f", "-"], stdin=script)
-        if cp.returncode != 0:
-            raise DataplaneError(f"nft table {self.naming.nft_table}: {cp.stderr.strip()}")
+        # In this thread, in the host namespace, through libnftables: no
+        # fork of the daemon's process per write (nor per observation).
+        try:
+            with self.in_host():
+                nftlib.run(script)
+        except nftlib.NftError as e:
+            raise DataplaneError(f"nft table {self.naming.nft_table}: {e}") from None
         self.probe.nft_update()
+
+    def _nft_table(self) -> str | None:
+        """The node's nftables table as `nft list` prints it; None when there is none."""
+        try:
+            with self.in_host():
+                return nftlib.run(f"list table ip {self.naming.nft_table}")
+        except nftlib.NftError:
+            return None
 
     def _do_WriteNftTable(self, a: WriteNftTable, desired: NodeState) -> None:
         self._nft(nft.render_replace(self.naming.nft_table, a.body))
@@ -666,8 +712,7 @@ class Kernel:
             if ours:
                 _quiet(lambda: ipr.link("del", index=link["index"]), errno.ENODEV)
                 removed.append(f"link {name}")
-        cp = self._run_host(["nft", "list", "table", "ip", self.naming.nft_table])
-        if cp.returncode == 0:
+        if self._nft_table() is not None:
             self._nft(nft.render_delete(self.naming.nft_table))
             removed.append(f"nft table ip {self.naming.nft_table}")
         return removed

@@ -43,22 +43,25 @@ def _load() -> ctypes.CDLL | None:
         lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
         lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
         lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+        lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+        lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
         lib.nft_run_cmd_from_buffer.restype = ctypes.c_int
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         _lib = lib
         return lib
 
 
-def run(script: str) -> None:
+def run(script: str) -> str:
     """Apply an nft script as one transaction in the calling thread's
-    network namespace; NftError with nft's message when it is refused.
-    Falls back to the `nft` binary where the library is not installed."""
+    network namespace (or run a command such as `list table ...`); nft's
+    output, NftError with nft's message when it is refused. Falls back to
+    the `nft` binary where the library is not installed."""
     lib = _load()
     if lib is None:
         cp = subprocess.run(["nft", "-f", "-"], input=script, capture_output=True, text=True, timeout=30)
         if cp.returncode != 0:
             raise NftError(cp.stderr.strip() or f"nft exited with {cp.returncode}")
-        return
+        return cp.stdout
     ctx = lib.nft_ctx_new(0)
     if not ctx:
         raise NftError("nft_ctx_new failed")
@@ -69,5 +72,6 @@ def run(script: str) -> None:
         if rc != 0:
             err = lib.nft_ctx_get_error_buffer(ctx) or b""
             raise NftError(err.decode(errors="replace").strip() or f"nft failed ({rc})")
+        return (lib.nft_ctx_get_output_buffer(ctx) or b"").decode(errors="replace")
     finally:
         lib.nft_ctx_free(ctx)

@@ -315,12 +315,13 @@ class ContainerManager:
         return await self.start(rec.id)
 
     def _collect_exit(self, rec: ContainerRecord) -> bool:
-        """Read conmon's exit file; True when the container has ended."""
+        """Read conmon's exit file; True when the container has ended (also one
+        that never started, or ended with no exit file: see recover)."""
         try:
             with open(self._exit_file(rec.id)) as f:
                 text = f.read().strip()
         except FileNotFoundError:
-            return False
+            return rec.status == "exited"
         if rec.status != "exited":
             rec.status = "exited"
             rec.exit_code = int(text) if text.lstrip("-").isdigit() else -1
@@ -550,8 +551,26 @@ class ContainerManager:
                 self._start_health(rec)
             elif st is not None and st.get("status") == "created":
                 rec.status = "created"
+            elif not self._conmon_alive(rec.id):
+                # No exit file, no process and no conmon to write one: it ended unwatched,
+                # with its conmon (the host restarted). Exited 255, as Docker's after a reboot.
+                rec.status, rec.exit_code, rec.finished = "exited", 255, time.time()
+                rec.error = rec.error or "ended with no exit status while the engine was down (host restarted?)"
+                rec.oom_killed = self._oom_killed(rec.id)
+                self.log_files(rec.id).track()
+                self._notify(rec)
             self._save(rec)
         return self.list()
+
+    def _conmon_alive(self, cid: str) -> bool:
+        """The container's conmon still runs (its pid file's process is a conmon: after a
+        reboot the pid may be another process's)."""
+        pid = self._read_pid(os.path.join(self.cdir(cid), "conmon.pid"))
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                return pid > 0 and f.read().strip() == os.path.basename(self.conmon)[:15]
+        except OSError:
+            return False
 
     # -- logs --------------------------------------------------------------
 

@@ -5,7 +5,10 @@ tests/overlay_net/test_lb.py and end to end in tests/services."""
 
 from __future__ import annotations
 
+import logging
 from ipaddress import IPv4Address
+
+import pytest
 
 from agent.networking import balancers, desired, host_ports, name_table
 from api.objects import (
@@ -120,3 +123,18 @@ def test_names_answer_vips_in_vip_mode_and_serving_tasks_in_dnsrr_mode() -> None
     assert t.resolve(["app"], "store").addrs == (IPv4Address("10.1.0.8"),)  # dnsrr: its serving tasks
     # Nothing is named on the ingress network.
     assert t.resolve(["ing"], "tasks.web").name == "NXDOMAIN"  # type: ignore[union-attr]
+
+
+def test_a_task_on_internal_networks_only_publishes_nothing_and_logs_nothing(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Every change recomputes the node's tables: a task on an internal
+    network (which publishes nothing) once logged a warning each time."""
+    nets = {**NETS, "back": Network(id="back", spec=NetworkSpec(name="back", internal=True),
+                                    allocation=NetworkAllocation(vni=4200, subnet="10.2.0.0/24", gateway="10.2.0.1"))}
+    t = task("b1", ("back", "10.2.0.5/24"))
+    tables = {"back": {"b1": ep("back", "b1", "10.2.0.5/24", node=ME)}, "ing": {}}
+    with caplog.at_level(logging.WARNING, logger="agent.networking"):
+        for _ in range(3):
+            assert host_ports(P, [t], nets, tables, {"b1"}) == ()
+            desired(P, ME, [t], nets, tables, {"b1"})
+    assert caplog.records == []

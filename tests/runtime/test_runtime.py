@@ -96,6 +96,29 @@ async def test_masked_paths_and_limits(mgr: ContainerManager, rootfs: Path) -> N
     await mgr.stop(rec2.id, timeout=2)
 
 
+async def test_a_container_gone_with_its_conmon_is_exited_after_recover(mgr: ContainerManager, rootfs: Path) -> None:
+    """What a host restart leaves: the record says running, and there is no process, no conmon
+    and no exit file. The engine that starts again reports it ended (255, as Docker), and
+    stop, wait and remove return at once (they waited for an exit file that never comes)."""
+    rec = await mgr.run(ContainerSpec(args=["sleep", "300"]), str(rootfs), {}, name="lost")
+    conmon = int(Path(mgr.cdir(rec.id), "conmon.pid").read_text())
+    os.kill(conmon, signal.SIGKILL)  # first, so that it writes no exit file
+    os.kill(rec.pid, signal.SIGKILL)
+    for _ in range(100):
+        if not os.path.exists(f"/proc/{rec.pid}") and not os.path.exists(f"/proc/{conmon}"):
+            break
+        await asyncio.sleep(0.05)
+    assert not os.path.exists(os.path.join(mgr.cdir(rec.id), "exits", rec.id))
+    again = ContainerManager(mgr.root, cgroup_parent=mgr.cgroup_parent)
+    (lost,) = await again.recover()
+    assert (lost.status, lost.exit_code) == ("exited", 255), lost
+    assert "host restarted" in lost.error
+    assert await again.wait(rec.id, timeout=5) == 255
+    assert await again.stop(rec.id, timeout=1) == 255
+    await again.remove(rec.id)  # not forced: it has ended
+    assert again.list() == []
+
+
 async def test_stop_uses_signal_then_kill_after_grace(mgr: ContainerManager, rootfs: Path) -> None:
     rec = await mgr.run(ContainerSpec(args=["sh", "-c", "trap 'echo got term' TERM; while true; do sleep 0.1; done"],
                                       stop_grace=1.0), str(rootfs), {})

@@ -195,9 +195,11 @@ def test_tasks_talk_across_hosts_and_networks_are_isolated(of: tuple[OrchFleet, 
     for t in web:
         if t is probe:
             continue
-        t0 = time.monotonic()
+        # nc's -w 1 bounds the connect: a stale neighbour entry (a stall of
+        # a second or more) means no answer. (Not the wall time around the
+        # CLI: its start-up alone can take seconds on a loaded machine.)
         r = exec_in(o, probe, "busybox", "nc", "-w", "1", addr(t), "7000", check=False)
-        assert r.stdout.startswith("hi-") and time.monotonic() - t0 < 2, (addr(t), r.stdout)
+        assert r.stdout.startswith("hi-"), (addr(t), r.stdout)
     gone_from_w2 = old - {addr(t) for t in web}
     for h in (o.fleet["m1"], o.fleet["w1"]):
         for n in os.listdir("/run/netns"):

@@ -93,18 +93,32 @@ q = DNSRecord.question(sys.argv[1])
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(2)
 t0 = time.perf_counter()
-s.sendto(q.pack(), ("127.0.0.11", 53))
-r = DNSRecord.parse(s.recv(4096))
+tries = int(sys.argv[2])
+for attempt in range(tries):  # as a stub resolver does: a lost or late answer is asked again
+    s.sendto(q.pack(), ("127.0.0.11", 53))
+    try:
+        r = DNSRecord.parse(s.recv(4096))
+        break
+    except socket.timeout:
+        if attempt == tries - 1:
+            raise
 print(RCODE[r.header.rcode], (time.perf_counter() - t0) * 1000, *[str(a.rdata) for a in r.rr])
 """
 
 
-def dns_query(o: OrchFleet, t: dict[str, Any], name: str, *, answers: bool = False) -> Any:
+def dns_query(o: OrchFleet, t: dict[str, Any], name: str, *, answers: bool = False, tries: int = 3) -> Any:
     """(rcode, milliseconds[, addresses]) of one A query to 127.0.0.11 from
-    the task's namespace; rcode "TIMEOUT" when nothing answers."""
-    r = subprocess.run(["nsenter", f"--net={task_netns(o, t)}", sys.executable, "-c", _QUERY, name],
+    the task's namespace, asked up to `tries` times 2 s apart as a stub
+    resolver would; rcode "TIMEOUT" when nothing answers, "ERROR:..." when
+    the query could not be sent."""
+    r = subprocess.run(["nsenter", f"--net={task_netns(o, t)}", sys.executable, "-c", _QUERY, name, str(tries)],
                        capture_output=True, text=True, timeout=30)
-    out = r.stdout.split() if r.returncode == 0 else ["TIMEOUT", "0"]
+    if r.returncode == 0:
+        out = r.stdout.split()
+    elif "timed out" in r.stderr:
+        out = ["TIMEOUT", "0"]
+    else:  # e.g. nsenter: the namespace is gone
+        out = ["ERROR:" + (r.stderr.strip().splitlines() or ["?"])[-1].replace(" ", "_"), "0"]
     return (out[0], float(out[1]), out[2:]) if answers else (out[0], float(out[1]))
 
 
@@ -236,7 +250,7 @@ def test_recovery_after_kill9_and_after_a_drain(of: tuple[OrchFleet, str]) -> No
     o.start(w1)
     t0 = time.monotonic()
     while True:  # names are answered again within 2 s of the restart
-        rcode, _, got = dns_query(o, probe, "echo", answers=True)
+        rcode, _, got = dns_query(o, probe, "echo", answers=True, tries=1)
         if rcode == "NOERROR":
             break
         assert time.monotonic() - t0 < 2.0, f"no DNS {time.monotonic() - t0:.1f} s after the restart"
@@ -246,6 +260,13 @@ def test_recovery_after_kill9_and_after_a_drain(of: tuple[OrchFleet, str]) -> No
     conn.close()
 
     # Drain a host with echo tasks: they move; names and the VIP follow.
+    # (Asked from the probe running now: on a loaded machine the restart can
+    # outlast the heartbeat grace, w1 is marked DOWN and its probe task
+    # replaced, as it should be.)
+    old_probe = probe["id"]
+    (probe,) = wait_running(o, "probe", 1)
+    if probe["id"] != old_probe:
+        print(f"w1 was marked down during its restart: probe task {old_probe} replaced by {probe['id']}")
     before = {addr(t) for t in tasks(o, "echo")}
     o.orch(m1, "node", "update", "--availability", "drain", "w2")
     try:
