@@ -5,7 +5,7 @@ MANY_SEEDS ?= 20000
 
 DIST ?= dist
 
-.PHONY: dist vm-up vm-down test-vm install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-container-start bench-service bench-overlay bench-service-net bench-stack cluster-up cluster-down demo
+.PHONY: dist vm-up vm-down test-vm install test test-slow sim-many bench-raft bench-scheduler bench-fleet bench-cluster-scale bench-container-start bench-service bench-overlay bench-service-net bench-stack cluster-up cluster-down demo
 
 install:            ## install orch and its test dependencies (system packages: see .ci/run)
 	$(PY) -m pip install -e '.[test]'
@@ -51,6 +51,9 @@ bench-scheduler:    ## pure scheduler: 100k tasks onto 5k nodes
 
 bench-fleet:        ## one manager, 250/500/1000 simulated agents heartbeating over mutual TLS
 	$(PY) bench/fleet_scale.py
+
+bench-cluster-scale:  ## 3 managers, 1,000 simulated nodes, 100 x 1,000 tasks: create, kill -9 of the leader, restore, scale to 0
+	$(PY) bench/cluster_scale.py
 
 bench-container-start:  ## 100 concurrent container starts through the engine vs plain `runc run -d` (the limit) and docker run (private dockerd)
 	$(PY) bench/container_start.py

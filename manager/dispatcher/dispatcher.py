@@ -91,6 +91,9 @@ __all__ = ["Dispatcher", "DispatcherSettings", "DispatcherSettingsError", "Dispa
 
 STATS_PATH = "/v1/dispatcher/stats"
 
+CLOSE_WAIT = 2.0
+"""Seconds the sessions being closed at a step-down get to answer their close."""
+
 
 class DispatcherSettingsError(ValueError):
     """A `DispatcherSettings` field is out of range; `field` names it."""
@@ -179,6 +182,7 @@ class _Session:
     addr: str
     last_seen: float
     outbox: asyncio.Queue[Frame]
+    transport: asyncio.BaseTransport | None = None  # the connection, to drop if a close is not answered
     assignments: NodeAssignments = field(init=False)
 
     def __post_init__(self) -> None:
@@ -508,6 +512,10 @@ class Dispatcher:
             return ws
         peer = request.transport.get_extra_info("peername") if request.transport else None
         addr = reg.addr or (str(peer[0]) if peer else "")
+        # Heard from now: a liveness check running while the registration is
+        # being committed must not mark the node DOWN right after it (nothing
+        # would mark it READY again while this session lives).
+        self.last_seen[node_id] = self.clock()
         try:
             await self._mark_ready(node, reg.description, addr)
         except (RaftError, TxFailed) as e:
@@ -522,7 +530,7 @@ class Dispatcher:
         if old is not None:
             await old.ws.close(message=b"replaced by a newer session")
         sess = _Session(node_id, secrets.token_hex(8), ws, addr, self.clock(),
-                        asyncio.Queue(self.settings.outbox_frames))
+                        asyncio.Queue(self.settings.outbox_frames), request.transport)
         self.sessions[node_id] = sess
         self.last_seen[node_id] = sess.last_seen
         # The full set once per session, changes after that: queued before any
@@ -623,9 +631,24 @@ class Dispatcher:
             await ws.close()
 
     async def _close_all(self, why: str) -> None:
-        for s in list(self.sessions.values()):
-            await s.ws.close(message=why.encode())
+        """Close every session at once. A peer that has not answered its
+        close within CLOSE_WAIT seconds has its connection dropped: one by
+        one, each waiting for its peer, a thousand sessions of busy agents
+        held a step-down (and the next term, which waits for it) for minutes."""
+        sessions = list(self.sessions.values())
         self.sessions.clear()
+        if not sessions:
+            return
+        msg = why.encode()
+        closes = [asyncio.ensure_future(s.ws.close(message=msg)) for s in sessions]
+        try:
+            await asyncio.wait(closes, timeout=CLOSE_WAIT)
+        finally:
+            for s, c in zip(sessions, closes):
+                if not c.done():
+                    c.cancel()
+                    if s.transport is not None:
+                        s.transport.abort()  # the session's handler then ends too
 
     async def _mark_ready(self, node: Node, description: NodeDescription | None, addr: str) -> None:
         # No description (the agent could not describe itself): keep the one we have.

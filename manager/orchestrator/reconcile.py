@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -150,6 +151,50 @@ class _Context:
         return r
 
 
+def same_to_orchestrator(old: Node | None, new: Node | None) -> bool:
+    """Whether a pass reads the same from both versions of a node: its
+    state, availability and what the scheduler's filters see (`node_info`).
+    A node written again unchanged in these (an agent registering anew)
+    changes no decision."""
+    if old is None or new is None:
+        return False
+    return (old.status.state == new.status.state and old.spec.availability == new.spec.availability
+            and node_info(old) == node_info(new))
+
+
+_SETTLED_UPDATES = (None, UpdateState.COMPLETED, UpdateState.ROLLBACK_COMPLETED)
+
+
+def quiet_task_change(old: Task | None, new: Task, view: Any) -> bool:
+    """Whether a pass over the task's service decides the same after this
+    change as before it, so the change need not make the service's next
+    pass: a task of a replicated service with no update under way, alone in
+    its slot, moved forward by its node between ASSIGNED and RUNNING, and
+    nothing else about it changed. Such a task is live before and after,
+    so no slot, restart, scale-down, reaping or placement decision reads
+    the difference; only a rolling update (its batch in flight), a
+    start-first replacement (its old task waits for the new one to run)
+    and a dependent's gate do, and the first two are excluded here while the
+    third is re-read on every pass while the dependent waits."""
+    if old is None or old.id != new.id or old.status.state == new.status.state:
+        return False
+    if not (TaskState.ASSIGNED <= old.status.state < new.status.state <= TaskState.RUNNING):
+        return False
+    if new.desired_state != TaskState.RUNNING or not new.slot:
+        return False
+    if evolve(new, status=old.status, meta=old.meta) != old:
+        return False
+    svc = view.get("services", new.service_id)
+    if svc is None or svc.spec.mode != ServiceMode.REPLICATED or new.spec_version != svc.spec_version:
+        return False
+    if new.slot > svc.spec.replicas:
+        return False
+    if (svc.update_status.state if svc.update_status is not None else None) not in _SETTLED_UPDATES:
+        return False
+    return all(t.id == new.id or t.desired_state > TaskState.RUNNING
+               for t in view.find("tasks", "slot", (new.service_id, new.slot)))
+
+
 def live(t: Task, nodes: dict[str, Node]) -> bool:
     """Wanted running, not ended, and not stranded on a lost or drained node."""
     if t.desired_state > TaskState.RUNNING or t.status.state.terminal:
@@ -201,13 +246,49 @@ def _restart_decision(svc: Service, slot_tasks: list[Task], t: Task, now: float)
     return True, max(now, t.status.timestamp) + pol.delay
 
 
+def waiting_services(view: Any) -> set[str]:
+    """Services (and "" for tasks of none) with a task wanted running that
+    is not assigned yet: read from the store's state index, not a walk."""
+    return {t.service_id for state in (TaskState.NEW, TaskState.PENDING)
+            for t in view.find("tasks", "state", state) if t.desired_state == TaskState.RUNNING}
+
+
+class _TasksOf(Mapping[str, Sequence[Task]]):
+    """Tasks per service for the depends_on gate of a partial pass: the
+    pass's own, else read from the store's service index."""
+
+    def __init__(self, view: Any, read: dict[str, list[Task]]) -> None:
+        self.view = view
+        self.read = read
+
+    def __getitem__(self, sid: str) -> Sequence[Task]:
+        got = self.read.get(sid)
+        return got if got is not None else self.view.find("tasks", "service_id", sid)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.read)
+
+    def __len__(self) -> int:
+        return len(self.read)
+
+
 def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = None,
-         placements: PlacementCache | None = None) -> Pass:
+         placements: PlacementCache | None = None, services_changed: Collection[str] | None = None) -> Pass:
     """One reconciliation pass over `view`: the writes, and when to look again.
 
     `allocator` is the allocation stage's hook (default: nothing to
     allocate); `placements` may be kept by the caller across passes so a
     service's placement is parsed once per spec rather than once per pass.
+
+    `services_changed` makes the pass partial: only those services (ids;
+    "" for the tasks of no service: attachments, ingress sandboxes) and the
+    ones with tasks waiting to be allocated or scheduled are reconciled,
+    their tasks read from the store's indexes; the rest of the store is not
+    walked. For those services it decides what a full pass would. The
+    caller names every service whose spec or tasks changed since the last
+    pass that covered it; anything else that a decision reads (nodes, the
+    cluster, networks, a failed write, a wake-up time coming due) needs a
+    full pass (None, the default).
     """
     now = time.time() if now is None else now
     out = Pass()
@@ -217,9 +298,29 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     services: dict[str, Service] = {s.id: s for s in view.list("services")}
     clusters: list[Cluster] = view.list("clusters")
     history = clusters[0].spec.task_history_retention_limit if clusters else 5
-    by_service: dict[str, list[Task]] = defaultdict(list)
-    for t in view.list("tasks"):
-        by_service[t.service_id].append(t)
+    by_service: dict[str, list[Task]]
+    wanted: set[str] = set()
+    if services_changed is None:
+        by_service = defaultdict(list)
+        for t in view.list("tasks"):
+            by_service[t.service_id].append(t)
+        gate_tasks: Mapping[str, Sequence[Task]] = by_service
+
+        def all_tasks() -> Iterable[Task]:
+            return (t for ts in by_service.values() for t in ts)
+    else:
+        wanted = set(services_changed) | waiting_services(view)
+        by_service = {}
+        # In the order a full pass meets them (store order of services; "" first).
+        for sid in ["", *services, *sorted(wanted - services.keys() - {""})]:
+            if sid in wanted:
+                ts = view.find("tasks", "service_id", sid)
+                if ts:
+                    by_service[sid] = ts
+        gate_tasks = _TasksOf(view, by_service)
+
+        def all_tasks() -> Iterable[Task]:
+            return view.list("tasks")
 
     ctx = _Context(nodes, placements, out)
 
@@ -230,10 +331,13 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
             _attachments(tasks, nodes, out)
         elif sid not in services:
             _orphaned_service_tasks(tasks, out)
-    ingress = next((n for n in view.list("networks") if n.spec.ingress), None)
-    _ingress_sandboxes([t for t in by_service.get("", ()) if t.attachment == INGRESS_ATTACHMENT],
-                       nodes, ingress, now, out)
+    if services_changed is None or "" in wanted:
+        ingress = next((n for n in view.list("networks") if n.spec.ingress), None)
+        _ingress_sandboxes([t for t in by_service.get("", ()) if t.attachment == INGRESS_ATTACHMENT],
+                           nodes, ingress, now, out)
     for svc in services.values():
+        if services_changed is not None and svc.id not in wanted:
+            continue
         tasks = by_service.get(svc.id, [])
         if svc.spec.mode in (ServiceMode.GLOBAL, ServiceMode.GLOBAL_JOB):
             _global(svc, tasks, ctx, now, out)
@@ -256,7 +360,7 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
     pending = [allocated.get(t.id, t) for t in waiting
                if t.status.state == TaskState.PENDING or t.id in allocated]
     # Tasks of services whose dependencies do not hold yet stay PENDING with the reason.
-    gate = DependsGate(services, by_service)
+    gate = DependsGate(services, gate_tasks)
     ready = []
     for t in pending:
         owner = services.get(t.service_id)
@@ -265,9 +369,9 @@ def plan(view: Any, now: float | None = None, *, allocator: Allocator | None = N
             ready.append(t)
         else:
             _set_pending(t, why, writes, now)
-    _schedule(ready, ctx, services, by_service, writes, now)
+    _schedule(ready, ctx, services, all_tasks, writes, now)
 
-    out.ops.extend(retire_replaced(view))
+    out.ops.extend(retire_replaced(by_service, services, nodes))
     out.ops = _dedupe(alloc_ops + out.ops + alloc_after)
     return out
 
@@ -501,15 +605,15 @@ def _rolling_update(svc: Service, slots: dict[int, list[Task]], nodes: dict[str,
         handled.update(t.id for t in olds)
 
 
-def retire_replaced(view: Any) -> list[Any]:
+def retire_replaced(by_service: Mapping[str, Sequence[Task]], services: Mapping[str, Service],
+                    nodes: dict[str, Node]) -> list[Any]:
     """start-first: once a slot's new task runs, stop the old one."""
     ops = []
-    nodes = {n.id: n for n in view.list("nodes")}
-    services = {s.id: s for s in view.list("services")}
     slots: dict[tuple[str, int], list[Task]] = defaultdict(list)
-    for t in view.list("tasks"):
-        if t.slot and t.desired_state <= TaskState.RUNNING and live(t, nodes):
-            slots[(t.service_id, t.slot)].append(t)
+    for ts in by_service.values():
+        for t in ts:
+            if t.slot and t.desired_state <= TaskState.RUNNING and live(t, nodes):
+                slots[(t.service_id, t.slot)].append(t)
     for (sid, _), ts in slots.items():
         svc = services.get(sid)
         if svc is None or len(ts) < 2:
@@ -671,7 +775,7 @@ def task_name(svc: Service | None, t: Task) -> str:
 
 
 def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],
-              by_service: dict[str, list[Task]], writes: _TaskWrites, now: float) -> None:
+              all_tasks: Callable[[], Iterable[Task]], writes: _TaskWrites, now: float) -> None:
     """PENDING -> ASSIGNED: global tasks to their node, the others where the
     scheduler places them; unplaceable ones stay PENDING with its reason."""
     nodes = ctx.nodes
@@ -689,22 +793,21 @@ def _schedule(pending: list[Task], ctx: _Context, services: dict[str, Service],
             writes.put(evolve(t, status=TaskStatus(state=TaskState.ASSIGNED, timestamp=now, message="assigned")))
         return
     infos = ctx.infos
-    for ts in by_service.values():
-        for t in ts:
-            if t.node_id in infos and live(t, nodes):
-                ni = infos[t.node_id]
-                ni.service_tasks[t.service_id] += 1
-                ni.total_tasks += 1
-                res = t.spec.resources.reservations
-                ni.reserved_cpu += res.nano_cpus
-                ni.reserved_memory += res.memory_bytes
-            elif t.node_id in infos and t.status.state == TaskState.FAILED and t.created_at > now - 300:
-                infos[t.node_id].recent_failures[t.service_id] += 1
-            if host and t.node_id in infos and TaskState.ASSIGNED <= t.status.state <= TaskState.RUNNING:
-                # On the node and not ended: it holds its host ports there.
-                svc = services.get(t.service_id)
-                for p in _host_ports(svc):
-                    infos[t.node_id].host_ports[p] = task_name(svc, t)
+    for t in all_tasks():
+        if t.node_id in infos and live(t, nodes):
+            ni = infos[t.node_id]
+            ni.service_tasks[t.service_id] += 1
+            ni.total_tasks += 1
+            res = t.spec.resources.reservations
+            ni.reserved_cpu += res.nano_cpus
+            ni.reserved_memory += res.memory_bytes
+        elif t.node_id in infos and t.status.state == TaskState.FAILED and t.created_at > now - 300:
+            infos[t.node_id].recent_failures[t.service_id] += 1
+        if host and t.node_id in infos and TaskState.ASSIGNED <= t.status.state <= TaskState.RUNNING:
+            # On the node and not ended: it holds its host ports there.
+            svc = services.get(t.service_id)
+            for p in _host_ports(svc):
+                infos[t.node_id].host_ports[p] = task_name(svc, t)
     for t in made_for_node:
         svc = services.get(t.service_id)
         ports = _host_ports(svc)

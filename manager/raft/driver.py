@@ -283,11 +283,14 @@ class RaftNode:
         if WAL.exists(wal_dir):
             self.wal, _meta, st = WAL.open(wal_dir, segment_size=self.settings.segment_size)
             snap = None
+            t0 = time.monotonic()
             if st.snapshot is not None and st.snapshot.index > 0:
                 snap = self.snapshotter.load(st.snapshot.index, st.snapshot.term)
             if snap is not None:
                 self.storage.apply_snapshot(snap)
                 self._restore_snapshot(snap)
+                log.info("raft %d: restored snapshot at %d (%d bytes) in %.3f s", self.id, snap.meta.index,
+                         len(snap.data), time.monotonic() - t0)
             self.storage.set_hard_state(st.hard_state)
             if st.entries:
                 self.storage.append(st.entries)
@@ -810,13 +813,16 @@ class RaftNode:
         if self.applied - self._snap_index < s.snapshot_every:
             return
         assert self.wal is not None
+        t0 = time.monotonic()
         data = _wrap_snapshot(self.members, self.sm.snapshot())
         snap = self.storage.create_snapshot(self.applied, self.conf_state, data)
         self.snapshotter.save(snap)
         self.wal.save_snapshot(snap.meta)
+        took = time.monotonic() - t0
         self._snap_index = snap.meta.index
         compact_to = self.applied - s.keep_entries
         if compact_to > self.storage.first_index():
             self.storage.compact(compact_to)
         self.wal.release_to(snap.meta.index)
-        log.info("raft %d: snapshot at %d, log compacted to %d", self.id, snap.meta.index, compact_to)
+        log.info("raft %d: snapshot at %d (%d bytes) written in %.3f s, log compacted to %d", self.id,
+                 snap.meta.index, len(data), took, compact_to)

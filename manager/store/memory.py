@@ -37,6 +37,7 @@ from .errors import (
     StoreError,
     UnknownTable,
 )
+from .intern import TaskSpecs
 from .ops import DEFAULT_MAX_TX_BYTES, Op, OpCode, TxResult, decode_tx, encode_tx
 from .tables import TABLE_NAMES, TABLES, Table, name_of
 from .watch import (
@@ -122,6 +123,7 @@ class MemoryStore:
         self._tables: dict[str, Table] = {n: Table(TABLES[n]) for n in TABLE_NAMES}
         self._index = 0
         self._hub = WatchHub(history_events, watch_queue_limit)
+        self._specs = TaskSpecs()  # tasks' specs validated once per content, shared
         # Index of the last snapshot restore (0: none): a consumer deriving a
         # history from watch events learns here that it has a gap below it.
         self.restored_index = 0
@@ -136,7 +138,7 @@ class MemoryStore:
 
     def encode_tx(self, ops: Sequence[Op], *, now: float | None = None) -> bytes:
         """`ops.encode_tx` with this store's size limit."""
-        return encode_tx(ops, now=now, max_bytes=self.max_tx_bytes)
+        return encode_tx(ops, now=now, max_bytes=self.max_tx_bytes, specs=self._specs)
 
     # -- apply -------------------------------------------------------------------
 
@@ -246,7 +248,7 @@ class MemoryStore:
             elif isinstance(pid, str):
                 raise NotFound(f"{what}/{pid}: no such object")
             try:
-                new = defn.model.model_validate(payload)
+                new = self._specs.task(payload) if op.table == "tasks" else defn.model.model_validate(payload)
             except PydanticValidationError as e:
                 raise InvalidTx(
                     f"{what}/{pid if isinstance(pid, str) else '?'}: invalid object: "
@@ -391,7 +393,7 @@ class MemoryStore:
         gc_was_on = gc.isenabled()
         gc.disable()
         try:
-            index, new_tables = self._load(data)
+            index, new_tables = self._load(data, self._specs)
             events = self._diff(index, new_tables) if self._hub.watchers else ()
             self._tables = new_tables
             self._index = index
@@ -418,7 +420,7 @@ class MemoryStore:
         return tuple(events)
 
     @staticmethod
-    def _load(data: bytes) -> tuple[int, dict[str, Table]]:
+    def _load(data: bytes, specs: TaskSpecs) -> tuple[int, dict[str, Table]]:
         try:
             snap = msgpack.unpackb(data, raw=False)
         except Exception as e:
@@ -442,7 +444,7 @@ class MemoryStore:
                 raise SnapshotError(f"store snapshot: table {name!r} is not a list")
             for i, row in enumerate(rows):
                 try:
-                    obj = t.defn.model.model_validate(row)
+                    obj = specs.task(row) if name == "tasks" else t.defn.model.model_validate(row)
                 except PydanticValidationError as e:
                     raise SnapshotError(
                         f"store snapshot: {name}[{i}]: {ValidationError.from_pydantic(e)}"

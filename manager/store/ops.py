@@ -38,6 +38,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .intern import TaskSpecs
     from .watch import Event
 
 __all__ = [
@@ -125,7 +126,8 @@ def _check_table(i: int, table: str, obj: BaseModel | None) -> None:
 
 
 def encode_tx(
-    ops: Sequence[Op], *, now: float | None = None, max_bytes: int = DEFAULT_MAX_TX_BYTES
+    ops: Sequence[Op], *, now: float | None = None, max_bytes: int = DEFAULT_MAX_TX_BYTES,
+    specs: TaskSpecs | None = None,
 ) -> bytes:
     """Encode a transaction as one Raft entry payload.
 
@@ -133,6 +135,7 @@ def encode_tx(
     bad object is refused to its writer instead of costing a log entry.
     Raises `ValidationError` (field paths prefixed with the op), `TxTooLarge`,
     `ValueError`/`TypeError` for misuse (unknown table, wrong model).
+    With `specs`, a task's spec is validated once per content (`intern`).
     """
     if not ops:
         raise ValueError("empty transaction: nothing to write")
@@ -142,7 +145,10 @@ def encode_tx(
             _check_table(i, op.table, op.obj)
             d = op.obj.model_dump()
             try:
-                TABLE_MODELS[op.table].model_validate(d)
+                if specs is not None and op.table == "tasks":
+                    specs.task(dict(d))
+                else:
+                    TABLE_MODELS[op.table].model_validate(d)
             except PydanticValidationError as e:
                 raise ValidationError.from_pydantic(
                     e, what=f"ops[{i}] ({op.table} {getattr(op.obj, 'id', '?')})"
