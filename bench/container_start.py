@@ -868,7 +868,7 @@ def print_table(orch: SideResult, docker: SideResult | None, docker_note: str,
         for note in s.notes:
             print(f"{s.engine}: {note}")
     print("\ngoals:")
-    for g in goals(orch, docker):
+    for g in goals(orch, docker, limit):
         met = "n/a" if g["met"] is None else ("MET" if g["met"] else "NOT MET")
         print(f"  {met:8} {g['goal']}: {g['value']}")
 
