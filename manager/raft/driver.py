@@ -434,10 +434,12 @@ class RaftNode:
         self._pending[seq] = _Pending(fut, t0)
         self._wake.set()
         try:
-            return await asyncio.wait_for(
-                asyncio.shield(fut), timeout or self.settings.proposal_timeout
-            )
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a
+            # cancellation that arrives as the future completes, and a
+            # step-down waiting on this call would then never end.
+            async with asyncio.timeout(timeout or self.settings.proposal_timeout):
+                return await asyncio.shield(fut)
+        except TimeoutError:
             raise Timeout(
                 "the write was not committed in time (leader change or lost quorum); "
                 "it may or may not take effect"
@@ -475,9 +477,10 @@ class RaftNode:
             self.node.read_index(ctx)
             self._wake.set()
             try:
-                index = await asyncio.wait_for(asyncio.shield(fut), min(retry, remaining))
+                async with asyncio.timeout(min(retry, remaining)):  # (not wait_for: see propose)
+                    index = await asyncio.shield(fut)
                 break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             finally:
                 self._reads.pop(ctx, None)
@@ -490,8 +493,9 @@ class RaftNode:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._apply_waiters.setdefault(index, []).append(fut)
         try:
-            await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):  # (not wait_for: see propose)
+                await fut
+        except TimeoutError:
             raise Timeout(f"index {index} not applied in time (applied {self.applied})") from None
 
     async def add_member(self, node_id: int, addr: str, *, timeout: float = 30.0) -> None:
